@@ -1,0 +1,31 @@
+"""Packaging for resnext_tf: ResNeXt for TensorFlow / Keras 3."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="resnext_tf",
+    version="0.1.0",
+    description=(
+        "ResNeXt (Xie et al., 'Aggregated Residual Transformations for Deep Neural "
+        "Networks') for TensorFlow / Keras 3, with the original fb.resnet.torch recipe."
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="BSD-3-Clause",
+    python_requires=">=3.10",
+    packages=find_packages(include=["resnext_tf", "resnext_tf.*", "flags", "flags.*"]),
+    py_modules=["run_cifar", "run_imagenet"],
+    package_data={"resnext_tf": ["data_files/*.json"]},
+    install_requires=[
+        "tensorflow>=2.20",
+        "keras>=3.10",
+        "tensorflow-datasets",
+        "absl-py",
+        "numpy",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "pillow", "jax[cpu]", "safetensors", "ruff"],
+        "plot": ["matplotlib"],
+        "weights": ["safetensors", "torchfile"],
+    },
+)
