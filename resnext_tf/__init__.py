@@ -1,0 +1,24 @@
+"""resnext_tf: ResNeXt for TensorFlow / Keras 3 with the original fb.resnet.torch recipe.
+
+The model code here is pure Keras 3 and runs on the TensorFlow, JAX and PyTorch backends. The
+TensorFlow-only parts (input pipelines, distributed training, SavedModel export) live in
+`resnext_tf.data`, `resnext_tf.training` and `resnext_tf.export`, imported on demand.
+"""
+
+from resnext_tf.flops import count_flops
+from resnext_tf.layers import Bottleneck, GroupedConv2D, resolve_conv_impl
+from resnext_tf.registry import create_model, list_models, model_kwargs
+from resnext_tf.resnext import build_resnext
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Bottleneck",
+    "GroupedConv2D",
+    "build_resnext",
+    "count_flops",
+    "create_model",
+    "list_models",
+    "model_kwargs",
+    "resolve_conv_impl",
+]

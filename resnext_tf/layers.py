@@ -1,0 +1,366 @@
+"""Keras 3 layers of ResNeXt: the grouped convolution and the bottleneck block.
+
+Pure Keras (keras.layers / keras.ops), so the same model runs on the TensorFlow, JAX and PyTorch
+backends. Every convolution is bias-free and every strided convolution pads explicitly and
+symmetrically as Torch does, so weights converted from Torch give the same outputs.
+"""
+
+import keras
+from keras import ops
+
+# Torch's nn.SpatialBatchNormalization / nn.BatchNorm2d defaults: eps 1e-5, running-average
+# momentum 0.1, which is Keras momentum 0.9.
+BN_EPSILON = 1e-5
+BN_MOMENTUM = 0.9
+
+BOTTLENECK_TYPES = ("resnext_C", "resnext_B", "resnet")
+SHORTCUT_TYPES = ("A", "B", "C")
+CONV_IMPLS = ("auto", "grouped", "split")
+
+
+def conv_initializer():
+    """He normal with fan_out, as fb.resnet.torch: std = sqrt(2 / (kh * kw * out_channels))."""
+    return keras.initializers.VarianceScaling(
+        scale=2.0, mode="fan_out", distribution="untruncated_normal"
+    )
+
+
+def check_choice(name, value, allowed):
+    """Raises ValueError unless `value` is one of `allowed`."""
+    if value not in allowed:
+        raise ValueError(f"Unknown {name}; received {name}={value!r}, expected one of {allowed}.")
+
+
+def resolve_conv_impl(conv_impl):
+    """Picks the grouped-convolution implementation for the current Keras backend.
+
+    "auto" resolves, from measurements of resnext50_32x4d (see README, "Performance"):
+      * TensorFlow -> "split". Keras runs Conv2D(groups>1) on TF inside an XLA-compiled function:
+        its CPU gradient is ~30x slower than split convolutions, and a SavedModel that contains it
+        needs XLA at serving time, which stock TF Serving does not enable.
+      * JAX and PyTorch -> "grouped". Both lower groups natively (XLA feature_group_count, cuDNN
+        grouped kernels), one kernel launch instead of `cardinality` of them.
+
+    Args:
+      conv_impl: "auto", "grouped" or "split".
+
+    Returns:
+      "grouped" or "split".
+    """
+    check_choice("conv_impl", conv_impl, CONV_IMPLS)
+    if conv_impl != "auto":
+        return conv_impl
+    return "split" if keras.backend.backend() == "tensorflow" else "grouped"
+
+
+def symmetric_pad(x, pad):
+    """Zero-pads height and width by `pad` on each side (Torch's padding)."""
+    if pad == 0:
+        return x
+    return ops.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
+
+
+@keras.saving.register_keras_serializable(package="resnext_tf")
+class GroupedConv2D(keras.layers.Layer):
+    """Bias-free grouped convolution with Torch's symmetric padding.
+
+    The kernel has Keras Conv2D(groups) layout, (kh, kw, in_channels // groups, filters), with
+    output channels ordered group by group, as Torch's weight transposed. Both implementations use
+    this one variable, so weights move between them unchanged.
+
+    Args:
+      filters: Output channels; divisible by `groups`.
+      kernel_size: Square kernel size.
+      strides: Square stride.
+      groups: Number of groups (the cardinality).
+      padding: Zero padding on each side of height and width.
+      conv_impl: "grouped" (one grouped convolution), "split" (slice the channels, one
+        convolution a group, concatenate; needs no XLA anywhere) or "auto"
+        (see `resolve_conv_impl`).
+      kernel_initializer: Kernel initializer; He fan_out normal by default.
+      **kwargs: Base layer arguments (name, dtype, ...).
+    """
+
+    def __init__(
+        self,
+        filters,
+        kernel_size=3,
+        strides=1,
+        groups=1,
+        padding=1,
+        conv_impl="auto",
+        kernel_initializer=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        check_choice("conv_impl", conv_impl, CONV_IMPLS)
+        if groups < 1 or filters % groups:
+            raise ValueError(
+                f"groups must divide filters; received groups={groups}, filters={filters}."
+            )
+        self.filters = filters
+        self.kernel_size = kernel_size
+        self.strides = strides
+        self.groups = groups
+        self.padding = padding
+        self.conv_impl = conv_impl
+        self.kernel_initializer = keras.initializers.get(kernel_initializer or conv_initializer())
+
+    def build(self, input_shape):
+        in_channels = input_shape[-1]
+        if in_channels % self.groups:
+            raise ValueError(
+                f"groups must divide the input channels; received groups={self.groups}, "
+                f"input channels={in_channels}."
+            )
+        self.kernel = self.add_weight(
+            name="kernel",
+            shape=(
+                self.kernel_size,
+                self.kernel_size,
+                in_channels // self.groups,
+                self.filters,
+            ),
+            initializer=self.kernel_initializer,
+        )
+
+    def call(self, inputs):
+        kernel = ops.cast(self.kernel, self.compute_dtype)
+        # With stride 1 and 'same'-sized padding, 'same' is the identical computation without the
+        # extra pad op.
+        same = self.strides == 1 and 2 * self.padding == self.kernel_size - 1
+        if not same:
+            inputs = symmetric_pad(inputs, self.padding)
+        padding = "same" if same else "valid"
+        if resolve_conv_impl(self.conv_impl) == "grouped" or self.groups == 1:
+            return ops.conv(inputs, kernel, strides=self.strides, padding=padding)
+        groups_in = ops.split(inputs, self.groups, axis=-1)
+        groups_kernel = ops.split(kernel, self.groups, axis=-1)
+        outputs = [
+            ops.conv(x, k, strides=self.strides, padding=padding)
+            for x, k in zip(groups_in, groups_kernel, strict=True)
+        ]
+        return ops.concatenate(outputs, axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        def out(size):
+            if size is None:
+                return None
+            return (size + 2 * self.padding - self.kernel_size) // self.strides + 1
+
+        return (input_shape[0], out(input_shape[1]), out(input_shape[2]), self.filters)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            filters=self.filters,
+            kernel_size=self.kernel_size,
+            strides=self.strides,
+            groups=self.groups,
+            padding=self.padding,
+            conv_impl=self.conv_impl,
+            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+        )
+        return config
+
+
+def bottleneck_width(planes, cardinality, base_width):
+    """The paper's D * C: floor(planes * base_width / 64) * cardinality."""
+    return (planes * base_width // 64) * cardinality
+
+
+@keras.saving.register_keras_serializable(package="resnext_tf")
+class Bottleneck(keras.layers.Layer):
+    """One residual bottleneck block: ResNeXt (forms B and C) or the plain ResNet bottleneck.
+
+    resnext_C: 1x1 (in -> D*C), BN, ReLU, grouped 3x3 (stride s), BN, ReLU, 1x1 (-> 4*planes), BN.
+    resnext_B: C branches [1x1 in -> D, BN, ReLU, 3x3 D -> D (stride s), BN, ReLU], concatenated,
+    then 1x1 (-> 4*planes), BN. The same function as C with the branch weights stacked.
+    resnet: resnext_C with cardinality 1 and base_width 64.
+    The shortcut is added and a final ReLU applied.
+
+    Args:
+      planes: Stage width (64, 128, 256, 512); the block outputs 4 * planes channels.
+      strides: Stride of the 3x3 convolution and of the projection shortcut.
+      cardinality: Number of groups C.
+      base_width: Width of one group in the first stage (the paper's d).
+      bottleneck_type: "resnext_C", "resnext_B" or "resnet".
+      shortcut_type: "A" (identity, or subsample + zero channels), "B" (projection where the
+        shape changes) or "C" (always a projection).
+      conv_impl: Grouped 3x3 implementation, see `GroupedConv2D`.
+      zero_init_residual: Start the last BN's gamma at zero so the block starts as identity.
+      sync_bn: Synchronize BN statistics across replicas (TensorFlow backend only).
+      **kwargs: Base layer arguments (name, dtype, ...).
+    """
+
+    def __init__(
+        self,
+        planes,
+        strides=1,
+        cardinality=1,
+        base_width=64,
+        bottleneck_type="resnext_C",
+        shortcut_type="B",
+        conv_impl="auto",
+        zero_init_residual=False,
+        sync_bn=False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        check_choice("bottleneck_type", bottleneck_type, BOTTLENECK_TYPES)
+        check_choice("shortcut_type", shortcut_type, SHORTCUT_TYPES)
+        check_choice("conv_impl", conv_impl, CONV_IMPLS)
+        if bottleneck_type == "resnet" and (cardinality, base_width) != (1, 64):
+            raise ValueError(
+                "bottleneck_type='resnet' is the plain bottleneck (cardinality 1, base_width 64); "
+                f"received cardinality={cardinality}, base_width={base_width}."
+            )
+        if cardinality < 1:
+            raise ValueError(f"cardinality must be >= 1; received cardinality={cardinality}.")
+        if base_width < 1:
+            raise ValueError(f"base_width must be >= 1; received base_width={base_width}.")
+        if planes * base_width // 64 < 1:
+            raise ValueError(
+                f"planes * base_width / 64 must be >= 1 (one channel a group); received "
+                f"planes={planes}, base_width={base_width}."
+            )
+        self.planes = planes
+        self.strides = strides
+        self.cardinality = cardinality
+        self.base_width = base_width
+        self.bottleneck_type = bottleneck_type
+        self.shortcut_type = shortcut_type
+        self.conv_impl = conv_impl
+        self.zero_init_residual = zero_init_residual
+        self.sync_bn = sync_bn
+        self.width = bottleneck_width(planes, cardinality, base_width)
+        self.out_channels = 4 * planes
+
+    def _conv(self, suffix, filters, kernel_size=1, strides=1, groups=1):
+        return GroupedConv2D(
+            filters,
+            kernel_size=kernel_size,
+            strides=strides,
+            groups=groups,
+            padding=kernel_size // 2,
+            conv_impl=self.conv_impl,
+            name=f"{self.name}_{suffix}",
+            dtype=self.dtype_policy,
+        )
+
+    def _bn(self, suffix, zero_gamma=False):
+        return keras.layers.BatchNormalization(
+            epsilon=BN_EPSILON,
+            momentum=BN_MOMENTUM,
+            gamma_initializer="zeros" if zero_gamma else "ones",
+            synchronized=self.sync_bn,
+            name=f"{self.name}_{suffix}",
+            dtype=self.dtype_policy,
+        )
+
+    def _needs_projection(self, in_channels):
+        return self.shortcut_type == "C" or (
+            self.shortcut_type == "B" and in_channels != self.out_channels
+        )
+
+    def build(self, input_shape):
+        in_channels = input_shape[-1]
+        if self.shortcut_type == "A" and in_channels > self.out_channels:
+            raise ValueError(
+                f"shortcut_type='A' can only add channels; received in_channels={in_channels}, "
+                f"out_channels={self.out_channels}."
+            )
+        d = self.width // self.cardinality
+        if self.bottleneck_type == "resnext_B":
+            self.branch_conv1 = [self._conv(f"branch{i}_conv1", d) for i in range(self.cardinality)]
+            self.branch_bn1 = [self._bn(f"branch{i}_bn1") for i in range(self.cardinality)]
+            self.branch_conv2 = [
+                self._conv(f"branch{i}_conv2", d, 3, self.strides) for i in range(self.cardinality)
+            ]
+            self.branch_bn2 = [self._bn(f"branch{i}_bn2") for i in range(self.cardinality)]
+            in_branch = (*input_shape[:-1], d)
+            for conv1, bn1, conv2, bn2 in zip(
+                self.branch_conv1,
+                self.branch_bn1,
+                self.branch_conv2,
+                self.branch_bn2,
+                strict=True,
+            ):
+                conv1.build(input_shape)
+                bn1.build(in_branch)
+                conv2.build(in_branch)
+                bn2.build(conv2.compute_output_shape(in_branch))
+        else:
+            self.conv1 = self._conv("conv1", self.width)
+            self.bn1 = self._bn("bn1")
+            self.conv2 = self._conv("conv2", self.width, 3, self.strides, self.cardinality)
+            self.bn2 = self._bn("bn2")
+            mid = (*input_shape[:-1], self.width)
+            self.conv1.build(input_shape)
+            self.bn1.build(mid)
+            self.conv2.build(mid)
+            self.bn2.build(self.conv2.compute_output_shape(mid))
+        out_shape = self.compute_output_shape(input_shape)
+        self.conv3 = self._conv("conv3", self.out_channels)
+        self.bn3 = self._bn("bn3", zero_gamma=self.zero_init_residual)
+        self.conv3.build((*out_shape[:-1], self.width))
+        self.bn3.build(out_shape)
+        self.has_projection = self._needs_projection(in_channels)
+        if self.has_projection:
+            self.shortcut_conv = self._conv("shortcut_conv", self.out_channels, 1, self.strides)
+            self.shortcut_bn = self._bn("shortcut_bn")
+            self.shortcut_conv.build(input_shape)
+            self.shortcut_bn.build(out_shape)
+
+    def _residual(self, x, training):
+        if self.bottleneck_type == "resnext_B":
+            branches = []
+            for conv1, bn1, conv2, bn2 in zip(
+                self.branch_conv1,
+                self.branch_bn1,
+                self.branch_conv2,
+                self.branch_bn2,
+                strict=True,
+            ):
+                y = ops.relu(bn1(conv1(x), training=training))
+                branches.append(ops.relu(bn2(conv2(y), training=training)))
+            y = ops.concatenate(branches, axis=-1)
+        else:
+            y = ops.relu(self.bn1(self.conv1(x), training=training))
+            y = ops.relu(self.bn2(self.conv2(y), training=training))
+        return self.bn3(self.conv3(y), training=training)
+
+    def _shortcut(self, x, training):
+        if self.has_projection:
+            return self.shortcut_bn(self.shortcut_conv(x), training=training)
+        if self.strides > 1:
+            x = x[:, :: self.strides, :: self.strides, :]
+        extra = self.out_channels - x.shape[-1]
+        if extra:
+            # Type A: strided identity with the new channels set to zero.
+            x = ops.pad(x, [[0, 0], [0, 0], [0, 0], [0, extra]])
+        return x
+
+    def call(self, inputs, training=None):
+        return ops.relu(self._residual(inputs, training) + self._shortcut(inputs, training))
+
+    def compute_output_shape(self, input_shape):
+        def out(size):
+            return None if size is None else (size - 1) // self.strides + 1
+
+        return (input_shape[0], out(input_shape[1]), out(input_shape[2]), self.out_channels)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            planes=self.planes,
+            strides=self.strides,
+            cardinality=self.cardinality,
+            base_width=self.base_width,
+            bottleneck_type=self.bottleneck_type,
+            shortcut_type=self.shortcut_type,
+            conv_impl=self.conv_impl,
+            zero_init_residual=self.zero_init_residual,
+            sync_bn=self.sync_bn,
+        )
+        return config

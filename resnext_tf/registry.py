@@ -1,0 +1,83 @@
+"""Named variants from the paper and the original's README: `create_model` and `list_models`."""
+
+from resnext_tf.resnext import build_resnext
+
+# name -> (stem, depth, cardinality, base_width, bottleneck_type, default num_classes).
+# "CxWd" is cardinality C with base width W. The ResNeXt-50 2x40d/4x24d/8x14d/32x4d set keeps
+# the complexity of ResNet-50 (1x64d), the paper's Table 3.
+MODEL_SPECS = {
+    "resnext29_8x64d": ("cifar", 29, 8, 64, "resnext_C", 10),
+    "resnext29_16x64d": ("cifar", 29, 16, 64, "resnext_C", 10),
+    "resnext50_2x40d": ("imagenet", 50, 2, 40, "resnext_C", 1000),
+    "resnext50_4x24d": ("imagenet", 50, 4, 24, "resnext_C", 1000),
+    "resnext50_8x14d": ("imagenet", 50, 8, 14, "resnext_C", 1000),
+    "resnext50_32x4d": ("imagenet", 50, 32, 4, "resnext_C", 1000),
+    "resnext101_32x4d": ("imagenet", 101, 32, 4, "resnext_C", 1000),
+    "resnext101_32x8d": ("imagenet", 101, 32, 8, "resnext_C", 1000),
+    "resnext101_64x4d": ("imagenet", 101, 64, 4, "resnext_C", 1000),
+    "resnext152_32x4d": ("imagenet", 152, 32, 4, "resnext_C", 1000),
+    "resnet50": ("imagenet", 50, 1, 64, "resnet", 1000),
+    "resnet101": ("imagenet", 101, 1, 64, "resnet", 1000),
+    "resnet152": ("imagenet", 152, 1, 64, "resnet", 1000),
+}
+# Arguments that define a variant; an override may repeat them but not change them.
+ARCHITECTURE_ARGS = ("stem", "depth", "cardinality", "base_width")
+
+
+def list_models():
+    """Returns the sorted names accepted by `create_model`."""
+    return sorted(MODEL_SPECS)
+
+
+def model_kwargs(name):
+    """Returns the `build_resnext` arguments of a registered variant.
+
+    Raises:
+      ValueError: for an unknown name.
+    """
+    if name not in MODEL_SPECS:
+        raise ValueError(f"Unknown model; received name={name!r}, expected one of {list_models()}.")
+    stem, depth, cardinality, base_width, bottleneck_type, num_classes = MODEL_SPECS[name]
+    return dict(
+        stem=stem,
+        depth=depth,
+        cardinality=cardinality,
+        base_width=base_width,
+        bottleneck_type=bottleneck_type,
+        num_classes=num_classes,
+        name=name,
+    )
+
+
+def create_model(name, **overrides):
+    """Builds a registered variant; the model outputs logits unless told otherwise.
+
+    Args:
+      name: One of `list_models()`.
+      **overrides: Other `build_resnext` arguments (num_classes, shortcut_type, conv_impl,
+        input_shape, include_top, pooling, ...). "resnext_B" may replace "resnext_C" (the same
+        function). Overrides of the architecture (stem, depth, cardinality, base_width) must
+        agree with the variant.
+
+    Returns:
+      A `keras.Model`.
+
+    Raises:
+      ValueError: for an unknown name or an override that contradicts the variant.
+    """
+    kwargs = model_kwargs(name)
+    for key in ARCHITECTURE_ARGS:
+        if key in overrides and overrides[key] != kwargs[key]:
+            raise ValueError(
+                f"{name} has {key}={kwargs[key]!r}; received the contradicting override "
+                f"{key}={overrides[key]!r}. Use build_resnext() for other architectures."
+            )
+    block = overrides.get("bottleneck_type", kwargs["bottleneck_type"])
+    allowed = ("resnet",) if kwargs["bottleneck_type"] == "resnet" else ("resnext_B", "resnext_C")
+    if block not in allowed:
+        raise ValueError(
+            f"{name} is built from {allowed} blocks; received the contradicting override "
+            f"bottleneck_type={block!r}."
+        )
+    kwargs.update(overrides)
+    return build_resnext(**kwargs)

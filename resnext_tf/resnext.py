@@ -1,0 +1,229 @@
+"""The ResNeXt / ResNet network builder (pure Keras 3)."""
+
+import keras
+
+from resnext_tf.layers import (
+    BN_EPSILON,
+    BN_MOMENTUM,
+    BOTTLENECK_TYPES,
+    CONV_IMPLS,
+    SHORTCUT_TYPES,
+    Bottleneck,
+    GroupedConv2D,
+    bottleneck_width,
+    check_choice,
+)
+
+# ImageNet depth -> blocks in each of the four stages (ResNeXt models/resnext.lua).
+IMAGENET_STAGE_BLOCKS = {
+    50: (3, 4, 6, 3),
+    101: (3, 4, 23, 3),
+    152: (3, 8, 36, 3),
+}
+# Stage widths ("planes"); each block outputs 4 * planes channels.
+IMAGENET_PLANES = (64, 128, 256, 512)
+CIFAR_PLANES = (64, 128, 256)
+# Smallest input side each stem accepts: ImageNet downsamples by 32 (as keras.applications.ResNet),
+# CIFAR by 4.
+MIN_INPUT_SIZE = {"imagenet": 32, "cifar": 8}
+DEFAULT_INPUT_SIZE = {"imagenet": 224, "cifar": 32}
+STEMS = ("imagenet", "cifar")
+POOLINGS = (None, "avg", "max")
+
+
+def stage_blocks(stem, depth):
+    """Blocks per stage for a stem and depth.
+
+    Args:
+      stem: "imagenet" or "cifar".
+      depth: Network depth: 50, 101 or 152 for ImageNet; 9n + 2 (29 = 3 blocks a stage) for CIFAR.
+
+    Returns:
+      A tuple with the number of blocks in each stage.
+
+    Raises:
+      ValueError: for an unknown stem or a depth the stem does not support.
+    """
+    check_choice("stem", stem, STEMS)
+    if stem == "imagenet":
+        if depth not in IMAGENET_STAGE_BLOCKS:
+            raise ValueError(
+                f"Invalid depth for the ImageNet stem; received depth={depth!r}, expected one of "
+                f"{tuple(IMAGENET_STAGE_BLOCKS)}."
+            )
+        return IMAGENET_STAGE_BLOCKS[depth]
+    if not isinstance(depth, int) or depth < 11 or (depth - 2) % 9:
+        raise ValueError(
+            f"Invalid depth for the CIFAR stem; received depth={depth!r}, expected 9n + 2 with "
+            "n >= 1 (11, 20, 29, ...)."
+        )
+    return ((depth - 2) // 9,) * 3
+
+
+def check_input_shape(input_shape, stem, include_top):
+    """Validates an (H, W, 3) input shape for a stem, keras.applications style.
+
+    Args:
+      input_shape: A tuple (height, width, channels); height/width may be None without the top.
+      stem: "imagenet" or "cifar".
+      include_top: Whether the classifier is attached.
+
+    Returns:
+      The input shape as a tuple; the stem's default size when `input_shape` is None.
+
+    Raises:
+      ValueError: for a channel count other than 3 or a side below the stem's minimum.
+    """
+    if input_shape is None:
+        size = DEFAULT_INPUT_SIZE[stem]
+        return (size, size, 3)
+    input_shape = tuple(input_shape)
+    if len(input_shape) != 3 or input_shape[-1] != 3:
+        raise ValueError(
+            f"input_shape must be (height, width, 3) (channels_last); received "
+            f"input_shape={input_shape}."
+        )
+    min_size = MIN_INPUT_SIZE[stem]
+    for side in input_shape[:2]:
+        if side is not None and side < min_size:
+            raise ValueError(
+                f"Input size must be at least {min_size}x{min_size} for the {stem} stem; "
+                f"received input_shape={input_shape}."
+            )
+    return input_shape
+
+
+def _stem(x, stem, conv_impl, sync_bn):
+    bn = keras.layers.BatchNormalization(
+        epsilon=BN_EPSILON, momentum=BN_MOMENTUM, synchronized=sync_bn, name="stem_bn"
+    )
+    if stem == "imagenet":
+        x = GroupedConv2D(64, 7, strides=2, padding=3, conv_impl=conv_impl, name="stem_conv")(x)
+        x = keras.layers.ReLU(name="stem_relu")(bn(x))
+        # After the ReLU every value is >= 0, so zero padding equals Torch's -inf padding.
+        x = keras.layers.ZeroPadding2D(1, name="stem_pool_pad")(x)
+        return keras.layers.MaxPooling2D(3, strides=2, name="stem_pool")(x)
+    x = GroupedConv2D(64, 3, strides=1, padding=1, conv_impl=conv_impl, name="stem_conv")(x)
+    return keras.layers.ReLU(name="stem_relu")(bn(x))
+
+
+def _head(x, include_top, pooling, num_classes, classifier_activation):
+    if include_top:
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        # Torch nn.Linear init for the weight (U(+-1/sqrt(fan_in))); ResNeXt zeroes the bias.
+        return keras.layers.Dense(
+            num_classes,
+            activation=classifier_activation,
+            kernel_initializer=keras.initializers.VarianceScaling(
+                scale=1.0 / 3.0, mode="fan_in", distribution="uniform"
+            ),
+            bias_initializer="zeros",
+            dtype="float32" if classifier_activation else None,
+            name="head",
+        )(x)
+    if pooling == "avg":
+        return keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    if pooling == "max":
+        return keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
+    return x
+
+
+def build_resnext(
+    depth,
+    cardinality=1,
+    base_width=64,
+    stem="imagenet",
+    num_classes=1000,
+    bottleneck_type="resnext_C",
+    shortcut_type="B",
+    conv_impl="auto",
+    zero_init_residual=False,
+    sync_bn=False,
+    include_top=True,
+    pooling=None,
+    input_shape=None,
+    input_tensor=None,
+    classifier_activation=None,
+    name=None,
+):
+    """Builds a ResNeXt (or ResNet) as a functional Keras model.
+
+    Args:
+      depth: 50, 101 or 152 with the ImageNet stem; 9n + 2 (e.g. 29) with the CIFAR stem.
+      cardinality: Groups C of the 3x3 convolutions.
+      base_width: Width d of one group in the first stage.
+      stem: "imagenet" (7x7/2 conv + 3x3/2 max pool, four stages) or "cifar" (3x3 conv, three
+        stages).
+      num_classes: Classifier outputs when `include_top`.
+      bottleneck_type: "resnext_C" (grouped convolution), "resnext_B" (parallel branches) or
+        "resnet" (plain bottleneck; requires cardinality 1 and base_width 64).
+      shortcut_type: "A", "B" or "C", as the original's shortcutType.
+      conv_impl: "auto", "grouped" or "split"; see `resnext_tf.layers.resolve_conv_impl`.
+      zero_init_residual: Zero-initialise the last BN gamma of every block.
+      sync_bn: Synchronized BatchNormalization across replicas (TensorFlow backend only).
+      include_top: Attach global average pooling and the classifier.
+      pooling: Without the top: None (4D features), "avg" or "max".
+      input_shape: (height, width, 3); defaults to 224x224 (ImageNet) or 32x32 (CIFAR).
+      input_tensor: Optional Keras tensor to use as the model input.
+      classifier_activation: None for logits (the default here), or e.g. "softmax".
+      name: Model name; derived from the architecture by default.
+
+    Returns:
+      A `keras.Model`.
+
+    Raises:
+      ValueError: for invalid depth, widths, names or input shape.
+    """
+    blocks = stage_blocks(stem, depth)
+    check_choice("bottleneck_type", bottleneck_type, BOTTLENECK_TYPES)
+    check_choice("shortcut_type", shortcut_type, SHORTCUT_TYPES)
+    check_choice("conv_impl", conv_impl, CONV_IMPLS)
+    check_choice("pooling", pooling, POOLINGS)
+    if not isinstance(cardinality, int) or cardinality < 1:
+        raise ValueError(
+            f"cardinality must be an integer >= 1; received cardinality={cardinality!r}."
+        )
+    if not isinstance(base_width, int) or base_width < 1:
+        raise ValueError(f"base_width must be an integer >= 1; received base_width={base_width!r}.")
+    if include_top and (not isinstance(num_classes, int) or num_classes < 1):
+        raise ValueError(
+            f"num_classes must be an integer >= 1; received num_classes={num_classes!r}."
+        )
+    planes_per_stage = IMAGENET_PLANES if stem == "imagenet" else CIFAR_PLANES
+    width = bottleneck_width(planes_per_stage[0], cardinality, base_width)
+    if width // cardinality < 1:
+        raise ValueError(
+            f"cardinality must divide the grouped width; base_width={base_width} gives "
+            f"{planes_per_stage[0] * base_width / 64:g} channels a group in the first stage, "
+            "fewer than one."
+        )
+
+    if input_tensor is not None and not keras.backend.is_keras_tensor(input_tensor):
+        raise ValueError(
+            f"input_tensor must be a Keras tensor (keras.Input); received {type(input_tensor)}."
+        )
+    if input_tensor is not None and input_shape is None:
+        input_shape = tuple(input_tensor.shape[1:])
+    input_shape = check_input_shape(input_shape, stem, include_top)
+    inputs = input_tensor if input_tensor is not None else keras.Input(input_shape, name="images")
+
+    x = _stem(inputs, stem, conv_impl, sync_bn)
+    for stage, (planes, num_blocks) in enumerate(zip(planes_per_stage, blocks, strict=True), 1):
+        for block in range(1, num_blocks + 1):
+            x = Bottleneck(
+                planes,
+                strides=2 if stage > 1 and block == 1 else 1,
+                cardinality=cardinality,
+                base_width=base_width,
+                bottleneck_type=bottleneck_type,
+                shortcut_type=shortcut_type,
+                conv_impl=conv_impl,
+                zero_init_residual=zero_init_residual,
+                sync_bn=sync_bn,
+                name=f"stage{stage}_block{block}",
+            )(x)
+    outputs = _head(x, include_top, pooling, num_classes, classifier_activation)
+    if name is None:
+        family = "resnet" if bottleneck_type == "resnet" else "resnext"
+        name = f"{family}{depth}" + ("" if family == "resnet" else f"_{cardinality}x{base_width}d")
+    return keras.Model(inputs, outputs, name=name)
