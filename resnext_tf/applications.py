@@ -1,0 +1,180 @@
+"""Keras Applications-style constructors: `ResNeXt50`, `ResNeXt101`, `ResNeXt152`, `ResNeXt29`.
+
+They follow keras.applications' signature and validation (include_top, weights, input_tensor,
+input_shape, pooling, classes, classifier_activation, name) and add `cardinality` and
+`base_width`. Unlike `create_model`, the default head ends in a softmax, as in keras.applications.
+"""
+
+import functools
+import json
+import os
+
+import numpy as np
+from keras import ops
+
+from resnext_tf.resnext import build_resnext
+
+# ImageNet normalisation of fb.resnet.torch (and torchvision), on images scaled to [0, 1].
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CLASS_INDEX_PATH = os.path.join(
+    os.path.dirname(__file__), "data_files", "imagenet_class_index.json"
+)
+# Weight names resolved by `resnext_tf.weights` (published ImageNet weights).
+PRETRAINED_NAMES = ("imagenet",)
+
+
+def _check_weights(weights, include_top, classes, stem):
+    if weights is None or (isinstance(weights, str) and os.path.exists(weights)):
+        return
+    if weights not in PRETRAINED_NAMES:
+        raise ValueError(
+            "The `weights` argument should be either `None` (random initialization), "
+            "'imagenet' (pre-training on ImageNet), or the path to the weights file to be "
+            f"loaded. Received: weights={weights!r}"
+        )
+    if stem != "imagenet":
+        raise ValueError(
+            f"No pretrained weights are published for the CIFAR networks; received "
+            f"weights={weights!r}. Use weights=None or the path to a weights file."
+        )
+    if include_top and classes != 1000:
+        raise ValueError(
+            'If using `weights="imagenet"` with `include_top=True`, `classes` should be 1000. '
+            f"Received classes={classes}"
+        )
+
+
+def _constructor(depth, stem, default_classes, default_cardinality, default_base_width, doc):
+    """Makes one keras.applications-style constructor with the variant's defaults."""
+
+    def constructor(
+        include_top=True,
+        weights=None,
+        input_tensor=None,
+        input_shape=None,
+        pooling=None,
+        classes=default_classes,
+        classifier_activation="softmax",
+        name=None,
+        cardinality=default_cardinality,
+        base_width=default_base_width,
+        **kwargs,
+    ):
+        _check_weights(weights, include_top, classes, stem)
+        model = build_resnext(
+            depth,
+            cardinality=cardinality,
+            base_width=base_width,
+            stem=stem,
+            num_classes=classes,
+            include_top=include_top,
+            pooling=pooling,
+            input_shape=input_shape,
+            input_tensor=input_tensor,
+            classifier_activation=classifier_activation,
+            name=name or f"resnext{depth}_{cardinality}x{base_width}d",
+            **kwargs,
+        )
+        if weights is not None:
+            # Imported here: weight conversion needs h5py/safetensors, the model code does not.
+            from resnext_tf.weights import load_weights
+
+            load_weights(model, weights)
+        return model
+
+    constructor.__name__ = constructor.__qualname__ = f"ResNeXt{depth}"
+    constructor.__doc__ = doc + _ARGS_DOC
+    return constructor
+
+
+_ARGS_DOC = """
+
+    Args:
+      include_top: Whether to include the pooling and the fully-connected classifier.
+      weights: None (random initialization), "imagenet", or the path to a weights file
+        (.weights.h5, or a torchvision/timm/Torch7 file that `resnext_tf.weights` converts).
+      input_tensor: Optional Keras tensor to use as image input.
+      input_shape: Optional (height, width, 3), at least 32x32 (8x8 for ResNeXt29); 224x224
+        (32x32) by default.
+      pooling: Without the top: None, "avg" or "max".
+      classes: Number of classes when `include_top`.
+      classifier_activation: Activation of the top layer; None returns logits.
+      name: Model name.
+      cardinality: Groups C.
+      base_width: Width of one group in the first stage.
+      **kwargs: Further `build_resnext` arguments (bottleneck_type, shortcut_type, conv_impl,
+        zero_init_residual, sync_bn).
+
+    Returns:
+      A `keras.Model`.
+    """
+
+ResNeXt50 = _constructor(50, "imagenet", 1000, 32, 4, "ResNeXt-50 (32x4d by default), ImageNet.")
+ResNeXt101 = _constructor(101, "imagenet", 1000, 32, 4, "ResNeXt-101 (32x4d by default), ImageNet.")
+ResNeXt152 = _constructor(152, "imagenet", 1000, 32, 4, "ResNeXt-152 (32x4d by default), ImageNet.")
+ResNeXt29 = _constructor(
+    29, "cifar", 10, 16, 64, "CIFAR ResNeXt-29 (16x64d by default); no published weights."
+)
+
+
+def preprocess_input(x, data_format=None):
+    """Scales RGB images in [0, 255] to [0, 1] and normalises with the ImageNet mean and std.
+
+    The normalisation of fb.resnet.torch, which the models were trained with (keras.applications'
+    "torch" mode).
+
+    Args:
+      x: Images, [..., H, W, 3] (channels_last) or [..., 3, H, W] with
+        data_format="channels_first"; a NumPy array or a backend tensor.
+      data_format: None or "channels_last" (default), or "channels_first".
+
+    Returns:
+      Float32 images of the same shape.
+    """
+    if data_format not in (None, "channels_last", "channels_first"):
+        raise ValueError(
+            "data_format should be one of None, 'channels_last', 'channels_first'; received "
+            f"data_format={data_format!r}."
+        )
+    mean = np.asarray(IMAGENET_MEAN, np.float32)
+    std = np.asarray(IMAGENET_STD, np.float32)
+    if data_format == "channels_first":
+        mean, std = mean[:, None, None], std[:, None, None]
+    x = ops.cast(x, "float32") / 255.0
+    return (x - mean) / std
+
+
+@functools.cache
+def _class_index():
+    with open(CLASS_INDEX_PATH, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def decode_predictions(preds, top=5):
+    """Decodes ImageNet predictions into (wnid, class name, score) tuples, best first.
+
+    Works offline: the ImageNet class index ships with the package.
+
+    Args:
+      preds: Array of shape (samples, 1000): probabilities or logits.
+      top: How many classes to return per sample.
+
+    Returns:
+      A list (one entry per sample) of lists of (wnid, class_name, score) tuples.
+
+    Raises:
+      ValueError: if `preds` is not of shape (samples, 1000).
+    """
+    preds = np.asarray(ops.convert_to_numpy(preds))
+    if preds.ndim != 2 or preds.shape[1] != 1000:
+        raise ValueError(
+            "`decode_predictions` expects a batch of predictions (i.e. a 2D array of shape "
+            f"(samples, 1000)). Received array with shape: {preds.shape}"
+        )
+    index = _class_index()
+    results = []
+    for row in preds:
+        best = np.argsort(row)[::-1][:top]
+        results.append([(*index[str(i)], float(row[i])) for i in best])
+    return results
