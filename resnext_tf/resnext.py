@@ -10,7 +10,6 @@ from resnext_tf.layers import (
     SHORTCUT_TYPES,
     Bottleneck,
     GroupedConv2D,
-    bottleneck_width,
     check_choice,
 )
 
@@ -190,13 +189,6 @@ def build_resnext(
             f"num_classes must be an integer >= 1; received num_classes={num_classes!r}."
         )
     planes_per_stage = IMAGENET_PLANES if stem == "imagenet" else CIFAR_PLANES
-    width = bottleneck_width(planes_per_stage[0], cardinality, base_width)
-    if width // cardinality < 1:
-        raise ValueError(
-            f"cardinality must divide the grouped width; base_width={base_width} gives "
-            f"{planes_per_stage[0] * base_width / 64:g} channels a group in the first stage, "
-            "fewer than one."
-        )
 
     if input_tensor is not None and not keras.backend.is_keras_tensor(input_tensor):
         raise ValueError(
