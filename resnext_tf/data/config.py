@@ -1,0 +1,116 @@
+"""Configuration and summary types of the input pipelines."""
+
+import dataclasses
+import os
+from typing import NamedTuple
+
+DATASETS = ("cifar10", "cifar100", "imagenet")
+SPLITS = ("train", "eval")
+# data_dir value that selects generated images instead of files.
+SYNTHETIC = "synthetic"
+# Crop size when image_size is None: ImageNet trains and evaluates on 224 crops
+# (REFERENCE.md "Data"); CIFAR images are 32x32.
+DEFAULT_IMAGE_SIZE = {"cifar10": 32, "cifar100": 32, "imagenet": 224}
+
+
+class DatasetSpec(NamedTuple):
+    """What a model and a trainer need to know about a dataset, without reading images."""
+
+    num_classes: int
+    num_train: int
+    num_eval: int
+    image_shape: tuple[int, int, int]
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Input pipeline options; the defaults are the original recipe (REFERENCE.md "Data").
+
+    Attributes:
+        dataset: "cifar10", "cifar100" or "imagenet".
+        data_dir: None (TFDS default folder), a path (CIFAR python-version folder or .tar.gz,
+            ImageNet train/ val/ folders, or a TFDS data_dir) or "synthetic".
+        image_size: Side of the square model input; None gives 224 (ImageNet) or 32 (CIFAR).
+        eval_resize: ImageNet evaluation resizes the shorter side to this before the centre crop.
+        seed: Seed of the shuffling order and of every augmentation draw.
+        cache: Keep the evaluation split's preprocessed examples in memory after the first pass.
+        ten_crop: ImageNet evaluation yields 10 crops per image ([b, 10, H, W, 3]).
+        crop_area_range: ImageNet RandomSizedCrop area fraction range.
+        aspect_range: ImageNet RandomSizedCrop aspect ratio (w/h) range.
+        color_jitter: Brightness, contrast and saturation strength (0 disables).
+        lighting: Standard deviation of the PCA lighting noise (0 disables).
+        flip: Random horizontal flips with probability 0.5.
+        pad_crop: CIFAR zero padding before the random 32x32 crop (0 disables the crop).
+        fused_crop: Decode only the ImageNet train crop window from the JPEG
+            (tf.image.decode_and_crop_jpeg) instead of the whole image.
+        antialias: Low-pass filter when downscaling (as PIL does). The original's Torch
+            image.scale interpolates without it.
+    """
+
+    dataset: str
+    data_dir: str | None = None
+    image_size: int | None = None
+    eval_resize: int = 256
+    seed: int = 0
+    cache: bool = False
+    ten_crop: bool = False
+    crop_area_range: tuple[float, float] = (0.08, 1.0)
+    aspect_range: tuple[float, float] = (3 / 4, 4 / 3)
+    color_jitter: float = 0.4
+    lighting: float = 0.1
+    flip: bool = True
+    pad_crop: int = 4
+    fused_crop: bool = True
+    antialias: bool = False
+
+    def __post_init__(self):
+        if self.dataset not in DATASETS:
+            raise ValueError(
+                f"Unknown dataset; received dataset={self.dataset!r}; expected one of {DATASETS}."
+            )
+        if self.data_dir is not None:
+            object.__setattr__(self, "data_dir", os.fspath(self.data_dir))
+        # Flags may hand over lists; tuples keep the config hashable.
+        for name in ("crop_area_range", "aspect_range"):
+            low, high = (float(v) for v in getattr(self, name))
+            if not 0 < low <= high:
+                raise ValueError(
+                    f"{name} must satisfy 0 < low <= high; received {name}={(low, high)!r}."
+                )
+            object.__setattr__(self, name, (low, high))
+        if self.crop_area_range[1] > 1:
+            raise ValueError(
+                f"crop_area_range is a fraction of the image area; received "
+                f"crop_area_range={self.crop_area_range!r}; expected values in (0, 1]."
+            )
+        for name in ("color_jitter", "lighting", "pad_crop"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0; received {name}={getattr(self, name)!r}.")
+        self._check_sizes()
+
+    def _check_sizes(self):
+        size = self.crop_size
+        if self.is_cifar and size != 32:
+            raise ValueError(
+                f"CIFAR images are 32x32; received image_size={self.image_size!r}; "
+                "expected None or 32."
+            )
+        if self.is_cifar and self.ten_crop:
+            raise ValueError(
+                "ten_crop is an ImageNet evaluation; received ten_crop=True with "
+                f"dataset={self.dataset!r}."
+            )
+        if size < 1 or self.eval_resize < size:
+            raise ValueError(
+                "Expected 1 <= image_size <= eval_resize; received "
+                f"image_size={size}, eval_resize={self.eval_resize}."
+            )
+
+    @property
+    def is_cifar(self) -> bool:
+        return self.dataset != "imagenet"
+
+    @property
+    def crop_size(self) -> int:
+        """The side of the square images the pipeline yields."""
+        return DEFAULT_IMAGE_SIZE[self.dataset] if self.image_size is None else int(self.image_size)

@@ -1,0 +1,318 @@
+"""Assembles the tf.data pipelines: epoch order, sharding, resume, robust decoding, batching.
+
+An epoch is a sequence of positions 0 .. steps * global_batch - 1; step s holds positions
+s * B .. s * B + B - 1, and an input pipeline feeds the contiguous slice of each step that its
+replicas consume. Training maps position -> example index with a stateless permutation of
+(seed, epoch); evaluation uses file order. Augmentation draws of an example are seeded with
+fold_in(seed(seed, epoch), example index), so a batch depends on nothing but (seed, epoch, step).
+"""
+
+import dataclasses
+import functools
+import hashlib
+import os
+import sys
+
+import tensorflow as tf
+
+from resnext_tf.data import transforms
+from resnext_tf.data.cifar import CifarArrays
+from resnext_tf.data.config import SPLITS, DataConfig
+from resnext_tf.data.imagenet import FileIndex
+from resnext_tf.data.sources import SyntheticSplit, load_source
+
+AUTOTUNE = tf.data.AUTOTUNE
+# Streamed (TFRecord) sources are shuffled in windows of this many records.
+SHUFFLE_WINDOW = 8192
+# Grey level, in [0, 1], of the image standing in for an example no file of which decodes.
+GREY = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+    """How a global batch is split: this pipeline feeds `width` examples per step from
+    position `offset` of the step, as width / batch per-replica batches."""
+
+    global_batch: int
+    batch: int
+    width: int
+    offset: int
+
+    def local_count(self, num_examples, steps, skip):
+        """How many of this pipeline's positions in steps skip..steps-1 are < num_examples."""
+        step_starts = range(
+            skip * self.global_batch + self.offset, steps * self.global_batch, self.global_batch
+        )
+        return sum(min(max(num_examples - start, 0), self.width) for start in step_starts)
+
+
+def _layout(global_batch_size, input_context):
+    replicas, pipelines, pipeline_id = 1, 1, 0
+    if input_context is not None:
+        replicas = input_context.num_replicas_in_sync
+        pipelines = input_context.num_input_pipelines
+        pipeline_id = input_context.input_pipeline_id
+    if global_batch_size < 1 or global_batch_size % replicas:
+        raise ValueError(
+            f"global_batch_size must be a positive multiple of num_replicas_in_sync; received "
+            f"global_batch_size={global_batch_size}, num_replicas_in_sync={replicas}."
+        )
+    if replicas % pipelines:
+        raise ValueError(
+            f"num_replicas_in_sync must be a multiple of num_input_pipelines; received "
+            f"num_replicas_in_sync={replicas}, num_input_pipelines={pipelines}."
+        )
+    width = global_batch_size // pipelines
+    return _Layout(global_batch_size, global_batch_size // replicas, width, pipeline_id * width)
+
+
+def _epoch_seeds(seed, epoch):
+    """Returns the (shuffle, augmentation) seeds of an epoch."""
+    return transforms.split_seed(tf.constant([seed, epoch], tf.int64), 2)
+
+
+def _example_shape(cfg, train):
+    size = cfg.crop_size
+    return [10, size, size, 3] if cfg.ten_crop and not train else [size, size, 3]
+
+
+def _warned(element, *message):
+    # Runs only for the rare replaced files; tf.print keeps Python out of the pipeline.
+    with tf.control_dependencies(
+        [tf.print("resnext_tf.data WARNING:", *message, output_stream=sys.stderr)]
+    ):
+        return tf.nest.map_structure(tf.identity, element)
+
+
+def _decode_robustly(ds, fetch, transform, cfg, train):
+    """Decodes each element, replacing one whose file cannot be read or decoded.
+
+    Elements of `ds` are (seed, candidates), candidates a tuple of (name, source, label):
+    the example, then its stand-ins. The first candidate that fetch + transform accept is
+    used; if none is, a grey image with the example's label (label -1 in evaluation).
+    Every element thus yields exactly one example, so epoch lengths and positions never shift.
+    """
+    grey = tf.fill(_example_shape(cfg, train), GREY)
+    grey = transforms.normalize(grey, transforms.IMAGENET_MEAN, transforms.IMAGENET_STD)
+
+    def attempt(seed, number, name, source, label, first_name):
+        out = tf.data.Dataset.from_tensors((source, label))
+        out = out.map(lambda s, y: (transform(fetch(s), seed), y)).ignore_errors()
+        if number:
+            out = out.map(
+                lambda *e: _warned(e, "unreadable image", first_name, "replaced by", name)
+            )
+        return out
+
+    def first_readable(seed, candidates):
+        first_name, _, first_label = candidates[0]
+        tries = [attempt(seed, k, *c, first_name) for k, c in enumerate(candidates)]
+        last = (grey, first_label if train else tf.constant(-1, tf.int32))
+        last = tf.data.Dataset.from_tensors(last).map(
+            lambda *e: _warned(e, "unreadable image", first_name, "replaced by a grey image")
+        )
+        return functools.reduce(tf.data.Dataset.concatenate, tries + [last]).take(1)
+
+    return ds.interleave(first_readable, num_parallel_calls=AUTOTUNE, deterministic=True)
+
+
+def _imagenet_transform(cfg, train):
+    if train:
+        return lambda data, seed: transforms.imagenet_train(data, seed, cfg)
+    return lambda data, seed: transforms.imagenet_eval(data, cfg)
+
+
+def _positions(layout, start, stop):
+    """This pipeline's epoch positions, for its local slots start .. stop - 1."""
+    width, batch, offset = layout.width, layout.global_batch, layout.offset
+    return tf.data.Dataset.range(start, stop).map(lambda t: t // width * batch + offset + t % width)
+
+
+def _cifar_examples(ds, arrays, cfg, train):
+    images, labels = tf.constant(arrays.images), tf.constant(arrays.labels)
+
+    def example(index, seed):
+        image = tf.gather(images, index)
+        image = (
+            transforms.cifar_train(image, seed, cfg) if train else transforms.cifar_eval(image, cfg)
+        )
+        return image, tf.gather(labels, index)
+
+    return ds.map(example, num_parallel_calls=AUTOTUNE, deterministic=True)
+
+
+def _file_examples(ds, index, cfg, train):
+    paths, labels = tf.constant(index.relpaths), tf.constant(index.labels)
+    prefix = os.path.join(index.root, "")
+    count = index.num_examples
+
+    def candidates(i, seed):
+        # An unreadable training image is replaced by the next file in file order.
+        ids = [i, (i + 1) % count] if train else [i]
+        files = [(prefix + tf.gather(paths, j), tf.gather(labels, j)) for j in ids]
+        return seed, tuple((path, path, label) for path, label in files)
+
+    ds = ds.map(candidates, num_parallel_calls=AUTOTUNE, deterministic=True)
+    return _decode_robustly(ds, tf.io.read_file, _imagenet_transform(cfg, train), cfg, train)
+
+
+def _indexed_examples(cfg, data, train, layout, start, count, epoch):
+    """Examples of an in-memory or file source, read by index in epoch order."""
+    shuffle_seed, augment_seed = _epoch_seeds(cfg.seed, epoch)
+    ds = _positions(layout, start, start + count)
+    if train:
+        last = tf.constant(data.num_examples - 1, tf.int64)
+        ds = ds.map(lambda pos: tf.random.experimental.index_shuffle(pos, shuffle_seed, last))
+    ds = ds.map(lambda i: (i, tf.random.experimental.stateless_fold_in(augment_seed, i)))
+    if isinstance(data, CifarArrays):
+        return _cifar_examples(ds, data, cfg, train)
+    return _file_examples(ds, data, cfg, train)
+
+
+def _python_seed(seed, epoch):
+    return int(hashlib.sha1(f"{seed}:{epoch}".encode()).hexdigest()[:8], 16)
+
+
+def _window_shuffle(ds, seed):
+    """Stateless shuffle of a stream: each window of SHUFFLE_WINDOW records is permuted."""
+
+    def shuffle(window_id, window):
+        size = tf.shape(window[1])[0]
+        window_seed = tf.random.experimental.stateless_fold_in(seed, window_id)
+        order = tf.random.experimental.stateless_shuffle(tf.range(size), window_seed)
+        return tf.nest.map_structure(lambda t: tf.gather(t, order), window)
+
+    return ds.batch(SHUFFLE_WINDOW).enumerate().map(shuffle).unbatch()
+
+
+def _streamed_examples(cfg, data, train, layout, start, count, epoch, input_context):
+    """Examples of a TFDS imagenet2012 (TFRecords); only the kept records are decoded.
+
+    Training shards by file (TFDS input_context) and cycles a pipeline's files to fill exactly
+    `count` examples; evaluation reads the split in order and keeps this pipeline's positions.
+    """
+    import tensorflow_datasets as tfds  # slow import, only when TFDS is the source
+
+    shuffle_seed, augment_seed = _epoch_seeds(cfg.seed, epoch)
+    read = functools.partial(
+        data.builder.as_dataset,
+        split=data.name,
+        as_supervised=True,
+        decoders={"image": tfds.decode.SkipDecoding()},
+    )
+    if train:
+        config = tfds.ReadConfig(
+            shuffle_seed=_python_seed(cfg.seed, epoch), input_context=input_context
+        )
+        ds = _window_shuffle(read(shuffle_files=True, read_config=config).repeat(), shuffle_seed)
+        ds = ds.enumerate().skip(start).take(count)
+    else:
+        batch, offset, width = layout.global_batch, layout.offset, layout.width
+        ds = read(shuffle_files=False).enumerate()
+        ds = ds.filter(
+            lambda pos, _: (
+                (pos % batch >= offset)
+                & (pos % batch < offset + width)
+                & (pos >= start // width * batch)
+            )
+        )
+    key = tf.random.experimental.stateless_fold_in(augment_seed, layout.offset)
+
+    def candidates(pos, record):
+        name = tf.strings.format("{} record {}", (data.name, pos))
+        data_bytes, label = record
+        return tf.random.experimental.stateless_fold_in(key, pos), (
+            (name, data_bytes, tf.cast(label, tf.int32)),
+        )
+
+    ds = ds.map(candidates)
+    return _decode_robustly(ds, tf.identity, _imagenet_transform(cfg, train), cfg, train)
+
+
+def _synthetic(cfg, num_classes, layout, steps, skip, num_examples, train):
+    """The same random batch every step, labels beyond the split's size set to -1."""
+    images = tf.random.stateless_normal([layout.batch, *_example_shape(cfg, train)], [cfg.seed, 0])
+    labels = tf.random.stateless_uniform([layout.batch], [cfg.seed, 1], 0, num_classes, tf.int32)
+    per_step = layout.width // layout.batch
+
+    def batch(t):
+        first = (
+            (skip + t // per_step) * layout.global_batch
+            + layout.offset
+            + t % per_step * layout.batch
+        )
+        positions = first + tf.range(layout.batch, dtype=tf.int64)
+        return images, tf.where(positions < num_examples, labels, -1)
+
+    return tf.data.Dataset.range((steps - skip) * per_step).map(batch)
+
+
+def _padded(ds, count, cfg):
+    pad = (tf.zeros(_example_shape(cfg, False)), tf.constant(-1, tf.int32))
+    return ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat(count))
+
+
+def build_dataset(
+    cfg: DataConfig,
+    split: str,
+    global_batch_size: int,
+    input_context: tf.distribute.InputContext | None = None,
+    epoch: int = 0,
+    skip_batches: int = 0,
+) -> tf.data.Dataset:
+    """Builds one epoch (train) or one pass (eval) of batches.
+
+    Args:
+        cfg: DataConfig.
+        split: "train" or "eval".
+        global_batch_size: Examples per step over all replicas.
+        input_context: From tf.distribute's distribute_datasets_from_function; this pipeline
+            then yields batches of global_batch_size / num_replicas_in_sync for its replicas.
+        epoch: Selects the shuffling order and the augmentation draws (train).
+        skip_batches: Steps already done; the dataset starts at step skip_batches of the epoch
+            without decoding the skipped images.
+
+    Returns:
+        Dataset of (images float32 [b, H, W, 3] normalized, labels int32 [b]) with static
+        shapes. train: floor(num_train / global_batch_size) steps, shuffled. eval: every
+        example once in file order, the last step padded with label -1 (zero images);
+        ten_crop gives images [b, 10, H, W, 3].
+
+    Raises:
+        ValueError: Bad split, batch size, replica layout, skip_batches, or too small a split.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"Unknown split; received split={split!r}; expected one of {SPLITS}.")
+    layout = _layout(global_batch_size, input_context)
+    source = load_source(cfg.dataset, cfg.data_dir)
+    num_examples = source.num_examples(split)
+    train = split == "train"
+    steps = num_examples // global_batch_size if train else -(-num_examples // global_batch_size)
+    if steps == 0:
+        raise ValueError(
+            f"The {split} split of {cfg.dataset} at data_dir={cfg.data_dir!r} has "
+            f"{num_examples} examples; training needs at least "
+            f"global_batch_size={global_batch_size}, evaluation at least 1."
+        )
+    if not 0 <= skip_batches <= steps:
+        raise ValueError(
+            f"skip_batches must be in [0, {steps}] for this epoch; "
+            f"received skip_batches={skip_batches}."
+        )
+    data = source.splits[split]
+    if isinstance(data, SyntheticSplit):
+        ds = _synthetic(cfg, source.num_classes, layout, steps, skip_batches, num_examples, train)
+    else:
+        start, total = skip_batches * layout.width, (steps - skip_batches) * layout.width
+        count = total if train else layout.local_count(num_examples, steps, skip_batches)
+        if isinstance(data, CifarArrays | FileIndex):
+            ds = _indexed_examples(cfg, data, train, layout, start, count, epoch)
+        else:
+            ds = _streamed_examples(cfg, data, train, layout, start, count, epoch, input_context)
+        if not train:
+            ds = _padded(ds, total - count, cfg)
+            ds = ds.cache() if cfg.cache else ds
+        ds = ds.batch(layout.batch, drop_remainder=True)
+    options = tf.data.Options()
+    options.deterministic = True
+    return ds.prefetch(AUTOTUNE).with_options(options)

@@ -1,0 +1,69 @@
+"""Chooses and opens the source of a dataset: in-memory CIFAR, ImageNet files, TFDS or synthetic."""
+
+import dataclasses
+import functools
+
+from resnext_tf.data import cifar, imagenet
+from resnext_tf.data.config import SYNTHETIC, DataConfig, DatasetSpec
+
+# Official (train, eval) sizes, reported for synthetic data.
+OFFICIAL_COUNTS = {
+    "cifar10": (50000, 10000),
+    "cifar100": (50000, 10000),
+    "imagenet": (1281167, 50000),
+}
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000}
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticSplit:
+    """Generated images standing in for a split of num_examples."""
+
+    num_examples: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """The splits of a dataset: CifarArrays, FileIndex, TfdsSplit or SyntheticSplit values."""
+
+    num_classes: int
+    splits: dict
+
+    def num_examples(self, split):
+        data = self.splits.get(split)
+        return 0 if data is None else data.num_examples
+
+
+def _imagenet_folders(data_dir):
+    classes = imagenet.class_names(data_dir)
+    splits = {s: imagenet.load_file_index(data_dir, s, classes) for s in ("train", "eval")}
+    return Source(len(classes), splits)
+
+
+@functools.lru_cache(maxsize=8)
+def load_source(dataset, data_dir):
+    """Opens (once per process) the source that DataConfig(dataset, data_dir) selects."""
+    if data_dir == SYNTHETIC:
+        counts = dict(zip(("train", "eval"), OFFICIAL_COUNTS[dataset], strict=True))
+        return Source(NUM_CLASSES[dataset], {s: SyntheticSplit(n) for s, n in counts.items()})
+    if dataset != "imagenet":
+        return Source(NUM_CLASSES[dataset], cifar.load_cifar(dataset, data_dir))
+    if data_dir is not None and imagenet.is_folder_layout(data_dir):
+        return _imagenet_folders(data_dir)
+    return Source(NUM_CLASSES[dataset], imagenet.load_tfds_splits(data_dir))
+
+
+def dataset_spec(cfg: DataConfig) -> DatasetSpec:
+    """Returns the class count, split sizes and image shape of cfg's dataset.
+
+    Cheap: reads no image (CIFAR reads its arrays once per process, an ImageNet folder its
+    cached file index).
+    """
+    source = load_source(cfg.dataset, cfg.data_dir)
+    size = cfg.crop_size
+    return DatasetSpec(
+        num_classes=source.num_classes,
+        num_train=source.num_examples("train"),
+        num_eval=source.num_examples("eval"),
+        image_shape=(size, size, 3),
+    )

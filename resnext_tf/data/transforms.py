@@ -1,0 +1,277 @@
+"""Per-image transforms of the original recipe (fb.resnet.torch transforms), in TensorFlow.
+
+Every random draw is stateless: a transform takes a seed of shape [2] and gives the same
+output for the same seed. Geometry follows Torch: integer sizes are truncated, centre crops
+start at ceil((size - crop) / 2), RandomSizedCrop rounds half away from zero.
+"""
+
+import functools
+
+import tensorflow as tf
+
+# ImageNet channel mean and std on [0, 1] RGB images (REFERENCE.md "Data", step 4).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# AlexNet PCA lighting noise: eigenvalues and eigenvector rows (REFERENCE.md "Data", step 3).
+PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
+PCA_EIGVEC = (
+    (-0.5675, 0.7192, 0.4009),
+    (-0.5808, -0.0045, -0.8140),
+    (-0.5836, -0.6948, 0.4203),
+)
+# Grey level used by the saturation and contrast jitter (REFERENCE.md "Data", step 2).
+GREY_WEIGHTS = (0.299, 0.587, 0.114)
+# CIFAR (mean, std) per channel on 0-255 images (REFERENCE.md "Data").
+CIFAR_MEAN_STD = {
+    "cifar10": ((125.3, 123.0, 113.9), (63.0, 62.1, 66.7)),
+    "cifar100": ((129.3, 124.1, 112.4), (68.2, 65.4, 70.4)),
+}
+# RandomSizedCrop tries this many windows before falling back to a centre crop (REFERENCE.md).
+CROP_TRIES = 10
+
+
+def split_seed(seed, num):
+    """Returns `num` independent seeds of shape [2] derived from `seed`."""
+    return tf.unstack(tf.random.experimental.stateless_split(seed, num))
+
+
+def normalize(image, mean, std):
+    """Returns (image - mean) / std per channel."""
+    return (image - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
+
+
+def random_flip(image, seed):
+    """Mirrors `image` ([H, W, C]) left-right with probability 0.5."""
+    flip = tf.random.stateless_uniform([], seed) < 0.5
+    return tf.where(flip, tf.reverse(image, axis=[1]), image)
+
+
+def _round_half_up(x):
+    # torch.round rounds halves away from zero; tf.round rounds them to even.
+    return tf.cast(tf.floor(x + 0.5), tf.int32)
+
+
+def sample_crop_window(height, width, seed, area_range, aspect_range):
+    """Draws a RandomSizedCrop window for an image of the given size.
+
+    Args:
+        height: Image height (int32 scalar tensor).
+        width: Image width (int32 scalar tensor).
+        seed: Seed of shape [2].
+        area_range: (low, high) fraction of the image area.
+        aspect_range: (low, high) of width / height before the random swap.
+
+    Returns:
+        (offset_y, offset_x, crop_height, crop_width, found): int32 scalars and a bool that is
+        False when all CROP_TRIES draws missed; the window is then the whole image.
+    """
+    area_seed, aspect_seed, swap_seed, offset_seed = split_seed(seed, 4)
+    area = tf.cast(height * width, tf.float32)
+    target = tf.random.stateless_uniform([CROP_TRIES], area_seed, *area_range) * area
+    aspect = tf.random.stateless_uniform([CROP_TRIES], aspect_seed, *aspect_range)
+    w = _round_half_up(tf.sqrt(target * aspect))
+    h = _round_half_up(tf.sqrt(target / aspect))
+    swap = tf.random.stateless_uniform([CROP_TRIES], swap_seed) < 0.5
+    w, h = tf.where(swap, h, w), tf.where(swap, w, h)
+    fits = (h <= height) & (w <= width) & (h >= 1) & (w >= 1)
+    found = tf.reduce_any(fits)
+    first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
+    h = tf.where(found, h[first], height)
+    w = tf.where(found, w[first], width)
+    # Torch draws the offset uniformly from 0 .. size - crop (both ends included).
+    u = tf.random.stateless_uniform([2], offset_seed)
+    y = tf.minimum(tf.cast(u[0] * tf.cast(height - h + 1, tf.float32), tf.int32), height - h)
+    x = tf.minimum(tf.cast(u[1] * tf.cast(width - w + 1, tf.float32), tf.int32), width - w)
+    return y, x, h, w, found
+
+
+def shorter_side_size(height, width, size):
+    """Returns the (height, width) that Torch's Scale(size) resizes an image to.
+
+    The shorter side becomes `size`, the longer one keeps the aspect ratio, truncated.
+    """
+    tall = height > width
+    new_h = tf.where(tall, height * size // width, size)
+    new_w = tf.where(tall, size, width * size // height)
+    return new_h, new_w
+
+
+def resize(image, height, width, antialias):
+    """Bicubic resize of an [H, W, C] image (any dtype) to float32; a no-op size is skipped."""
+    same = tf.reduce_all(tf.shape(image)[:2] == tf.stack([height, width]))
+    return tf.cond(
+        same,
+        lambda: tf.cast(image, tf.float32),
+        lambda: tf.image.resize(image, [height, width], method="bicubic", antialias=antialias),
+    )
+
+
+def center_crop(image, size):
+    """Crops the central size x size window; offsets round up as in Torch's CenterCrop."""
+    shape = tf.shape(image)
+    y = (shape[0] - size + 1) // 2
+    x = (shape[1] - size + 1) // 2
+    return image[y : y + size, x : x + size]
+
+
+def ten_crop(image, size):
+    """Returns [10, size, size, C]: corners TL, TR, BL, BR, centre, then the mirror of each."""
+    shape = tf.shape(image)
+    bottom, right = shape[0] - size, shape[1] - size
+    corners = [(0, 0), (0, right), (bottom, 0), (bottom, right)]
+    crops = [image[y : y + size, x : x + size] for y, x in corners]
+    crops = tf.stack(crops + [center_crop(image, size)])
+    return tf.concat([crops, tf.reverse(crops, axis=[2])], axis=0)
+
+
+def _grey(image):
+    return tf.tensordot(image, tf.constant(GREY_WEIGHTS, image.dtype), axes=1)[..., None]
+
+
+def _blend(image, other, alpha):
+    return image * alpha + other * (1.0 - alpha)
+
+
+def _brightness(image, alpha):
+    return image * alpha
+
+
+def _contrast(image, alpha):
+    return _blend(image, tf.reduce_mean(_grey(image)), alpha)
+
+
+def _saturation(image, alpha):
+    return _blend(image, _grey(image), alpha)
+
+
+# Order of the factors returned by sample_color_jitter.
+JITTER_OPS = (_brightness, _contrast, _saturation)
+
+
+def sample_color_jitter(seed, strength):
+    """Draws the jitter factors 1 + U(-strength, strength) and a random order of the 3 ops.
+
+    Returns:
+        (factors, order): float32 [3] for brightness, contrast, saturation and an int32 [3]
+        permutation; order[k] is the op applied k-th.
+    """
+    factor_seed, order_seed = split_seed(seed, 2)
+    factors = 1.0 + tf.random.stateless_uniform([3], factor_seed, -strength, strength)
+    order = tf.argsort(tf.random.stateless_uniform([3], order_seed))
+    return factors, order
+
+
+def apply_color_jitter(image, factors, order):
+    """Applies brightness, contrast and saturation blends in `order`, without clamping."""
+    for step in range(3):
+        branches = [functools.partial(op, image, factors[k]) for k, op in enumerate(JITTER_OPS)]
+        image = tf.switch_case(order[step], branches)
+    return image
+
+
+def lighting(image, seed, alphastd):
+    """Adds AlexNet PCA noise eigvec @ (alpha * eigval), alpha ~ N(0, alphastd) per component."""
+    alpha = tf.random.stateless_normal([3], seed, stddev=alphastd)
+    eigvec = tf.constant(PCA_EIGVEC, tf.float32)
+    return image + tf.linalg.matvec(eigvec, alpha * tf.constant(PCA_EIGVAL, tf.float32))
+
+
+def image_shape(data):
+    """Returns the (height, width) of an encoded image, reading only the header of a JPEG."""
+    return tf.cond(
+        tf.io.is_jpeg(data),
+        lambda: tf.image.extract_jpeg_shape(data)[:2],
+        lambda: tf.shape(decode(data))[:2],
+    )
+
+
+def decode(data):
+    """Decodes a JPEG (grey and CMYK included), PNG, GIF or BMP to uint8 [H, W, 3]."""
+    return tf.io.decode_image(data, channels=3, expand_animations=False)
+
+
+def decode_window(data, y, x, h, w, fused):
+    """Decodes the window [y:y+h, x:x+w] of an encoded image.
+
+    With `fused`, JPEGs decode only the window (libjpeg skips the rest); other formats
+    always decode fully and are cropped.
+    """
+
+    def crop_full():
+        return decode(data)[y : y + h, x : x + w]
+
+    if not fused:
+        return crop_full()
+    return tf.cond(
+        tf.io.is_jpeg(data),
+        lambda: tf.image.decode_and_crop_jpeg(data, tf.stack([y, x, h, w]), channels=3),
+        crop_full,
+    )
+
+
+def imagenet_train(data, seed, cfg):
+    """ImageNet training transform of an encoded image: crop, jitter, lighting, normalize, flip.
+
+    Args:
+        data: Encoded image bytes (scalar string tensor).
+        seed: Seed of shape [2] for all the draws of this image.
+        cfg: DataConfig.
+
+    Returns:
+        float32 [size, size, 3], normalized.
+    """
+    size = cfg.crop_size
+    crop_seed, jitter_seed, light_seed, flip_seed = split_seed(seed, 4)
+    height, width = tf.unstack(image_shape(data))
+    y, x, h, w, found = sample_crop_window(
+        height, width, crop_seed, cfg.crop_area_range, cfg.aspect_range
+    )
+    image = decode_window(data, y, x, h, w, cfg.fused_crop)
+    # A found window is resized to size x size; the fallback resizes the shorter side to
+    # size and takes the centre crop (a no-op crop for a found window).
+    out_h, out_w = shorter_side_size(h, w, size)
+    image = resize(image, tf.where(found, size, out_h), tf.where(found, size, out_w), cfg.antialias)
+    image = tf.ensure_shape(center_crop(image, size), [size, size, 3]) / 255.0
+    if cfg.color_jitter > 0:
+        image = apply_color_jitter(image, *sample_color_jitter(jitter_seed, cfg.color_jitter))
+    if cfg.lighting > 0:
+        image = lighting(image, light_seed, cfg.lighting)
+    image = normalize(image, IMAGENET_MEAN, IMAGENET_STD)
+    return random_flip(image, flip_seed) if cfg.flip else image
+
+
+def imagenet_eval(data, cfg):
+    """ImageNet evaluation transform: shorter side to eval_resize, centre (or ten) crop, normalize.
+
+    Returns:
+        float32 [size, size, 3], or [10, size, size, 3] with cfg.ten_crop.
+    """
+    image = decode(data)
+    height, width = tf.unstack(tf.shape(image)[:2])
+    image = resize(image, *shorter_side_size(height, width, cfg.eval_resize), cfg.antialias)
+    size = cfg.crop_size
+    if cfg.ten_crop:
+        image = tf.ensure_shape(ten_crop(image, size), [10, size, size, 3])
+    else:
+        image = tf.ensure_shape(center_crop(image, size), [size, size, 3])
+    return normalize(image / 255.0, IMAGENET_MEAN, IMAGENET_STD)
+
+
+def cifar_train(image, seed, cfg):
+    """CIFAR training transform of a uint8 [32, 32, 3] image: normalize, flip, pad, crop."""
+    flip_seed, crop_seed = split_seed(seed, 2)
+    image = cifar_eval(image, cfg)
+    if cfg.flip:
+        image = random_flip(image, flip_seed)
+    if cfg.pad_crop == 0:
+        return image
+    pad = cfg.pad_crop
+    # Zero padding after normalizing pads with the dataset mean, as in the original.
+    image = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
+    offset = tf.random.stateless_uniform([2], crop_seed, 0, 2 * pad + 1, dtype=tf.int32)
+    return tf.slice(image, tf.concat([offset, [0]], 0), [32, 32, 3])
+
+
+def cifar_eval(image, cfg):
+    """CIFAR evaluation transform: normalize the 0-255 image with the dataset mean/std."""
+    return normalize(tf.cast(image, tf.float32), *CIFAR_MEAN_STD[cfg.dataset])
