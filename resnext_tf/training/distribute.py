@@ -1,0 +1,122 @@
+"""tf.distribute strategy selection and worker roles."""
+
+import json
+import os
+
+import tensorflow as tf
+
+from resnext_tf.training.config import STRATEGIES
+
+
+def _tf_config_workers():
+    """Number of workers (chief included) declared in TF_CONFIG."""
+    cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
+    return len(cluster.get("chief", [])) + len(cluster.get("worker", []))
+
+
+def resolve_strategy_name(name, num_gpus=-1):
+    """Turns "auto" into a concrete strategy name.
+
+    "auto" is multi_worker_mirrored when TF_CONFIG lists more than one worker, mirrored when more
+    than one GPU is used, one_device otherwise.
+    """
+    if name not in STRATEGIES:
+        raise ValueError(
+            f"Unknown distribution_strategy; received distribution_strategy={name!r}; "
+            f"expected one of {STRATEGIES}."
+        )
+    if name != "auto":
+        return name
+    if _tf_config_workers() > 1:
+        return "multi_worker_mirrored"
+    return "mirrored" if len(_gpus(num_gpus)) > 1 else "one_device"
+
+
+def _gpus(num_gpus):
+    gpus = [f"/gpu:{i}" for i in range(len(tf.config.list_logical_devices("GPU")))]
+    if num_gpus > len(gpus):
+        raise ValueError(
+            f"num_gpus exceeds the visible GPUs; received num_gpus={num_gpus!r}; expected at "
+            f"most {len(gpus)} (or -1 for all)."
+        )
+    return gpus if num_gpus < 0 else gpus[:num_gpus]
+
+
+def _tpu_strategy(tpu):
+    # "local" addresses the TPU of a TPU VM; otherwise a name or grpc:// address of a TPU node.
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
+    tf.config.experimental_connect_to_cluster(resolver)
+    tf.tpu.experimental.initialize_tpu_system(resolver)
+    return tf.distribute.TPUStrategy(resolver)
+
+
+def build_strategy(name="auto", num_gpus=-1, tpu=None, devices=None):
+    """Creates the tf.distribute strategy of a run.
+
+    Args:
+        name: one of config.STRATEGIES. "off" is TensorFlow's default (no-op) strategy.
+        num_gpus: GPUs used by one_device / mirrored; -1 means all visible ones, 0 the CPU.
+        tpu: TPU name or address for "tpu" ("local" on a TPU VM).
+        devices: explicit device list for "mirrored" (e.g. logical CPU devices in tests);
+            overrides num_gpus.
+
+    Returns:
+        A tf.distribute.Strategy.
+
+    Raises:
+        ValueError: for an unknown name, too many GPUs or "tpu" without an address.
+    """
+    name = resolve_strategy_name(name, num_gpus)
+    if name == "off":
+        return tf.distribute.get_strategy()
+    if name == "one_device":
+        gpus = _gpus(num_gpus)
+        return tf.distribute.OneDeviceStrategy(gpus[0] if gpus else "/cpu:0")
+    if name == "mirrored":
+        # With no GPU, mirror over the logical CPU devices the process configured.
+        devices = (
+            devices or _gpus(num_gpus) or [d.name for d in tf.config.list_logical_devices("CPU")]
+        )
+        return tf.distribute.MirroredStrategy(devices)
+    if name == "multi_worker_mirrored":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if not tpu:
+        raise ValueError(
+            f"distribution_strategy='tpu' needs a TPU address; received tpu={tpu!r}; expected "
+            "'local' (TPU VM), a TPU name or a grpc:// address."
+        )
+    return _tpu_strategy(tpu)
+
+
+def is_chief(strategy):
+    """Whether this process writes checkpoints, logs and exports.
+
+    The chief is task "chief", or worker 0 when the cluster has no chief; single-worker
+    strategies are always chief.
+    """
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
+
+
+def check_batch_size(global_batch_size, strategy):
+    """Raises when the global batch does not split evenly over the replicas."""
+    replicas = strategy.num_replicas_in_sync
+    if global_batch_size % replicas:
+        raise ValueError(
+            f"The global batch must be divisible by the number of replicas; received "
+            f"batch_size={global_batch_size!r} with {replicas} replicas; expected a multiple "
+            f"of {replicas}."
+        )
+
+
+def is_multi_worker(strategy):
+    """Whether several processes (TF_CONFIG workers) train together under `strategy`."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return False
+    spec = strategy.cluster_resolver.cluster_spec().as_dict()
+    return len(spec.get("chief", [])) + len(spec.get("worker", [])) > 1

@@ -1,0 +1,127 @@
+"""Model construction for a run: architecture from the config, optional pretrained weights
+(`--retrain`) and a fresh classifier (`--reset_classifier`)."""
+
+import importlib
+import os
+
+import h5py
+import keras
+
+from resnext_tf.training import checkpoint
+
+HEAD = "head"  # layer name of the classifier in resnext_tf models
+H5_HEAD_BIAS = "layers/dense/vars/1"  # the classifier bias inside a Keras .weights.h5 file
+
+
+def build_model(config, input_shape, num_classes):
+    """The ResNeXt of `config` (a TrainConfig) producing logits for `num_classes`."""
+    import resnext_tf  # noqa: PLC0415 (keeps this module importable before the model library)
+
+    return resnext_tf.build_resnext(
+        depth=config.depth,
+        cardinality=config.cardinality,
+        base_width=config.base_width,
+        stem="cifar" if config.is_cifar else "imagenet",
+        num_classes=num_classes,
+        bottleneck_type=config.bottleneck_type,
+        shortcut_type=config.shortcut_type,
+        conv_impl=config.conv_impl,
+        sync_bn=config.sync_bn,
+        input_shape=input_shape,
+    )
+
+
+def optional_module(name):
+    """Imports module `name` when it is installed (parts written separately), else None."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name != name:
+            raise
+        return None
+
+
+def load_weights(model, path):
+    """Loads weights (only) into `model`, whose architecture must match the file.
+
+    Args:
+        model: the target keras model.
+        path: a .weights.h5 file, a .keras file, one of our checkpoint directories (a
+            model_dir, its checkpoints/ folder, a checkpoint or a latest/best pointer), or any
+            format `resnext_tf.weights.load_weights` converts (e.g. Torch files).
+
+    Raises:
+        ValueError: when the path does not exist or its format is not supported here.
+    """
+    if not os.path.exists(path):
+        raise ValueError(f"Weights not found; received path={path!r}.")
+    found = checkpoint.find_checkpoint(path)
+    if found:
+        checkpoint.restore_model_weights(model, found)
+    elif path.endswith(".weights.h5"):
+        model.load_weights(path)
+    elif path.endswith(".keras"):
+        copy_layer_weights(keras.saving.load_model(path, compile=False), model)
+    else:
+        converter = optional_module("resnext_tf.weights")
+        if converter is None:
+            raise ValueError(
+                f"Unsupported weights file; received path={path!r}; expected a .weights.h5 "
+                "file, a .keras file or a checkpoint directory of this project (other formats "
+                "need the resnext_tf.weights module, which is not installed)."
+            )
+        converter.load_weights(model, path)
+
+
+def copy_layer_weights(source, target, skip=()):
+    """Copies weights layer by layer, matched by name (layer names are deterministic).
+
+    Raises:
+        ValueError: when a layer of `target` is missing in `source` or has other shapes.
+    """
+    for layer in target.layers:
+        if layer.name in skip or not layer.weights:
+            continue
+        try:
+            weights = source.get_layer(layer.name).get_weights()
+        except ValueError as e:
+            raise ValueError(f"Layer {layer.name!r} of the target has no counterpart: {e}") from e
+        layer.set_weights(weights)
+
+
+def source_num_classes(path, default):
+    """Classifier size of the model stored at `path`, or `default` when the file does not say.
+
+    Our checkpoints record it; in a Keras .weights.h5 file the classifier is the model's only
+    Dense layer, stored under layers/dense (Keras names the groups by layer class).
+    """
+    found = checkpoint.find_checkpoint(path) if os.path.exists(path) else None
+    if found:
+        return checkpoint.read_state(found)["num_classes"]
+    if path.endswith(".weights.h5"):
+        with h5py.File(path, "r") as f:
+            bias = f.get(H5_HEAD_BIAS)
+            return int(bias.shape[0]) if bias is not None else default
+    return default
+
+
+def initialise_from(model, path, reset_classifier, build_source):
+    """Initialises `model` from pretrained weights, as the original's -retrain.
+
+    Args:
+        model: the model to train (its head already has the new size when resetting).
+        path: weights to load, see `load_weights`.
+        reset_classifier: keep the freshly initialised head of `model` (-resetClassifier);
+            every other layer is copied from the pretrained model.
+        build_source: callable(num_classes) -> model of the same architecture, used to hold the
+            pretrained weights with their original head.
+    """
+    if not reset_classifier:
+        load_weights(model, path)
+        return
+    if path.endswith(".keras"):
+        source = keras.saving.load_model(path, compile=False)
+    else:
+        source = build_source(source_num_classes(path, default=model.output_shape[-1]))
+        load_weights(source, path)
+    copy_layer_weights(source, model, skip=(HEAD,))

@@ -1,0 +1,104 @@
+"""SGD with the exact update rule of Torch's optim.sgd, as used by fb.resnet.torch.
+
+Pure Keras 3 (keras.ops only, no TensorFlow import) so the same optimizer runs on the
+TensorFlow, JAX and PyTorch backends.
+
+Torch's rule (dampening 0, REFERENCE.md "Optimisation"):
+
+    g = grad + weight_decay * w          # coupled L2 on every parameter
+    v = momentum * v + g                 # the velocity does not carry the learning rate
+    w = w - lr * (g + momentum * v)      # Nesterov
+    w = w - lr * v                       # classical momentum
+
+Keras' SGD keeps `v = m * v - lr * g` instead, which differs from Torch right after a
+learning-rate change, and its `weight_decay` is decoupled; hence this class.
+"""
+
+import keras
+from keras import ops
+
+# fb.resnet.torch defaults (REFERENCE.md): momentum 0.9, Nesterov, weight decay 1e-4 (ImageNet).
+DEFAULT_MOMENTUM = 0.9
+DEFAULT_WEIGHT_DECAY = 1e-4
+
+
+@keras.saving.register_keras_serializable(package="resnext_tf")
+class TorchSGD(keras.optimizers.Optimizer):
+    """Momentum SGD with Torch semantics and coupled L2 weight decay.
+
+    Args:
+        learning_rate: float, `LearningRateSchedule` or callable.
+        momentum: momentum factor in [0, 1).
+        nesterov: use Nesterov momentum (the fb.resnet.torch setting).
+        weight_decay: coupled L2 factor added to the gradient of every trainable variable
+            (convolutions, BatchNorm gamma/beta, Dense kernel and bias).
+        name: optimizer name.
+        **kwargs: other `keras.optimizers.Optimizer` arguments (clipping, EMA, loss scale...).
+
+    Raises:
+        ValueError: for a momentum outside [0, 1), a negative weight decay, or Nesterov
+            without momentum.
+    """
+
+    def __init__(
+        self,
+        learning_rate=0.1,
+        momentum=DEFAULT_MOMENTUM,
+        nesterov=True,
+        weight_decay=DEFAULT_WEIGHT_DECAY,
+        name="torch_sgd",
+        **kwargs,
+    ):
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1); received momentum={momentum!r}.")
+        if weight_decay is None or weight_decay < 0.0:
+            raise ValueError(f"weight_decay must be >= 0; received weight_decay={weight_decay!r}.")
+        if nesterov and momentum == 0.0:
+            raise ValueError(
+                f"Nesterov momentum needs momentum > 0; received momentum={momentum!r}, "
+                f"nesterov={nesterov!r}."
+            )
+        # The base class' `weight_decay` is decoupled (AdamW style); keep it off and apply
+        # the coupled L2 term in `update_step` instead.
+        kwargs.pop("weight_decay", None)
+        super().__init__(learning_rate=learning_rate, weight_decay=None, name=name, **kwargs)
+        self.momentum = float(momentum)
+        self.nesterov = bool(nesterov)
+        self.l2 = float(weight_decay)
+
+    def build(self, variables):
+        """Creates one zero velocity per trainable variable.
+
+        A zero start is exact: Torch initialises the buffer with the first gradient, which
+        equals `momentum * 0 + g`.
+        """
+        if self.built:
+            return
+        super().build(variables)
+        self.velocities = []
+        if self.momentum:
+            self.velocities = self.add_optimizer_variables(variables, "velocity")
+
+    def update_step(self, gradient, variable, learning_rate):
+        """Applies the Torch update to one variable."""
+        lr = ops.cast(learning_rate, variable.dtype)
+        g = ops.cast(gradient, variable.dtype)
+        if self.l2:
+            g = ops.add(g, ops.multiply(ops.cast(self.l2, variable.dtype), variable))
+        if not self.momentum:
+            self.assign_sub(variable, ops.multiply(lr, g))
+            return
+        m = ops.cast(self.momentum, variable.dtype)
+        v = self.velocities[self._get_variable_index(variable)]
+        new_v = ops.add(ops.multiply(m, v), g)
+        self.assign(v, new_v)
+        step = ops.add(g, ops.multiply(m, new_v)) if self.nesterov else new_v
+        self.assign_sub(variable, ops.multiply(lr, step))
+
+    def get_config(self):
+        """Returns the constructor arguments."""
+        config = super().get_config()
+        config.update(
+            {"momentum": self.momentum, "nesterov": self.nesterov, "weight_decay": self.l2}
+        )
+        return config

@@ -1,0 +1,122 @@
+"""Console lines in the original's format, a CSV with one row per epoch, TensorBoard events.
+
+Files in model_dir (chief only): train_log.csv and tensorboard/{train,val}/events.*.
+"""
+
+import csv
+import os
+
+import tensorflow as tf
+from tensorflow.core.framework import summary_pb2
+
+CSV_FILE = "train_log.csv"
+TENSORBOARD_DIR = "tensorboard"
+# Marks an event as a TensorBoard scalar. tf.summary.scalar would need the tensorboard package,
+# which TensorFlow no longer installs; tf.summary.write with this metadata gives the same events.
+_SCALAR_METADATA = summary_pb2.SummaryMetadata(
+    plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"),
+    data_class=summary_pb2.DATA_CLASS_SCALAR,
+)
+CSV_FIELDS = (
+    "epoch",
+    "lr",
+    "train_loss",
+    "train_top1",
+    "train_top5",
+    "val_loss",
+    "val_top1",
+    "val_top5",
+    "epoch_seconds",
+    "images_per_second",
+)
+
+
+def say(message):
+    """Prints one log line immediately (the logs are read live and by tests)."""
+    print(message, flush=True)
+
+
+def read_csv(path):
+    """Rows of a train_log.csv as dicts of floats (epoch as int)."""
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    return [
+        {k: (int(v) if k == "epoch" else float(v)) for k, v in row.items() if v != ""}
+        for row in rows
+    ]
+
+
+class RunLogger:
+    """Writes the logs of a run.
+
+    Args:
+        model_dir: run directory.
+        write_files: False on non-chief workers (console only).
+    """
+
+    def __init__(self, model_dir, write_files=True):
+        self.write_files = write_files
+        self.csv_path = os.path.join(model_dir, CSV_FILE)
+        self._writers = {}
+        if write_files:
+            os.makedirs(model_dir, exist_ok=True)
+            for split in ("train", "val"):
+                logdir = os.path.join(model_dir, TENSORBOARD_DIR, split)
+                self._writers[split] = tf.summary.create_file_writer(logdir)
+
+    def batch(self, epoch, step, steps, batch_time, data_time, errors, lr, global_step):
+        """Per-batch line of fb.resnet.torch (averages over the last logging window)."""
+        say(
+            f" | Epoch: [{epoch}][{step}/{steps}]    Time {batch_time:.3f}  Data {data_time:.3f}"
+            f"  Loss {errors.loss:1.4f}  top1 {errors.top1:7.3f}  top5 {errors.top5:7.3f}"
+            f"  LR {lr:.6g}"
+        )
+        self._scalars("train", global_step, {"batch/loss": errors.loss, "batch/top1": errors.top1})
+
+    def epoch(self, epoch, lr, train, val, seconds, images_per_second):
+        """End-of-epoch lines, CSV row and TensorBoard scalars.
+
+        Args:
+            epoch: 1-based epoch.
+            lr: learning rate used in the epoch.
+            train: metrics.Errors of the training epoch.
+            val: metrics.Errors of the evaluation pass.
+            seconds: wall time of the training part of the epoch.
+            images_per_second: training throughput of the epoch.
+        """
+        for split, errors in (("train", train), ("val", val)):
+            say(
+                f" * Finished epoch # {epoch}  top1: {errors.top1:7.3f}  top5: {errors.top5:7.3f}"
+                f"  ({split}, loss {errors.loss:.4f})"
+            )
+            values = {"loss": errors.loss, "top1_error": errors.top1, "top5_error": errors.top5}
+            if split == "train":
+                values.update(lr=lr, images_per_second=images_per_second)
+            self._scalars(split, epoch, values)
+        row = {"epoch": epoch, "lr": lr, "epoch_seconds": seconds}
+        row.update(train_loss=train.loss, train_top1=train.top1, train_top5=train.top5)
+        row.update(val_loss=val.loss, val_top1=val.top1, val_top5=val.top5)
+        row.update(images_per_second=images_per_second)
+        self._csv_row(row)
+
+    def _scalars(self, split, step, values):
+        if not self.write_files:
+            return
+        with self._writers[split].as_default(step=step):
+            for name, value in values.items():
+                tf.summary.write(name, tf.constant(value, tf.float32), metadata=_SCALAR_METADATA)
+        self._writers[split].flush()
+
+    def _csv_row(self, row):
+        if not self.write_files:
+            return
+        # Rewrite the file without rows of this or later epochs: a run resumed from before
+        # its last logged epoch must not leave duplicate rows.
+        rows = read_csv(self.csv_path) if os.path.exists(self.csv_path) else []
+        rows = [r for r in rows if r["epoch"] < row["epoch"]] + [row]
+        tmp = self.csv_path + ".tmp"
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, self.csv_path)

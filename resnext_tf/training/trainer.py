@@ -1,0 +1,417 @@
+"""The training loop: a custom loop around strategy.run, as fb.resnet.torch's train.lua.
+
+One epoch is one pass over the training split (floor(num_train / batch) batches); after it the
+model is evaluated, an end-of-epoch checkpoint is written and a CSV row is logged. Mid-epoch
+checkpoints every `checkpoint_steps` steps carry the data position, so that a restarted run
+continues with the next batch of the same epoch.
+"""
+
+import dataclasses
+import hashlib
+import signal
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from resnext_tf.data import DataConfig, build_dataset, dataset_spec
+from resnext_tf.training import checkpoint as ckpt_lib
+from resnext_tf.training import distribute, metrics, modeling, schedules
+from resnext_tf.training.optimizer import TorchSGD
+from resnext_tf.training.run_log import RunLogger, say
+
+# ImageNet evaluation resizes the shorter side to 256 for 224 crops (REFERENCE.md "Data");
+# other crop sizes keep the same ratio.
+EVAL_RESIZE_RATIO = 256 / 224
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the run stops without saving."""
+
+
+@dataclasses.dataclass
+class Position:
+    """Where training stands: the next batch to take and the running sums of its epoch."""
+
+    epoch: int
+    step: int  # batches of `epoch` already consumed
+    train_sums: np.ndarray
+    best_top1: float | None = None
+
+
+class Trainer:
+    """Builds everything a run needs and runs training or evaluation.
+
+    Args:
+        config: a TrainConfig.
+        strategy: a tf.distribute.Strategy; built from the config when None.
+    """
+
+    def __init__(self, config, strategy=None):
+        self.config = config
+        if config.deterministic:
+            tf.config.experimental.enable_op_determinism()
+        keras.utils.set_random_seed(config.seed)
+        keras.mixed_precision.set_global_policy(config.dtype)
+        self.strategy = strategy or distribute.build_strategy(
+            config.distribution_strategy, config.num_gpus, config.tpu
+        )
+        distribute.check_batch_size(config.batch_size, self.strategy)
+        self.is_chief = distribute.is_chief(self.strategy)
+        self.data_config = _data_config(config)
+        self.spec = dataset_spec(self.data_config)
+        self.num_classes = config.num_classes or self.spec.num_classes
+        self.steps_per_epoch = self.spec.num_train // config.batch_size
+        if config.steps_per_epoch:
+            self.steps_per_epoch = min(self.steps_per_epoch, config.steps_per_epoch)
+        if self.steps_per_epoch < 1:
+            raise ValueError(
+                f"The training split has fewer examples than one batch; received "
+                f"batch_size={config.batch_size!r} with {self.spec.num_train} examples."
+            )
+        with self.strategy.scope():
+            self.model = self._build_model(self.num_classes)
+            self.optimizer = _build_optimizer(config)
+            self.optimizer.build(self.model.trainable_variables)
+        self.checkpoints = ckpt_lib.CheckpointManager(
+            config.model_dir,
+            {"model": self.model, "optimizer": self.optimizer},
+            is_chief=self.is_chief,
+            keep=config.keep_checkpoints,
+        )
+        self.logger = RunLogger(config.model_dir, write_files=self.is_chief)
+        self._train_step = tf.function(self._distributed_train_step)
+        self._eval_step = tf.function(self._distributed_eval_step)
+        self._grads = self._replica_grads
+        if config.jit_compile:
+            # Only forward and backward: the optimizer's cross-replica update cannot be compiled.
+            self._grads = tf.function(self._replica_grads, jit_compile=True)
+        self._multi_worker = distribute.is_multi_worker(self.strategy)
+        self._stop_requested = False
+
+    # ----------------------------------------------------------------------- model and state
+
+    def _build_model(self, num_classes):
+        return modeling.build_model(self.config, self.spec.image_shape, num_classes)
+
+    def _resume_source(self):
+        """The checkpoint a run continues from, or None for a fresh start."""
+        resume = self.config.resume
+        if resume == "none":
+            return None
+        if resume == "auto":
+            return self.checkpoints.latest()
+        found = ckpt_lib.find_checkpoint(resume)
+        if found is None:
+            raise ValueError(
+                f"No checkpoint to resume from; received resume={resume!r}; expected a model_dir, "
+                "its checkpoints/ folder or a checkpoint directory."
+            )
+        return found
+
+    def _restore(self, checkpoint_dir):
+        try:
+            return self.checkpoints.restore(checkpoint_dir)
+        except AssertionError as e:
+            raise ValueError(
+                f"The checkpoint {checkpoint_dir!r} does not match the configured model "
+                f"(depth={self.config.depth}, cardinality={self.config.cardinality}, "
+                f"base_width={self.config.base_width}, num_classes={self.num_classes}): {e}"
+            ) from e
+
+    def _initial_position(self):
+        """Restores the latest checkpoint, or initialises a fresh run (with --retrain)."""
+        source = self._resume_source()
+        if source:
+            state = self._restore(source)
+            say(f" => Resuming from {source} (epoch {state['epoch']}, step {state['step']})")
+            if state["epoch_complete"]:
+                return Position(state["epoch"] + 1, 0, _zeros(), state["best_top1"])
+            return Position(
+                state["epoch"], state["step"], np.asarray(state["train_sums"]), state["best_top1"]
+            )
+        if self.config.retrain:
+            self._load_pretrained()
+        return Position(self.config.epoch_number, 0, _zeros())
+
+    def _load_pretrained(self):
+        say(f" => Loading weights from {self.config.retrain}")
+        with self.strategy.scope():
+            modeling.initialise_from(
+                self.model,
+                self.config.retrain,
+                reset_classifier=self.config.reset_classifier,
+                build_source=self._build_model,
+            )
+
+    def _state(self, position, epoch_complete, **extra):
+        return {
+            "epoch": position.epoch,
+            "step": position.step,
+            "epoch_complete": epoch_complete,
+            "global_step": self._global_step(position),
+            "train_sums": [float(v) for v in position.train_sums],
+            "best_top1": position.best_top1,
+            "num_classes": self.num_classes,
+            "config": dataclasses.asdict(self.config),
+            **extra,
+        }
+
+    def _global_step(self, position):
+        return (position.epoch - 1) * self.steps_per_epoch + position.step
+
+    # ---------------------------------------------------------------------------- step code
+
+    def _distributed_dataset(self, split, epoch=0, skip_batches=0):
+        def dataset_fn(input_context):
+            return build_dataset(
+                self.data_config,
+                split=split,
+                global_batch_size=self.config.batch_size,
+                input_context=input_context,
+                epoch=epoch,
+                skip_batches=skip_batches,
+            )
+
+        return self.strategy.distribute_datasets_from_function(dataset_fn)
+
+    def _replica_grads(self, images, labels):
+        variables = self.model.trainable_variables
+        with tf.GradientTape() as tape:
+            logits = tf.cast(self.model(images, training=True), tf.float32)
+            per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+            # Mean over the global batch: the optimizer sums the replicas' gradients.
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.config.batch_size)
+            scaled = self.optimizer.scale_loss(loss)
+        return tape.gradient(scaled, variables), metrics.batch_stats(logits, labels)
+
+    def _replica_train_step(self, images, labels):
+        grads, stats = self._grads(images, labels)
+        self.optimizer.apply(grads, self.model.trainable_variables)
+        return stats
+
+    def _distributed_train_step(self, batch):
+        stats = self.strategy.run(self._replica_train_step, args=batch)
+        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, stats, axis=None)
+
+    def _replica_eval_step(self, images, labels):
+        if self.config.ten_crop:
+            # [b, crops, H, W, 3] -> logits summed over the crops, as the original's tenCrop.
+            crops = images.shape[1]
+            flat = tf.reshape(images, [-1, *images.shape[2:]])
+            logits = tf.cast(self.model(flat, training=False), tf.float32)
+            logits = tf.reduce_sum(tf.reshape(logits, [-1, crops, logits.shape[-1]]), axis=1)
+        else:
+            logits = tf.cast(self.model(images, training=False), tf.float32)
+        return metrics.batch_stats(logits, labels)
+
+    def _distributed_eval_step(self, batch):
+        stats = self.strategy.run(self._replica_eval_step, args=batch)
+        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, stats, axis=None)
+
+    # ------------------------------------------------------------------------------- public
+
+    def evaluate(self):
+        """One pass over the evaluation split; returns metrics.Errors."""
+        total = tf.zeros([metrics.NUM_STATS])
+        for batch in self._distributed_dataset("eval"):
+            total += self._eval_step(batch)
+        return metrics.Errors.from_sums(total.numpy())
+
+    def test(self):
+        """The original's -testOnly: loads weights and prints " * Results top1: X  top5: Y"."""
+        if self.config.retrain:
+            self._load_pretrained()
+        else:
+            source = self._resume_source()
+            if source is None:
+                raise ValueError(
+                    f"test_only needs weights: found no checkpoint in "
+                    f"model_dir={self.config.model_dir!r} and received retrain=None; pass "
+                    "--retrain=FILE or --resume=DIR."
+                )
+            self._restore(source)
+        errors = self.evaluate()
+        say(f" * Results top1: {errors.top1:6.3f}  top5: {errors.top5:6.3f}")
+        return errors
+
+    def train(self):
+        """Trains until `epochs` (or `train_steps`); returns "finished" or "preempted".
+
+        Raises:
+            NonFiniteLossError: when the loss becomes NaN or infinite.
+        """
+        position = self._initial_position()
+        previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        try:
+            outcome = None
+            while outcome is None and position.epoch <= self.config.epochs:
+                outcome = self._run_epoch(position)
+                position = Position(position.epoch + 1, 0, _zeros(), position.best_top1)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        say(f" * Weights sha256: {weights_digest(self.model)}")
+        return outcome or "finished"
+
+    # -------------------------------------------------------------------------- epoch loop
+
+    def _on_sigterm(self, signum, frame):
+        del signum, frame
+        say(" => SIGTERM received: saving a checkpoint after the current step")
+        self._stop_requested = True
+
+    def _run_epoch(self, position):
+        """Trains the rest of `position.epoch`, evaluates and saves.
+
+        Returns:
+            None to go on with the next epoch, or "preempted" / "finished" to stop.
+        """
+        epoch, config = position.epoch, self.config
+        lr = schedules.learning_rate(config.lr, config.dataset, epoch, config.epochs)
+        self.optimizer.learning_rate = lr
+        iterator = iter(self._distributed_dataset("train", epoch=epoch, skip_batches=position.step))
+        window = _Window(self, position, lr)
+        start, first_step = time.perf_counter(), position.step
+        while position.step < self.steps_per_epoch:
+            tick = time.perf_counter()
+            batch = next(iterator)
+            data_seconds = time.perf_counter() - tick
+            window.add(self._train_step(batch), data_seconds)
+            position.step += 1
+            global_step = self._global_step(position)
+            last = position.step == self.steps_per_epoch
+            stop = self._stop_reason(global_step)
+            save = config.checkpoint_steps and global_step % config.checkpoint_steps == 0
+            if last or stop or save or position.step % config.log_steps == 0:
+                window.flush()
+            if last:
+                break
+            if stop or save:
+                self._save(ckpt_lib.step_name(global_step), position, epoch_complete=False)
+            if stop:
+                return stop
+        seconds = time.perf_counter() - start
+        train, val = metrics.Errors.from_sums(position.train_sums), self.evaluate()
+        is_best = position.best_top1 is None or val.top1 < position.best_top1
+        if is_best:
+            position.best_top1 = val.top1
+        images_per_second = (position.step - first_step) * config.batch_size / seconds
+        self.logger.epoch(epoch, lr, train, val, seconds, images_per_second)
+        val_record = {"loss": val.loss, "top1": val.top1, "top5": val.top5}
+        self._save(ckpt_lib.epoch_name(epoch), position, True, is_best=is_best, val=val_record)
+        return self._stop_reason(self._global_step(position))
+
+    def _stop_reason(self, global_step):
+        """ "preempted" after SIGTERM, "finished" at `train_steps`, else None.
+
+        Workers of a multi-worker run agree on SIGTERM at logging steps, so that all of them
+        save the same checkpoint.
+        """
+        if self._multi_worker and global_step % self.config.log_steps == 0:
+            self._stop_requested = self._any_worker(self._stop_requested)
+        if self._stop_requested:
+            return "preempted"
+        limit = self.config.train_steps
+        return "finished" if limit and global_step >= limit else None
+
+    def _any_worker(self, flag):
+        def replica_fn():
+            value = tf.constant(float(flag))
+            return tf.distribute.get_replica_context().all_reduce("MAX", value)
+
+        result = self.strategy.run(tf.function(replica_fn))
+        return bool(self.strategy.experimental_local_results(result)[0].numpy() > 0)
+
+    def _save(self, name, position, epoch_complete, is_best=False, **extra):
+        state = self._state(position, epoch_complete, **extra)
+        path = self.checkpoints.save(name, state, is_best=is_best)
+        if path:
+            say(f" => Saved checkpoint {path}")
+
+
+class _Window:
+    """Per-step results since the last log line, fetched from the device in one go.
+
+    Keeping the step outputs as tensors until a log line (or a checkpoint) is due lets the host
+    run ahead of the accelerator; the NaN check still names the exact step.
+    """
+
+    def __init__(self, trainer, position, lr):
+        self.trainer = trainer
+        self.position = position
+        self.lr = lr
+        self.pending = []
+        self.data_time = 0.0
+        self.start = time.perf_counter()
+
+    def add(self, stats, data_seconds):
+        self.pending.append(stats)
+        self.data_time += data_seconds
+
+    def flush(self):
+        """Checks the pending steps for a non-finite loss, adds them up and logs one line."""
+        if not self.pending:
+            return
+        rows = tf.stack(self.pending).numpy().astype(np.float64)
+        position, trainer = self.position, self.trainer
+        global_step = trainer._global_step(position)
+        for offset, row in enumerate(rows, start=1 - len(rows)):
+            if not np.isfinite(row[metrics.LOSS]):
+                raise NonFiniteLossError(
+                    f"Loss is {row[metrics.LOSS] / row[metrics.COUNT]} at epoch {position.epoch}, "
+                    f"step {position.step + offset} (global step {global_step + offset}); "
+                    f"stopping. The last good checkpoint is {trainer.checkpoints.latest()}."
+                )
+        window_sums = rows.sum(axis=0)
+        position.train_sums = position.train_sums + window_sums
+        trainer.logger.batch(
+            position.epoch,
+            position.step,
+            trainer.steps_per_epoch,
+            batch_time=(time.perf_counter() - self.start) / len(rows),
+            data_time=self.data_time / len(rows),
+            errors=metrics.Errors.from_sums(window_sums),
+            lr=self.lr,
+            global_step=global_step,
+        )
+        self.pending, self.data_time, self.start = [], 0.0, time.perf_counter()
+
+
+def _zeros():
+    return np.zeros([metrics.NUM_STATS])
+
+
+def _data_config(config):
+    eval_resize = {}
+    if config.image_size and not config.is_cifar:
+        eval_resize["eval_resize"] = round(config.image_size * EVAL_RESIZE_RATIO)
+    return DataConfig(
+        dataset=config.dataset,
+        data_dir=config.data_dir,
+        image_size=config.image_size,
+        seed=config.seed,
+        ten_crop=config.ten_crop,
+        **eval_resize,
+    )
+
+
+def _build_optimizer(config):
+    optimizer = TorchSGD(
+        learning_rate=config.lr,
+        momentum=config.momentum,
+        nesterov=config.nesterov,
+        weight_decay=config.weight_decay,
+    )
+    if config.dtype == "mixed_float16":
+        # float16 gradients underflow without dynamic loss scaling; bfloat16 does not need it.
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+def weights_digest(model):
+    """sha256 of every model variable (BatchNorm statistics included), for bit-exact checks."""
+    digest = hashlib.sha256()
+    for variable in model.weights:
+        digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(variable)).tobytes())
+    return digest.hexdigest()

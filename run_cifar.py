@@ -1,0 +1,23 @@
+"""Train or evaluate ResNeXt on CIFAR-10 / CIFAR-100 with the original recipe.
+
+    python run_cifar.py --depth=29 --cardinality=16 --base_width=64
+
+See docs/training.md for every flag.
+"""
+
+from absl import app
+
+import flags as resnext_flags
+from resnext_tf import training
+
+resnext_flags.define_flags(datasets=("cifar10", "cifar100"))
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    return training.run(resnext_flags.config_from_flags())
+
+
+if __name__ == "__main__":
+    app.run(main)

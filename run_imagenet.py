@@ -1,0 +1,24 @@
+"""Train or evaluate ResNeXt on ImageNet with the original recipe.
+
+    python run_imagenet.py --data_dir=DATA --depth=50 --cardinality=32 --base_width=4 \
+        --batch_size=256
+
+See docs/training.md for every flag.
+"""
+
+from absl import app
+
+import flags as resnext_flags
+from resnext_tf import training
+
+resnext_flags.define_flags(datasets=("imagenet",))
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    return training.run(resnext_flags.config_from_flags())
+
+
+if __name__ == "__main__":
+    app.run(main)
