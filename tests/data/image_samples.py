@@ -1,0 +1,50 @@
+"""Writers of images and CIFAR pickles in the official formats, shared by the data tests."""
+
+import io
+import os
+import pickle
+
+import numpy as np
+from PIL import Image
+
+# Class folders of the tiny ImageNet; sorted order gives the labels.
+WNIDS = ("n01440764", "n01443537", "n01484850")
+
+
+def natural_image(rng, height, width):
+    """A smooth colour gradient with texture and mild noise, as uint8 [height, width, 3]."""
+    y, x = np.mgrid[0:height, 0:width] / max(height, width)
+    phase = rng.uniform(0, 2 * np.pi, 3)
+    channels = [
+        128 + 80 * np.sin(3 * x + phase[0]) * np.cos(2 * y),
+        128 + 80 * np.cos(4 * y + phase[1]),
+        128 + 60 * np.sin(2 * (x + y) + phase[2]),
+    ]
+    image = np.stack(channels, -1) + rng.normal(0, 6, (height, width, 3))
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def encode(array, fmt="JPEG", mode=None, **kwargs):
+    """Encodes a uint8 array with PIL (optionally converted to `mode` first)."""
+    image = Image.fromarray(array)
+    if mode:
+        image = image.convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def write_cifar_batches(folder, names, sizes, label_key, seed):
+    """Writes official-format CIFAR pickles; returns (images NHWC uint8, labels) in file order."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(folder, exist_ok=True)
+    images, labels = [], []
+    for name, size in zip(names, sizes, strict=True):
+        rows = rng.integers(0, 256, (size, 3072), dtype=np.uint8)
+        batch_labels = [int(v) for v in rng.integers(0, 10, size)]
+        with open(os.path.join(folder, name), "wb") as f:
+            pickle.dump({b"data": rows, label_key: batch_labels, b"batch_label": b"x"}, f)
+        # Independent of the reader: pixel (r, c) of channel k is row entry k * 1024 + r * 32 + c.
+        images.append(np.stack([rows[:, k * 1024 : (k + 1) * 1024] for k in range(3)], -1))
+        labels += batch_labels
+    return np.concatenate(images).reshape(-1, 32, 32, 3), np.asarray(labels)

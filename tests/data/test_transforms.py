@@ -1,0 +1,308 @@
+"""Transforms against the stated distributions and against independent computations."""
+
+import io
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from image_samples import encode, natural_image
+from PIL import Image
+
+from resnext_tf.data import DataConfig, transforms
+
+SAMPLES = 4000
+
+
+def _seeds(n, salt=0):
+    return tf.stack([tf.fill([n], salt), tf.range(n)], axis=1)
+
+
+def _sample(fn, n=SAMPLES, salt=0):
+    """Calls fn(seed) for n seeds, vectorized, and returns numpy results."""
+    out = tf.vectorized_map(fn, _seeds(n, salt))
+    return tf.nest.map_structure(lambda t: t.numpy(), out)
+
+
+def _ks_uniform(values, low, high):
+    """Kolmogorov-Smirnov distance between the samples and U(low, high)."""
+    values = np.sort(values)
+    cdf = np.clip((values - low) / (high - low), 0, 1)
+    ranks = np.arange(1, len(values) + 1) / len(values)
+    return max(np.abs(ranks - cdf).max(), np.abs(ranks - 1 / len(values) - cdf).max())
+
+
+# 1.63 / sqrt(n) is the 1% critical value of the KS statistic.
+KS_LIMIT = 1.63 / np.sqrt(SAMPLES)
+
+
+def test_crop_window_area_and_aspect_are_uniform_when_every_draw_fits():
+    # Area <= 0.5 with aspect in [3/4, 4/3] always fits a square image, so the first try is
+    # taken and the drawn area and aspect must follow the stated uniform laws.
+    size = 2000
+    y, x, h, w, found = _sample(
+        lambda s: transforms.sample_crop_window(size, size, s, (0.08, 0.5), (3 / 4, 4 / 3))
+    )
+    assert found.all()
+    area = h * w / size**2
+    assert area.min() >= 0.08 - 2e-3 and area.max() <= 0.5 + 2e-3
+    assert _ks_uniform(area, 0.08, 0.5) < KS_LIMIT
+    aspect = w / h
+    assert aspect.min() >= 3 / 4 - 2e-3 and aspect.max() <= 4 / 3 + 2e-3
+    swapped = aspect < 1
+    assert abs(swapped.mean() - 0.5) < 0.03
+    # Before the swap the aspect is U(3/4, 4/3); after it, the swapped ones are 1 / aspect.
+    unswapped = np.where(swapped, 1 / aspect, aspect)
+    unswapped = unswapped[(unswapped > 0.7501) & (unswapped < 1.3332)]
+    assert np.mean(np.abs(unswapped - 1) < 1e-3) < 0.01
+    assert (y >= 0).all() and (x >= 0).all() and (y + h <= size).all() and (x + w <= size).all()
+
+
+def _torch_crop_sizes(rng, height, width, n):
+    """Independent numpy simulation of fb.resnet.torch RandomSizedCrop's size draws."""
+    areas, aspects = [], []
+    for _ in range(n):
+        for _ in range(transforms.CROP_TRIES):
+            target = rng.uniform(0.08, 1.0) * height * width
+            ratio = rng.uniform(3 / 4, 4 / 3)
+            w = int(np.floor(np.sqrt(target * ratio) + 0.5))
+            h = int(np.floor(np.sqrt(target / ratio) + 0.5))
+            if rng.uniform() < 0.5:
+                w, h = h, w
+            if h <= height and w <= width:
+                areas.append(h * w / (height * width))
+                aspects.append(w / h)
+                break
+    return np.asarray(areas), np.asarray(aspects)
+
+
+def test_crop_window_matches_torch_rejection_sampling():
+    height, width = 375, 500
+    _, _, h, w, found = _sample(
+        lambda s: transforms.sample_crop_window(height, width, s, (0.08, 1.0), (3 / 4, 4 / 3))
+    )
+    ref_area, ref_aspect = _torch_crop_sizes(np.random.default_rng(0), height, width, SAMPLES)
+    area = h * w / (height * width)
+    for ours, ref in ((area, ref_area), (w / h, ref_aspect)):
+        grid = np.linspace(min(ours.min(), ref.min()), max(ours.max(), ref.max()), 200)
+        gap = np.abs(
+            np.searchsorted(np.sort(ours), grid) / len(ours)
+            - np.searchsorted(np.sort(ref), grid) / len(ref)
+        )
+        assert gap.max() < 2 * KS_LIMIT
+    assert found.all()
+
+
+def test_crop_offsets_are_uniform_over_all_positions():
+    # 8x8 crops (area 0.64, aspect 1) of a 10x10 image start at 0, 1 or 2 in each axis.
+    y, x, h, w, _ = _sample(
+        lambda s: transforms.sample_crop_window(10, 10, s, (0.64, 0.64), (1.0, 1.0))
+    )
+    assert (h == 8).all() and (w == 8).all()
+    for offsets in (y, x):
+        counts = np.bincount(offsets, minlength=3)
+        assert len(counts) == 3 and np.all(np.abs(counts / SAMPLES - 1 / 3) < 0.03)
+
+
+def test_crop_window_falls_back_to_whole_image():
+    # Aspect 4 cannot fit a square image at full area: every try misses.
+    _, _, h, w, found = _sample(
+        lambda s: transforms.sample_crop_window(50, 50, s, (1.0, 1.0), (4.0, 4.0)), n=10
+    )
+    assert not found.any() and (h == 50).all() and (w == 50).all()
+
+
+def test_fallback_resizes_shorter_side_and_centre_crops():
+    data = encode(natural_image(np.random.default_rng(0), 60, 90), quality=95)
+    cfg = DataConfig(
+        "imagenet",
+        image_size=32,
+        crop_area_range=(1.0, 1.0),
+        aspect_range=(4.0, 4.0),
+        color_jitter=0,
+        lighting=0,
+        flip=False,
+    )
+    out = transforms.imagenet_train(data, tf.constant([1, 2]), cfg).numpy()
+    # Shorter side 60 -> 32, longer 90 -> 48 (truncated); the crop starts at ceil(16 / 2) = 8.
+    expected = _numpy_resized(data, 32)[:, 8:40]
+    expected = (expected - transforms.IMAGENET_MEAN) / transforms.IMAGENET_STD
+    np.testing.assert_allclose(out, expected, atol=1e-3)
+
+
+def test_color_jitter_draws():
+    factors, order = _sample(lambda s: transforms.sample_color_jitter(s, 0.4))
+    assert factors.min() >= 0.6 and factors.max() <= 1.4
+    for column in factors.T:
+        assert _ks_uniform(column, 0.6, 1.4) < KS_LIMIT
+    orders, counts = np.unique(order, axis=0, return_counts=True)
+    assert len(orders) == 6 and np.all(np.abs(counts / SAMPLES - 1 / 6) < 0.025)
+
+
+def _numpy_jitter(image, factors, order):
+    for op in order:
+        alpha = factors[op]
+        grey = image @ np.array([0.299, 0.587, 0.114])
+        target = [np.zeros_like(image), np.full_like(image, grey.mean()), grey[..., None]][op]
+        image = alpha * image + (1 - alpha) * target
+    return image
+
+
+@pytest.mark.parametrize("order", [(0, 1, 2), (2, 1, 0), (1, 2, 0)])
+def test_color_jitter_blends_in_order(order):
+    image = np.random.default_rng(1).uniform(0, 1, (6, 5, 3)).astype(np.float32)
+    factors = np.array([1.3, 0.7, 1.35], np.float32)
+    out = transforms.apply_color_jitter(
+        tf.constant(image), tf.constant(factors), tf.constant(order)
+    ).numpy()
+    np.testing.assert_allclose(
+        out, _numpy_jitter(image.astype(np.float64), factors, order), atol=1e-5
+    )
+    # No clamping: the brightness factor 1.3 pushes values beyond 1.
+    if order == (0, 1, 2):
+        assert out.max() > 1
+
+
+def test_lighting_noise_scale():
+    offsets = _sample(lambda s: transforms.lighting(tf.zeros([2, 2, 3]), s, 0.1))
+    assert np.ptp(offsets, axis=(1, 2)).max() < 1e-7  # one RGB shift for the whole image
+    rgb = offsets[:, 0, 0]
+    # rgb = eigvec @ (alpha * eigval): solve for alpha and check it is N(0, 0.1).
+    alpha = np.linalg.solve(np.array(transforms.PCA_EIGVEC), rgb.T).T / np.array(
+        transforms.PCA_EIGVAL
+    )
+    assert np.all(np.abs(alpha.mean(0)) < 0.01)
+    np.testing.assert_allclose(alpha.std(0), 0.1, rtol=0.06)
+
+
+def test_flip_rate_and_exact_mirror():
+    image = tf.reshape(tf.range(12, dtype=tf.float32), [2, 2, 3])
+    out = _sample(lambda s: transforms.random_flip(image, s))
+    flipped = np.all(out == image.numpy()[:, ::-1], axis=(1, 2, 3))
+    kept = np.all(out == image.numpy(), axis=(1, 2, 3))
+    assert np.all(flipped ^ kept)
+    assert abs(flipped.mean() - 0.5) < 0.03
+
+
+def test_cifar_train_is_a_flip_and_a_shifted_crop_of_the_padded_image():
+    cfg = DataConfig("cifar10")
+    image = np.random.default_rng(2).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    mean, std = transforms.CIFAR_MEAN_STD["cifar10"]
+    normalized = (image - np.array(mean)) / np.array(std)
+    outs = _sample(lambda s: transforms.cifar_train(tf.constant(image), s, cfg), n=600)
+    seen = []
+    for out in outs:
+        matches = [
+            (flip, dy, dx)
+            for flip in (0, 1)
+            for dy in range(9)
+            for dx in range(9)
+            if np.allclose(
+                out,
+                np.pad(normalized[:, ::-1] if flip else normalized, [(4, 4), (4, 4), (0, 0)])[
+                    dy : dy + 32, dx : dx + 32
+                ],
+                atol=1e-5,
+            )
+        ]
+        assert len(matches) == 1
+        seen.append(matches[0])
+    seen = np.asarray(seen)
+    assert abs(seen[:, 0].mean() - 0.5) < 0.07
+    assert set(seen[:, 1]) == set(range(9)) and set(seen[:, 2]) == set(range(9))
+    np.testing.assert_allclose(seen[:, 1:].mean(0), 4, atol=0.4)
+
+
+def _pil_eval(data, resize, size):
+    image = Image.open(io.BytesIO(data)).convert("RGB")
+    w, h = image.size
+    scaled = (resize, h * resize // w) if w <= h else (w * resize // h, resize)
+    image = np.asarray(image.resize(scaled, Image.BICUBIC), np.float64) / 255
+    top, left = (image.shape[0] - size + 1) // 2, (image.shape[1] - size + 1) // 2
+    return image[top : top + size, left : left + size]
+
+
+def _keys_resize_axis(image, out_size, axis):
+    """Keys cubic (a=-0.5) with half-pixel centres; taps outside the image get weight 0."""
+    n = image.shape[axis]
+    centre = (np.arange(out_size) + 0.5) * n / out_size - 0.5
+    taps = np.floor(centre)[:, None] + np.arange(-1, 3)
+    d = np.abs(centre[:, None] - taps)
+    weights = np.where(d <= 1, 1.5 * d**3 - 2.5 * d**2 + 1, -0.5 * d**3 + 2.5 * d**2 - 4 * d + 2)
+    weights = np.where((taps >= 0) & (taps < n), weights, 0)
+    weights /= weights.sum(1, keepdims=True)
+    matrix = np.zeros((out_size, n))
+    np.add.at(matrix, (np.arange(out_size)[:, None], np.clip(taps, 0, n - 1).astype(int)), weights)
+    return np.moveaxis(np.tensordot(matrix, np.moveaxis(image, axis, 0), axes=1), 0, axis)
+
+
+def _numpy_resized(data, resize):
+    """Decodes with PIL and resizes the shorter side to `resize`, in [0, 1]."""
+    image = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), np.float64)
+    h, w = image.shape[:2]
+    new_h, new_w = (resize, w * resize // h) if h <= w else (h * resize // w, resize)
+    return _keys_resize_axis(_keys_resize_axis(image, new_h, 0), new_w, 1) / 255
+
+
+def _numpy_eval(data, resize, size):
+    image = _numpy_resized(data, resize)
+    top, left = (image.shape[0] - size + 1) // 2, (image.shape[1] - size + 1) // 2
+    return image[top : top + size, left : left + size]
+
+
+@pytest.mark.parametrize("antialias", [True, False])
+@pytest.mark.parametrize("shape", [(375, 500), (500, 333)])
+def test_imagenet_eval_matches_independent_resize_crop_normalize(antialias, shape):
+    data = encode(natural_image(np.random.default_rng(3), *shape), quality=95)
+    out = transforms.imagenet_eval(
+        tf.constant(data), DataConfig("imagenet", antialias=antialias)
+    ).numpy()
+    reference = _pil_eval if antialias else _numpy_eval
+    expected = (reference(data, 256, 224) - transforms.IMAGENET_MEAN) / transforms.IMAGENET_STD
+    assert out.shape == (224, 224, 3)
+    # PIL rounds both resize passes to uint8: up to ~1 / 255 (0.02 after normalizing).
+    # TF's non-antialiased bicubic reads its weights from a table (1e-3 after normalizing).
+    tolerance = 0.02 if antialias else 1e-3
+    np.testing.assert_allclose(out, expected, atol=tolerance)
+    assert np.abs(out - expected).mean() < tolerance / 3
+
+
+def test_ten_crop_corners_centre_and_mirrors():
+    data = encode(natural_image(np.random.default_rng(4), 40, 55), quality=95)
+    cfg = DataConfig("imagenet", image_size=20, eval_resize=32, ten_crop=True)
+    crops = transforms.imagenet_eval(tf.constant(data), cfg).numpy()
+    # Shorter side 40 -> 32, longer 55 -> 44; the centre crop starts at ceil(12/2), ceil(24/2).
+    wide = (_numpy_resized(data, 32) - transforms.IMAGENET_MEAN) / transforms.IMAGENET_STD
+    assert wide.shape == (32, 44, 3)
+    expected = [wide[:20, :20], wide[:20, 24:], wide[12:, :20], wide[12:, 24:], wide[6:26, 12:32]]
+    expected += [crop[:, ::-1] for crop in expected]
+    np.testing.assert_allclose(crops, np.stack(expected), atol=1e-4)
+
+
+def test_decode_handles_cmyk_png_and_grey():
+    rgb = natural_image(np.random.default_rng(6), 40, 50)
+    cmyk = encode(rgb, mode="CMYK", quality=95)
+    pil = np.asarray(Image.open(io.BytesIO(cmyk)).convert("RGB"), np.int32)
+    decoded = transforms.decode(cmyk).numpy().astype(np.int32)
+    assert decoded.shape == (40, 50, 3) and np.abs(decoded - pil).max() <= 1
+    png = transforms.decode(encode(rgb, fmt="PNG")).numpy()
+    np.testing.assert_array_equal(png, rgb)
+    grey = transforms.decode(encode(rgb[..., 0], quality=95)).numpy()
+    assert grey.shape == (40, 50, 3) and (grey[..., 0] == grey[..., 2]).all()
+    assert transforms.image_shape(encode(rgb, fmt="PNG")).numpy().tolist() == [40, 50]
+
+
+@pytest.mark.parametrize("subsampling, tolerance", [(0, 1e-5), (2, 0.6)])
+def test_fused_crop_decode_matches_full_decode(subsampling, tolerance):
+    # 4:4:4 JPEGs decode a window exactly; with 4:2:0 chroma, the window's edge pixels are
+    # upsampled from fewer neighbours, so they may differ slightly.
+    data = encode(
+        natural_image(np.random.default_rng(7), 150, 200), quality=90, subsampling=subsampling
+    )
+    cfg = DataConfig("imagenet", image_size=64)
+    seed = tf.constant([3, 4])
+    fused = transforms.imagenet_train(data, seed, cfg).numpy()
+    full = transforms.imagenet_train(
+        data, seed, DataConfig("imagenet", image_size=64, fused_crop=False)
+    ).numpy()
+    assert np.abs(fused - full).max() < tolerance
+    assert np.abs(fused - full).mean() < tolerance / 10
