@@ -3,7 +3,9 @@
 import dataclasses
 import os
 import pickle
+import socket
 import tarfile
+import urllib.parse
 
 import numpy as np
 
@@ -34,7 +36,10 @@ LAYOUTS = {
         url="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
     ),
 }
-NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
+# Seconds to wait for the download host before declaring the machine offline.
+REACH_TIMEOUT_S = 5
+# Examples per read when collecting a TFDS split into memory.
+TFDS_READ_BATCH = 10000
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -112,21 +117,34 @@ def _read_tarball(path, layout):
         return {"train": read(layout.train_files), "eval": read(layout.test_files)}
 
 
+def _reachable(host):
+    try:
+        socket.create_connection((host, 443), timeout=REACH_TIMEOUT_S).close()
+        return True
+    except OSError:
+        return False
+
+
 def _read_tfds(dataset, data_dir):
     import tensorflow_datasets as tfds  # slow import, only when TFDS is the source
 
+    host = urllib.parse.urlparse(LAYOUTS[dataset].url).hostname
+    builder = tfds.builder(dataset, data_dir=data_dir)
+    # Offline, TFDS retries its download for minutes before failing; fail at once instead.
+    if not builder.is_prepared() and not _reachable(host):
+        cause = f"not prepared in {builder.data_dir} and {host} is unreachable"
+        raise DataNotFoundError(not_found_message(dataset, data_dir, cause))
     try:
-        train, test = tfds.load(
-            dataset, split=["train", "test"], data_dir=data_dir, batch_size=-1, as_supervised=True
-        )
+        splits = tfds.load(dataset, split=["train", "test"], data_dir=data_dir, as_supervised=True)
     except Exception as exc:  # TFDS reports a missing download in many exception types.
         first_line = (str(exc).strip().splitlines() or [""])[0]
         cause = f"TFDS failed with {type(exc).__name__}: {first_line}"
         raise DataNotFoundError(not_found_message(dataset, data_dir, cause)) from None
-    return {
-        name: CifarArrays(np.asarray(images, np.uint8), np.asarray(labels, np.int32))
-        for name, (images, labels) in (("train", train), ("eval", test))
-    }
+    arrays = {}
+    for name, split in zip(("train", "eval"), splits, strict=True):
+        images, labels = zip(*tfds.as_numpy(split.batch(TFDS_READ_BATCH)), strict=True)
+        arrays[name] = CifarArrays(np.concatenate(images), np.concatenate(labels).astype(np.int32))
+    return arrays
 
 
 def load_cifar(dataset, data_dir):
