@@ -1,0 +1,140 @@
+"""Loading any supported weights into a resnext_tf model, with a cache of converted files."""
+
+import collections
+import hashlib
+import logging
+import os
+
+from resnext_tf.layers import Bottleneck
+from resnext_tf.registry import MODEL_SPECS
+from resnext_tf.resnext import stage_blocks
+from resnext_tf.weights import pretrained, torch7
+from resnext_tf.weights.state_dict import BLOCK_NAME, assign_state_dict, read_state_dict
+
+logger = logging.getLogger(__name__)
+
+# Files Keras loads itself (weights of the same architecture).
+KERAS_SUFFIXES = (".weights.h5", ".h5", ".keras")
+TORCH7_SUFFIX = ".t7"
+WEIGHTS_SUFFIX = ".weights.h5"
+
+
+def architecture_name(model):
+    """The registry name whose architecture `model` has, or None.
+
+    The architecture is read from the model's blocks (stem, blocks per stage, cardinality,
+    base width), so a model built by an applications constructor or `build_resnext` under
+    another name is recognised too.
+    """
+    blocks = [layer for layer in model.layers if isinstance(layer, Bottleneck)]
+    names = [BLOCK_NAME.fullmatch(block.name) for block in blocks]
+    if not blocks or not all(names):
+        return None
+    per_stage = collections.Counter(int(match[1]) for match in names)
+    counts = tuple(per_stage[s] for s in sorted(per_stage))
+    for name, (stem, depth, cardinality, base_width, _, _) in MODEL_SPECS.items():
+        if stage_blocks(stem, depth) == counts and (cardinality, base_width) == (
+            blocks[0].cardinality,
+            blocks[0].base_width,
+        ):
+            return name
+    return None
+
+
+def read_source(path):
+    """Reads a Torch7 (.t7), safetensors or torch file into a torchvision-style state dict."""
+    if str(path).endswith(TORCH7_SUFFIX):
+        return torch7.read_t7(path)
+    return read_state_dict(path)
+
+
+def save_weights_atomic(model, path):
+    """Writes `model.save_weights` to a temporary file first, so `path` is never partial."""
+    if not path.endswith(WEIGHTS_SUFFIX):
+        raise ValueError(f"Keras weight files end in {WEIGHTS_SUFFIX}; received path={path!r}.")
+    directory, name = os.path.split(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".tmp-{os.getpid()}-{name}")
+    try:
+        model.save_weights(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def convert(src, model, out, skip_classifier=False):
+    """Converts a Torch weight file for `model` and writes it as a Keras .weights.h5 file.
+
+    Args:
+      src: A .pth/.pt/.bin (needs torch), .safetensors or .t7 (needs torchfile) file.
+      model: The resnext_tf model the weights are for; its variables are set.
+      out: Output path ending in .weights.h5.
+      skip_classifier: Keep the model's classifier (see `assign_state_dict`).
+    """
+    assign_state_dict(model, read_source(src), skip_classifier)
+    save_weights_atomic(model, out)
+
+
+def _model_signature(model):
+    layout = "\n".join(f"{v.path}:{tuple(v.shape)}" for v in model.weights)
+    return hashlib.sha256(layout.encode()).hexdigest()[:12]
+
+
+def converted_path(src, model, skip_classifier):
+    """Cache path of `src` converted for `model`'s variables (content and layout hashed)."""
+    stem = os.path.basename(src).split(".")[0]
+    head = "-nohead" if skip_classifier else ""
+    name = f"{stem}-{pretrained.sha256_of(src)[:12]}-{_model_signature(model)}{head}"
+    return os.path.join(pretrained.cache_dir(pretrained.CONVERTED), name + WEIGHTS_SUFFIX)
+
+
+def load_weights(model, weights, *, skip_classifier=False):
+    """Loads weights of any supported kind into a resnext_tf model.
+
+    Torch files are converted on first use and the result is cached as .weights.h5 under
+    `pretrained.cache_dir()`, keyed by the file's hash and the model's variable layout.
+
+    Args:
+      model: A resnext_tf model.
+      weights: A known name ("imagenet", "torchvision_v2", "timm_a1h", ...; see
+        `list_pretrained`), or a file: .weights.h5 / .keras (loaded by Keras), .pth / .pt /
+        .bin (torchvision or timm state dict; needs torch), .safetensors, or .t7 (original
+        Torch7 model; needs torchfile).
+      skip_classifier: Keep the model's own classifier and load everything else (fine-tuning
+        with a new number of classes, the original's -resetClassifier). Torch files only.
+
+    Raises:
+      ValueError: for unknown names, or weights that do not fit the model (the message names
+        the tensors).
+      FileNotFoundError: when a known file is not available offline.
+    """
+    path = pretrained.resolve_weights(weights, architecture_name(model))
+    if path is None:
+        return
+    if path.endswith(KERAS_SUFFIXES):
+        if skip_classifier:
+            raise ValueError(
+                f"skip_classifier applies to Torch files; received {path!r}, which Keras "
+                "loads as a whole."
+            )
+        model.load_weights(path)
+        return
+    cached = converted_path(path, model, skip_classifier)
+    if os.path.exists(cached):
+        _load_keeping_classifier(model, cached, skip_classifier)
+        return
+    assign_state_dict(model, read_source(path), skip_classifier)
+    try:
+        save_weights_atomic(model, cached)
+    except OSError as e:  # a read-only cache costs a conversion next time, nothing more
+        logger.warning("Could not cache the converted weights at %s: %s", cached, e)
+
+
+def _load_keeping_classifier(model, path, skip_classifier):
+    has_head = any(layer.name == "head" for layer in model.layers)
+    head = model.get_layer("head").weights if skip_classifier and has_head else []
+    kept = [v.numpy() for v in head]
+    model.load_weights(path)
+    for variable, value in zip(head, kept, strict=True):
+        variable.assign(value)

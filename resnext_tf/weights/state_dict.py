@@ -1,0 +1,260 @@
+"""Torch state dicts (torchvision / timm ResNet and ResNeXt) into resnext_tf Keras models.
+
+The mapping follows the structure of both networks: the stem, then block `b` of stage `s`
+(`stage{s}_block{b}`) is torchvision's `layer{s}.{b-1}`, then the classifier. Every tensor the
+model needs must be in the state dict with the right shape, every tensor of the state dict must
+be used, and every model variable must receive a value; anything else raises an error that names
+the tensors involved. BatchNorm running statistics are part of the mapping.
+"""
+
+import logging
+import re
+
+import numpy as np
+
+from resnext_tf.layers import Bottleneck
+
+logger = logging.getLogger(__name__)
+
+# Torch convolution weights are (out, in / groups, kh, kw); resnext_tf kernels are
+# (kh, kw, in / groups, out), the layout of Keras Conv2D(groups).
+CONV_TO_KERAS = (2, 3, 1, 0)
+# Keras BatchNormalization variable -> torch.nn.BatchNorm2d tensor name.
+BN_TENSORS = (
+    ("gamma", "weight"),
+    ("beta", "bias"),
+    ("moving_mean", "running_mean"),
+    ("moving_variance", "running_var"),
+)
+# BatchNorm2d's update counter: bookkeeping of training, with no effect on the outputs.
+BN_COUNTER = "num_batches_tracked"
+# Module names inside a torchvision/timm ResNet.
+STEM_CONV, STEM_BN, CLASSIFIER = "conv1", "bn1", "fc"
+BLOCK_LAYERS = ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3")
+PROJECTION = (("shortcut_conv", "downsample.0"), ("shortcut_bn", "downsample.1"))
+BLOCK_NAME = re.compile(r"stage(\d+)_block(\d+)")
+# How many names an error lists before it summarises the rest.
+MAX_LISTED = 12
+
+
+def read_state_dict(path):
+    """Reads a Torch state dict as NumPy arrays.
+
+    `.safetensors` files need only the `safetensors` package; other files (`.pth`, `.pt`,
+    `.bin`) are read with `torch.load(weights_only=True)`. A checkpoint dict that wraps the
+    weights under "state_dict" or "model" is unwrapped, and the "module." prefix of
+    DataParallel models is removed.
+
+    Args:
+      path: Path of the file.
+
+    Returns:
+      A dict from tensor name to `np.ndarray`.
+
+    Raises:
+      ImportError: when the package needed for the format is not installed.
+      ValueError: when the file holds no state dict.
+    """
+    if str(path).endswith(".safetensors"):
+        try:
+            from safetensors.numpy import load_file
+        except ImportError as e:
+            raise ImportError(
+                f"Reading {path} needs the safetensors package: pip install safetensors"
+            ) from e
+        return _strip_data_parallel(load_file(path))
+    try:
+        import torch
+    except ImportError as e:
+        raise ImportError(
+            f"Reading {path} needs PyTorch (pip install torch), or convert it to .safetensors "
+            "first, which needs only the safetensors package."
+        ) from e
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
+        raise ValueError(
+            f"{path} does not hold a state dict (a dict of tensors); received a "
+            f"{type(obj).__name__}."
+        )
+    return _strip_data_parallel({k: _to_numpy(v) for k, v in obj.items()})
+
+
+def _to_numpy(tensor):
+    tensor = tensor.detach()
+    if tensor.is_floating_point():
+        tensor = tensor.float()  # half / bfloat16 files: the model variables are float32
+    return tensor.numpy()
+
+
+def _strip_data_parallel(state_dict):
+    prefix = "module."
+    if state_dict and all(k.startswith(prefix) for k in state_dict):
+        return {k[len(prefix) :]: v for k, v in state_dict.items()}
+    return state_dict
+
+
+def torch_modules(model):
+    """Lists the model's layers with the torchvision module each one corresponds to.
+
+    Args:
+      model: A resnext_tf model (`build_resnext` / `create_model`) with resnext_C or resnet
+        blocks.
+
+    Returns:
+      A list of (torch module name, Keras layer, kind) in network order; kind is "conv",
+      "bn" or "dense". The classifier is last and only present with `include_top`.
+
+    Raises:
+      ValueError: for resnext_B blocks or a model that is not a resnext_tf network.
+    """
+    try:
+        modules = [
+            (STEM_CONV, model.get_layer("stem_conv"), "conv"),
+            (STEM_BN, model.get_layer("stem_bn"), "bn"),
+        ]
+    except ValueError as e:
+        raise ValueError(
+            f"Expected a resnext_tf model with stem_conv and stem_bn layers; received "
+            f"{model.name!r}: {e}"
+        ) from e
+    for layer in model.layers:
+        if isinstance(layer, Bottleneck):
+            modules.extend(_block_modules(layer))
+    if any(layer.name == "head" for layer in model.layers):
+        modules.append((CLASSIFIER, model.get_layer("head"), "dense"))
+    return modules
+
+
+def _block_modules(block):
+    match = BLOCK_NAME.fullmatch(block.name)
+    if match is None:
+        raise ValueError(
+            f"Unexpected block name; received {block.name!r}, expected stage<s>_block<b>."
+        )
+    if block.bottleneck_type == "resnext_B":
+        raise ValueError(
+            f"Torch ResNeXt weights hold grouped convolutions (form C); received {block.name} "
+            "with bottleneck_type='resnext_B'. Build the model with bottleneck_type="
+            "'resnext_C', which computes the same function."
+        )
+    stage, index = int(match[1]), int(match[2])
+    prefix = f"layer{stage}.{index - 1}"
+    modules = [
+        (f"{prefix}.{name}", getattr(block, name), "bn" if "bn" in name else "conv")
+        for name in BLOCK_LAYERS
+    ]
+    if block.has_projection:
+        modules += [
+            (f"{prefix}.{torch_name}", getattr(block, attr), "bn" if "bn" in attr else "conv")
+            for attr, torch_name in PROJECTION
+        ]
+    return modules
+
+
+def _layer_tensors(module, layer, kind):
+    """(variable, source name, transform) for each variable of one layer."""
+    if kind == "conv":
+        return [(layer.kernel, f"{module}.weight", lambda w: np.transpose(w, CONV_TO_KERAS))]
+    if kind == "bn":
+        return [(getattr(layer, var), f"{module}.{name}", None) for var, name in BN_TENSORS]
+    return [(layer.kernel, f"{module}.weight", np.transpose), (layer.bias, f"{module}.bias", None)]
+
+
+def _listing(names):
+    names = sorted(names)
+    shown = ", ".join(names[:MAX_LISTED])
+    return shown + (f" and {len(names) - MAX_LISTED} more" if len(names) > MAX_LISTED else "")
+
+
+def plan_assignment(model, state_dict, skip_classifier=False):
+    """Matches every model variable with its tensor of `state_dict`, checking all of them.
+
+    Args:
+      model: A resnext_tf model (see `torch_modules`).
+      state_dict: Dict from torchvision/timm tensor name to array.
+      skip_classifier: Leave the model's classifier as it is and ignore the source's (a new
+        classifier, as the original's -resetClassifier). Without a classifier in the model
+        (include_top=False) the source's is always ignored.
+
+    Returns:
+      A list of (Keras variable, float32 value in Keras layout).
+
+    Raises:
+      ValueError: naming the missing tensors, the tensors of the wrong shape, the unused
+        tensors of the source and the model variables left without a value.
+    """
+    modules = torch_modules(model)
+    has_head = modules[-1][2] == "dense"
+    skip_head = skip_classifier or not has_head
+    if skip_head:
+        if has_head:
+            modules = modules[:-1]
+        ignored = {f"{CLASSIFIER}.weight", f"{CLASSIFIER}.bias"} & set(state_dict)
+        if ignored:
+            logger.info("Not loading the source classifier (%s).", _listing(ignored))
+    else:
+        ignored = set()
+    used = set(ignored)
+    plan, missing, mismatched, covered = [], [], [], set()
+    for module, layer, kind in modules:
+        if kind == "bn":
+            used.add(f"{module}.{BN_COUNTER}")
+        for variable, name, transform in _layer_tensors(module, layer, kind):
+            used.add(name)
+            covered.add(id(variable))
+            if name not in state_dict:
+                missing.append(name)
+                continue
+            value = np.asarray(state_dict[name], dtype=np.float32)
+            source_shape = value.shape
+            value = transform(value) if transform else value
+            if value.shape != tuple(variable.shape):
+                mismatched.append(
+                    f"{name} {source_shape} (for {variable.path}, which needs "
+                    f"{tuple(variable.shape)} in Keras layout)"
+                )
+            plan.append((variable, value))
+    leftover = set(state_dict) - used
+    if has_head and skip_head:
+        covered |= {id(v) for v in model.get_layer("head").weights}
+    unassigned = [v.path for v in model.weights if id(v) not in covered]
+    problems = []
+    if missing:
+        problems.append(f"missing in the source: {_listing(missing)}")
+    if mismatched:
+        problems.append(f"shape mismatch: {_listing(mismatched)}")
+    if leftover:
+        problems.append(f"unused source tensors: {_listing(leftover)}")
+    if unassigned:
+        problems.append(f"model variables without a source: {_listing(unassigned)}")
+    if problems:
+        hint = ""
+        if any(name.startswith(f"{CLASSIFIER}.") for name in mismatched):
+            hint = (
+                " The classifiers differ in size: build the model with the source's number of "
+                "classes, or pass skip_classifier=True to keep a new classifier."
+            )
+        raise ValueError(
+            f"The state dict does not match model {model.name!r}; "
+            + "; ".join(problems)
+            + "."
+            + hint
+        )
+    return plan
+
+
+def assign_state_dict(model, state_dict, skip_classifier=False):
+    """Sets the model's weights (BatchNorm running statistics included) from a state dict.
+
+    Nothing is assigned unless the whole state dict matches; see `plan_assignment`.
+
+    Args:
+      model: A resnext_tf model.
+      state_dict: Dict from torchvision/timm tensor name to array.
+      skip_classifier: Keep the model's classifier; see `plan_assignment`.
+    """
+    for variable, value in plan_assignment(model, state_dict, skip_classifier):
+        variable.assign(value)
