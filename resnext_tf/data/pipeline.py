@@ -204,7 +204,7 @@ def _streamed_examples(cfg, data, train, layout, start, count, epoch, input_cont
         config = tfds.ReadConfig(
             shuffle_seed=_python_seed(cfg.seed, epoch), input_context=input_context
         )
-        ds = _window_shuffle(read(shuffle_files=True, read_config=config).repeat(), shuffle_seed)
+        ds = _window_shuffle(read(shuffle_files=True, read_config=config), shuffle_seed).repeat()
         ds = ds.enumerate().skip(start).take(count)
     else:
         batch, offset, width = layout.global_batch, layout.offset, layout.width
@@ -313,6 +313,9 @@ def build_dataset(
             ds = _padded(ds, total - count, cfg)
             ds = ds.cache() if cfg.cache else ds
         ds = ds.batch(layout.batch, drop_remainder=True)
+    # Interleave hides the length; state it so len(ds) and progress bars work.
+    batches = (steps - skip_batches) * layout.width // layout.batch
+    ds = ds.apply(tf.data.experimental.assert_cardinality(batches))
     options = tf.data.Options()
     options.deterministic = True
     return ds.prefetch(AUTOTUNE).with_options(options)

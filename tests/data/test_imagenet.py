@@ -1,0 +1,223 @@
+"""ImageNet: folder index and its cache, quirky and broken files, and a prepared TFDS data_dir."""
+
+import io
+import logging
+import os
+import shutil
+import tarfile
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from image_samples import WNIDS, encode, natural_image
+
+from resnext_tf.data import (
+    DataConfig,
+    DataNotFoundError,
+    build_dataset,
+    dataset_spec,
+    imagenet,
+    transforms,
+)
+
+# Train files in index order (sorted wnid, then sorted name); see the imagenet_dir fixture.
+TRAIN_FILES = (
+    [f"{WNIDS[0]}/{WNIDS[0]}_{i}.JPEG" for i in (0, 1, 2, 3, 4, 9)]
+    + [f"{WNIDS[1]}/{n}.JPEG" for n in ("cmyk", "grey")]
+    + [f"{WNIDS[1]}/{WNIDS[1]}_{i}.JPEG" for i in range(5)]
+    + [f"{WNIDS[1]}/png.JPEG"]
+    + [f"{WNIDS[2]}/{WNIDS[2]}_{i}.JPEG" for i in (0, 1, 2, 3, 4, 9)]
+)
+TRUNCATED, EMPTY = 5, 19  # train indices of the broken files
+
+# Crop area 1 with aspect 1 never fits a non-square image: the deterministic fallback.
+DETERMINISTIC = dict(
+    image_size=32,
+    eval_resize=40,
+    crop_area_range=(1.0, 1.0),
+    aspect_range=(1.0, 1.0),
+    color_jitter=0,
+    lighting=0,
+    flip=False,
+)
+
+
+def _collect(ds):
+    images, labels = zip(*((x.numpy(), y.numpy()) for x, y in ds), strict=True)
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def test_index_lists_files_with_sorted_wnid_labels(imagenet_dir):
+    index = imagenet.load_file_index(str(imagenet_dir), "train", list(WNIDS))
+    assert [p.decode() for p in index.relpaths] == TRAIN_FILES
+    assert index.labels.tolist() == [0] * 6 + [1] * 8 + [2] * 6
+    spec = dataset_spec(
+        DataConfig("imagenet", data_dir=imagenet_dir, image_size=32, eval_resize=40)
+    )
+    assert spec == (3, 20, 7, (32, 32, 3))
+
+
+def _small_tree(root, files_per_class=2):
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for wnid in WNIDS[:2]:
+            os.makedirs(root / split / wnid)
+            for i in range(files_per_class):
+                (root / split / wnid / f"{i}.JPEG").write_bytes(encode(natural_image(rng, 20, 30)))
+    return str(root)
+
+
+def test_index_is_cached_and_refreshed_when_a_folder_changes(tmp_path, monkeypatch, caplog):
+    data_dir = _small_tree(tmp_path)
+    with caplog.at_level(logging.INFO, logger="absl"):
+        first = imagenet.load_file_index(data_dir, "train", list(WNIDS[:2]))
+    assert "2/2 class folders, 4 images" in caplog.text
+    assert len(os.listdir(tmp_path / ".resnext_tf_index")) == 1
+
+    def no_scan(*args):
+        raise AssertionError("listed the folders again")
+
+    monkeypatch.setattr(imagenet, "_scan", no_scan)
+    cached = imagenet.load_file_index(data_dir, "train", list(WNIDS[:2]))
+    np.testing.assert_array_equal(cached.relpaths, first.relpaths)
+    np.testing.assert_array_equal(cached.labels, first.labels)
+
+    monkeypatch.undo()
+    shutil.copy(
+        tmp_path / "train" / WNIDS[0] / "0.JPEG", tmp_path / "train" / WNIDS[0] / "new.JPEG"
+    )
+    os.utime(tmp_path / "train" / WNIDS[0], ns=(1, 1))  # a distinct mtime even on coarse clocks
+    refreshed = imagenet.load_file_index(data_dir, "train", list(WNIDS[:2]))
+    assert len(refreshed.relpaths) == 5
+    assert len(os.listdir(tmp_path / ".resnext_tf_index")) == 1  # the stale index is gone
+
+
+def test_index_cache_goes_to_user_cache_when_data_dir_is_not_writable(tmp_path, monkeypatch):
+    data_dir = _small_tree(tmp_path / "data")
+    # A file where the cache folder should be makes the data_dir side unwritable, even as root.
+    (tmp_path / "data" / ".resnext_tf_index").write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    imagenet.load_file_index(data_dir, "eval", list(WNIDS[:2]))
+    (folder,) = os.listdir(tmp_path / "cache" / "resnext_tf")
+    assert [
+        f.startswith("eval-") for f in os.listdir(tmp_path / "cache" / "resnext_tf" / folder)
+    ] == [True]
+
+
+def test_val_classes_must_be_train_classes(tmp_path):
+    data_dir = _small_tree(tmp_path)
+    os.makedirs(tmp_path / "val" / "n09999999")
+    with pytest.raises(ValueError, match=r"\['n09999999'\].*subset of the 2 train/ classes"):
+        imagenet.load_file_index(data_dir, "eval", list(WNIDS[:2]))
+
+
+def test_missing_tfds_imagenet_says_how_to_get_it(tmp_path):
+    with pytest.raises(
+        DataNotFoundError, match="cannot be downloaded automatically.*DATA/val/<wnid>"
+    ):
+        dataset_spec(DataConfig("imagenet", data_dir=str(tmp_path)))
+
+
+def test_eval_is_every_file_in_order_with_broken_ones_masked(imagenet_dir):
+    cfg = DataConfig("imagenet", data_dir=imagenet_dir, **DETERMINISTIC)
+    images, labels = _collect(build_dataset(cfg, "eval", 4))
+    index = imagenet.load_file_index(str(imagenet_dir), "eval", list(WNIDS))
+    files = [os.path.join(index.root, p.decode()) for p in index.relpaths]
+    assert images.shape == (8, 32, 32, 3)
+    # The truncated val file (last in file order) is masked like the padding.
+    assert labels.tolist() == [0, 0, 1, 1, 2, 2, -1, -1]
+    for image, path in zip(images[:6], files[:6], strict=True):
+        expected = transforms.imagenet_eval(tf.io.read_file(path), cfg).numpy()
+        np.testing.assert_allclose(image, expected, atol=1e-6)
+    grey = (0.5 - np.array(transforms.IMAGENET_MEAN)) / transforms.IMAGENET_STD
+    np.testing.assert_allclose(images[6], np.broadcast_to(grey, (32, 32, 3)), atol=1e-6)
+    np.testing.assert_array_equal(images[7], 0)
+
+
+def test_train_replaces_broken_files_by_the_next_file(imagenet_dir, capfd):
+    cfg = DataConfig("imagenet", data_dir=imagenet_dir, **DETERMINISTIC)
+    images, labels = _collect(build_dataset(cfg, "train", 20))
+    root = os.path.join(str(imagenet_dir), "train")
+    seed = tf.constant([0, 0], tf.int64)  # the deterministic config ignores the seed
+    by_file = {
+        name: transforms.imagenet_train(
+            tf.io.read_file(os.path.join(root, name)), seed, cfg
+        ).numpy()
+        for i, name in enumerate(TRAIN_FILES)
+        if i not in (TRUNCATED, EMPTY)
+    }
+    sources = []
+    for image in images:
+        (match,) = [n for n, ref in by_file.items() if np.allclose(image, ref, atol=1e-5)]
+        sources.append(match)
+    expected = sorted(by_file) + [TRAIN_FILES[TRUNCATED + 1], TRAIN_FILES[0]]
+    assert sorted(sources) == sorted(expected)
+    label_of = {name: WNIDS.index(name.split("/")[0]) for name in TRAIN_FILES}
+    assert sorted(labels.tolist()) == sorted(label_of[n] for n in sources)
+    warnings = capfd.readouterr().err
+    for broken, replacement in ((TRUNCATED, TRUNCATED + 1), (EMPTY, 0)):
+        assert (
+            f'unreadable image "{os.path.join(root, TRAIN_FILES[broken])}" replaced by' in warnings
+        )
+        assert TRAIN_FILES[replacement] in warnings
+
+
+def test_quirky_files_decode_through_the_pipeline(imagenet_dir):
+    # CMYK, PNG-named-.JPEG and grey files give finite images in both crop modes.
+    for fused in (True, False):
+        cfg = DataConfig("imagenet", data_dir=imagenet_dir, image_size=32, fused_crop=fused)
+        images, labels = _collect(build_dataset(cfg, "train", 10, epoch=3))
+        assert images.shape == (20, 32, 32, 3) and np.isfinite(images).all()
+        assert np.abs(images).max() < 10  # normalized, jittered values stay moderate
+
+
+def _add(tar, name, data):
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+@pytest.fixture(scope="module")
+def tfds_imagenet(tmp_path_factory):
+    """A real TFDS imagenet2012 prepared from tiny ILSVRC2012 tars: 2 x 6 train, 5 val."""
+    root = tmp_path_factory.mktemp("tfds_imagenet")
+    rng = np.random.default_rng(0)
+    with tarfile.open(root / "ILSVRC2012_img_train.tar", "w") as outer:
+        for wnid in WNIDS[:2]:
+            inner = io.BytesIO()
+            with tarfile.open(fileobj=inner, mode="w") as tar:
+                for i in range(6):
+                    _add(tar, f"{wnid}_{i}.JPEG", encode(natural_image(rng, 80, 100), quality=90))
+            _add(outer, f"{wnid}.tar", inner.getvalue())
+    with tarfile.open(root / "ILSVRC2012_img_val.tar", "w") as tar:
+        for i in range(1, 6):
+            _add(
+                tar, f"ILSVRC2012_val_{i:08d}.JPEG", encode(natural_image(rng, 90, 70), quality=90)
+            )
+    builder = tfds.builder("imagenet2012", data_dir=str(root / "tfds"))
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(root)))
+    return str(root / "tfds")
+
+
+@pytest.mark.slow
+def test_tfds_imagenet_epochs_resume_and_eval(tfds_imagenet):
+    cfg = DataConfig("imagenet", data_dir=tfds_imagenet, image_size=32, eval_resize=40)
+    assert dataset_spec(cfg) == (1000, 12, 5, (32, 32, 3))
+    images, labels = _collect(build_dataset(cfg, "train", 4))
+    assert images.shape == (12, 32, 32, 3) and np.isfinite(images).all()
+    # Each of the 12 records once: 6 per class (labels are positions in TFDS's sorted wnids).
+    assert np.bincount(labels).tolist()[-1] == 6 and len(set(labels.tolist())) == 2
+    again, _ = _collect(build_dataset(cfg, "train", 4))
+    resumed, _ = _collect(build_dataset(cfg, "train", 4, skip_batches=2))
+    other_epoch, _ = _collect(build_dataset(cfg, "train", 4, epoch=1))
+    np.testing.assert_array_equal(again, images)
+    np.testing.assert_array_equal(resumed, images[8:])
+    assert not np.allclose(other_epoch, images)
+    eval_images, eval_labels = _collect(build_dataset(cfg, "eval", 2))
+    assert eval_images.shape == (6, 32, 32, 3)
+    # TFDS labels val images from its bundled list, whose first five entries are these.
+    names = tfds.builder("imagenet2012", data_dir=tfds_imagenet).info.features["label"].names
+    first_five = ["n01751748", "n09193705", "n02105855", "n04263257", "n03125729"]
+    assert sorted(names[i] for i in eval_labels[:5]) == sorted(first_five)
+    assert eval_labels[5] == -1
