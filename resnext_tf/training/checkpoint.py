@@ -93,14 +93,26 @@ def read_state(checkpoint_dir):
     return _read_json(os.path.join(checkpoint_dir, STATE_FILE))
 
 
+def _read(objects, checkpoint_dir, partial):
+    try:
+        status = tf.train.Checkpoint(**objects).read(os.path.join(checkpoint_dir, PREFIX))
+        if partial:
+            status.expect_partial()
+        status.assert_existing_objects_matched()
+    except (AssertionError, ValueError) as e:
+        raise ValueError(
+            f"The checkpoint {checkpoint_dir!r} does not match the {sorted(objects)} being "
+            f"restored (another architecture or class count?): {e}"
+        ) from e
+
+
 def restore_model_weights(model, checkpoint_dir):
     """Loads only the model variables of one of our checkpoints (optimizer state ignored).
 
     Raises:
-        AssertionError: when a variable of `model` has no value in the checkpoint.
+        ValueError: when the checkpoint lacks a variable of `model` or has other shapes.
     """
-    status = tf.train.Checkpoint(model=model).read(os.path.join(checkpoint_dir, PREFIX))
-    status.expect_partial().assert_existing_objects_matched()
+    _read({"model": model}, checkpoint_dir, partial=True)
 
 
 class CheckpointManager:
@@ -121,7 +133,7 @@ class CheckpointManager:
         self.directory = os.path.join(model_dir, CHECKPOINT_SUBDIR)
         self.is_chief = is_chief
         self.keep = keep
-        self._checkpoint = tf.train.Checkpoint(**objects)
+        self._objects = objects
         if is_chief:
             os.makedirs(self.directory, exist_ok=True)
             self._remove_stale_temporaries()
@@ -154,7 +166,7 @@ class CheckpointManager:
         if not self.is_chief:
             scratch = tempfile.mkdtemp(prefix="resnext_ckpt_")
             try:
-                self._checkpoint.write(os.path.join(scratch, PREFIX))
+                tf.train.Checkpoint(**self._objects).write(os.path.join(scratch, PREFIX))
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
             return None
@@ -162,7 +174,7 @@ class CheckpointManager:
         tmp = os.path.join(self.directory, _TMP_PREFIX + name)
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
-        self._checkpoint.write(os.path.join(tmp, PREFIX))
+        tf.train.Checkpoint(**self._objects).write(os.path.join(tmp, PREFIX))
         with open(os.path.join(tmp, STATE_FILE), "w", encoding="utf-8") as f:
             json.dump(state, f, indent=1, sort_keys=True)
         _fsync_tree(tmp)
@@ -183,10 +195,9 @@ class CheckpointManager:
         """Restores every object from `checkpoint_dir` and returns its state record.
 
         Raises:
-            AssertionError: when the checkpoint does not match the objects (another model).
+            ValueError: when the checkpoint does not match the objects (another model).
         """
-        status = self._checkpoint.read(os.path.join(checkpoint_dir, PREFIX))
-        status.assert_existing_objects_matched()
+        _read(self._objects, checkpoint_dir, partial=False)
         return read_state(checkpoint_dir)
 
     def _apply_retention(self):

@@ -1,0 +1,92 @@
+"""TrainConfig defaults per dataset, validation, and the absl flags that build it."""
+
+import pytest
+from absl import app
+from absl import flags as absl_flags
+
+import flags as resnext_flags
+from resnext_tf.training import TrainConfig
+
+
+def parse(argv, datasets=("cifar10", "cifar100")):
+    flag_values = absl_flags.FlagValues()
+    resnext_flags.define_flags(datasets, flag_values)
+    flag_values(["prog", *argv])
+    return resnext_flags.config_from_flags(flag_values)
+
+
+def test_cifar_recipe_defaults():
+    config = parse(["--depth=29", "--cardinality=16", "--base_width=64"])
+    assert (config.dataset, config.depth, config.cardinality, config.base_width) == (
+        "cifar10",
+        29,
+        16,
+        64,
+    )
+    assert (config.batch_size, config.lr, config.weight_decay, config.epochs) == (
+        128,
+        0.1,
+        5e-4,
+        300,
+    )
+    assert (config.momentum, config.nesterov, config.shortcut_type) == (0.9, True, "B")
+    assert config.model_dir == "runs/cifar10_resnext29_16x64d"
+
+
+def test_imagenet_recipe_defaults():
+    argv = ["--data_dir=DATA", "--depth=50", "--cardinality=32", "--base_width=4"]
+    config = parse([*argv, "--batch_size=256"], datasets=("imagenet",))
+    assert (config.dataset, config.lr, config.weight_decay, config.epochs) == (
+        "imagenet",
+        0.1,
+        1e-4,
+        100,
+    )
+
+
+def test_lr_scales_with_the_batch_unless_given():
+    assert parse(["--batch_size=64"]).lr == pytest.approx(0.05)
+    assert parse(["--batch_size=64", "--lr=0.3"]).lr == 0.3
+    assert parse(["--batch_size=1024"], datasets=("imagenet",)).lr == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--dtype=float64"], ["float64", "mixed_bfloat16"]),
+        (["--distribution_strategy=horovod"], ["horovod", "multi_worker_mirrored"]),
+        (["--bottleneck_type=resnext_D"], ["resnext_D", "resnext_C"]),
+        (["--dataset=imagenet"], ["imagenet", "cifar100"]),
+    ],
+)
+def test_bad_flag_values_name_value_and_choices(argv, words):
+    with pytest.raises(absl_flags.IllegalFlagValueError) as error:
+        parse(argv)
+    assert all(word in str(error.value) for word in words)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--depth=30"], r"\(depth - 2\) % 9 == 0; received depth=30"),
+        (["--reset_classifier"], "num_classes=None"),
+        (["--epochs=10", "--epoch_number=11"], "epoch_number=11"),
+    ],
+)
+def test_inconsistent_flags_are_usage_errors(argv, message):
+    with pytest.raises(app.UsageError, match=message):
+        parse(argv)
+
+
+def test_imagenet_depth_and_ten_crop_checks():
+    with pytest.raises(ValueError, match=r"depth=29; expected one of \(50, 101, 152\)"):
+        TrainConfig(dataset="imagenet", depth=29)
+    with pytest.raises(ValueError, match="ten_crop=True with dataset='cifar10'"):
+        TrainConfig(dataset="cifar10", ten_crop=True)
+
+
+def test_every_config_field_has_a_flag():
+    flag_values = absl_flags.FlagValues()
+    resnext_flags.define_flags(("cifar10",), flag_values)
+    fields = set(TrainConfig.__dataclass_fields__)
+    assert fields <= set(flag_values)
