@@ -5,8 +5,6 @@ output for the same seed. Geometry follows Torch: integer sizes are truncated, c
 start at ceil((size - crop) / 2), RandomSizedCrop rounds half away from zero.
 """
 
-import functools
-
 import tensorflow as tf
 
 # ImageNet channel mean and std on [0, 1] RGB images (REFERENCE.md "Data", step 4).
@@ -127,28 +125,23 @@ def ten_crop(image, size):
     return tf.concat([crops, tf.reverse(crops, axis=[2])], axis=0)
 
 
-def _grey(image):
-    return tf.tensordot(image, tf.constant(GREY_WEIGHTS, image.dtype), axes=1)[..., None]
+def _jitter_maps(factors):
+    """The linear map each jitter op applies to the coefficients (p, q, r) of an image
+    written as p * x + q * grey(x) + r * mean(grey(x)); [3 ops, 3, 3] for brightness,
+    contrast, saturation.
 
-
-def _blend(image, other, alpha):
-    return image * alpha + other * (1.0 - alpha)
-
-
-def _brightness(image, alpha):
-    return image * alpha
-
-
-def _contrast(image, alpha):
-    return _blend(image, tf.reduce_mean(_grey(image)), alpha)
-
-
-def _saturation(image, alpha):
-    return _blend(image, _grey(image), alpha)
-
-
-# Order of the factors returned by sample_color_jitter.
-JITTER_OPS = (_brightness, _contrast, _saturation)
+    Grey weights sum to 1, so grey(grey(x)) = grey(x) and grey(constant) = constant:
+    brightness b scales (p, q, r); contrast c blends with mean grey = (p + q + r) * mean(grey(x));
+    saturation s blends with grey = (p + q) * grey(x) + r * mean(grey(x)).
+    """
+    b, c, s = tf.unstack(factors)
+    zero, one = tf.zeros_like(b), tf.ones_like(b)
+    rows = [
+        [[b, zero, zero], [zero, b, zero], [zero, zero, b]],
+        [[c, zero, zero], [zero, c, zero], [1 - c, 1 - c, one]],
+        [[s, zero, zero], [1 - s, one, zero], [zero, zero, one]],
+    ]
+    return tf.stack([tf.stack([tf.stack(row) for row in op]) for op in rows])
 
 
 def sample_color_jitter(seed, strength):
@@ -165,11 +158,19 @@ def sample_color_jitter(seed, strength):
 
 
 def apply_color_jitter(image, factors, order):
-    """Applies brightness, contrast and saturation blends in `order`, without clamping."""
+    """Applies brightness, contrast and saturation blends in `order`, without clamping.
+
+    Brightness blends with black, contrast with the mean grey level, saturation with the grey
+    image (fb.resnet.torch ColorJitter). All three are linear, so their composition is
+    computed on 3 coefficients and applied to the image once.
+    """
+    maps = _jitter_maps(factors)
+    coefficients = tf.constant([1.0, 0.0, 0.0])
     for step in range(3):
-        branches = [functools.partial(op, image, factors[k]) for k, op in enumerate(JITTER_OPS)]
-        image = tf.switch_case(order[step], branches)
-    return image
+        coefficients = tf.linalg.matvec(maps[order[step]], coefficients)
+    grey = tf.tensordot(image, tf.constant(GREY_WEIGHTS), axes=1)[..., None]
+    p, q, r = tf.unstack(coefficients)
+    return p * image + q * grey + r * tf.reduce_mean(grey)
 
 
 def lighting(image, seed, alphastd):
