@@ -1,0 +1,417 @@
+"""SavedModel export for TensorFlow Serving.
+
+    python -m resnext_tf.export --model=resnext50_32x4d --weights=imagenet \
+        --export_dir=/tmp/serving --version=1
+
+writes /tmp/serving/resnext50_32x4d/1/, the layout TF Serving polls (--model_base_path points
+at /tmp/serving/resnext50_32x4d). Signatures:
+
+  serving_default  image_bytes: string [N] (JPEG, PNG, GIF or BMP; the REST form is
+                   {"instances": [{"b64": "..."}]}), decoded and given the evaluation transform
+                   of resnext_tf.data inside the graph, so training and serving cannot drift.
+  predict_images   images: float32 [N, H, W, 3], already transformed.
+
+Both return logits, probabilities, the top-k classes and scores, and for ImageNet the top-k
+wnids and labels. Keras runs grouped convolutions on TensorFlow under XLA, which stock TF
+Serving does not enable, so the exported graph uses the split form of the same convolutions.
+"""
+
+import argparse
+import dataclasses
+import functools
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from resnext_tf.data import transforms
+from resnext_tf.data.config import DataConfig
+
+logger = logging.getLogger(__name__)
+
+SERVING_SIGNATURE = "serving_default"
+IMAGES_SIGNATURE = "predict_images"
+BYTES_INPUT = "image_bytes"
+IMAGES_INPUT = "images"
+DEFAULT_TOP_K = 5
+# TF Serving replays the PredictionLog records of this file before it serves a new version.
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+# The attribute of functions that only run under XLA; a graph with it fails on stock TF Serving.
+XLA_MUST_COMPILE = b"_XlaMustCompile"
+# ImageNet evaluation resizes the shorter side to 256 for a 224 crop (REFERENCE.md "Data");
+# other crop sizes keep that ratio.
+EVAL_RESIZE, EVAL_CROP = 256, 224
+CLASS_INDEX_PATH = os.path.join(
+    os.path.dirname(__file__), "data_files", "imagenet_class_index.json"
+)
+IMAGENET_CLASSES = 1000
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def serving_model(model):
+    """Returns a copy of `model` for serving, with the same weights.
+
+    The copy computes the same logits but: grouped convolutions use the split implementation
+    (no XLA), BatchNormalization is not synchronized, every layer runs in float32 (a
+    mixed-precision model exports a float32 graph), and the classifier has no activation.
+
+    Args:
+      model: A functional resnext_tf model with its classifier (include_top=True).
+
+    Returns:
+      A new `keras.Model`.
+
+    Raises:
+      ValueError: for a model that is not functional or does not end in a Dense classifier.
+    """
+    config = model.get_config()
+    outputs = config.get("output_layers") if isinstance(config, dict) else None
+    # Keras writes a single output as one [name, node, tensor] triple, several as a list of them.
+    if outputs and not isinstance(outputs[0], str):
+        outputs = outputs[0] if len(outputs) == 1 else None
+    if "layers" not in config or not outputs:
+        raise ValueError(
+            f"Expected a functional model with one output; received {model.name!r} "
+            f"({type(model).__name__})."
+        )
+    layers = {layer["name"]: layer for layer in config["layers"]}
+    output = layers[outputs[0]]
+    if output["class_name"] != "Dense":
+        raise ValueError(
+            "Export needs the classifier (include_top=True); received a model whose output "
+            f"layer is {output['class_name']} {output['name']!r}."
+        )
+    for layer in config["layers"]:
+        layer_config = layer["config"]
+        for key, value in (("conv_impl", "split"), ("sync_bn", False), ("synchronized", False)):
+            if key in layer_config:
+                layer_config[key] = value
+        if "dtype" in layer_config:
+            layer_config["dtype"] = "float32"
+    output["config"]["activation"] = "linear"
+    clone = keras.Model.from_config(config)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def default_data_config(model):
+    """The evaluation DataConfig a model was trained for, read from its stem and input size.
+
+    The ImageNet stem gets the ImageNet evaluation at the model's input size (shorter side to
+    size * 256 / 224, centre crop); the CIFAR stem gets CIFAR-10 or CIFAR-100 by its number of
+    classes.
+
+    Raises:
+      ValueError: for a CIFAR-stem model with neither 10 nor 100 classes (pass a DataConfig).
+    """
+    size = model.input_shape[1]
+    if any(layer.name == "stem_pool" for layer in model.layers):
+        return DataConfig("imagenet", image_size=size, eval_resize=size * EVAL_RESIZE // EVAL_CROP)
+    num_classes = model.output_shape[-1]
+    datasets = {10: "cifar10", 100: "cifar100"}
+    if num_classes not in datasets:
+        raise ValueError(
+            f"Cannot tell the CIFAR dataset of a model with num_classes={num_classes}; pass "
+            "data_config=DataConfig('cifar10' or 'cifar100')."
+        )
+    return DataConfig(datasets[num_classes])
+
+
+def eval_transform(data_config):
+    """The per-image serving transform: encoded bytes -> float32 [size, size, 3].
+
+    ImageNet: resnext_tf.data's evaluation transform (one centre crop). CIFAR: decode, resize to
+    32x32 when the image has another size, then the CIFAR evaluation normalisation.
+    """
+    if not data_config.is_cifar:
+        single_crop = dataclasses.replace(data_config, ten_crop=False)
+        return functools.partial(transforms.imagenet_eval, cfg=single_crop)
+    size = data_config.crop_size
+
+    def cifar(data):
+        image = transforms.resize(transforms.decode(data), size, size, data_config.antialias)
+        return transforms.cifar_eval(image, data_config)
+
+    return cifar
+
+
+def imagenet_class_names():
+    """(wnids, labels) of the 1000 ImageNet classes in class-index order."""
+    with open(CLASS_INDEX_PATH, encoding="utf-8") as f:
+        index = json.load(f)
+    rows = [index[str(i)] for i in range(len(index))]
+    return [wnid for wnid, _ in rows], [label for _, label in rows]
+
+
+def _class_names(data_config, num_classes, class_names):
+    """{"wnids": [...], "labels": [...]} string tables returned with the top-k classes."""
+    if class_names is not None:
+        if len(class_names) != num_classes:
+            raise ValueError(
+                f"class_names must name every class; received {len(class_names)} names for "
+                f"{num_classes} classes."
+            )
+        return {"labels": list(class_names)}
+    if data_config.dataset == "imagenet" and num_classes == IMAGENET_CLASSES:
+        wnids, labels = imagenet_class_names()
+        return {"wnids": wnids, "labels": labels}
+    return {}
+
+
+def _signature_functions(model, transform, names, top_k):
+    """(serve_bytes, predict_images): the Python functions behind the two signatures."""
+    tables = {key: tf.constant(values) for key, values in names.items()}
+    top_k = min(top_k, model.output_shape[-1])
+    image_spec = tf.TensorSpec(model.input_shape[1:], tf.float32)
+
+    def predict_images(images):
+        logits = model(images, training=False)
+        probabilities = tf.nn.softmax(logits)
+        scores, classes = tf.math.top_k(probabilities, k=top_k)
+        outputs = {
+            "logits": logits,
+            "probabilities": probabilities,
+            "classes": classes,
+            "scores": scores,
+        }
+        outputs.update({key: tf.gather(table, classes) for key, table in tables.items()})
+        return outputs
+
+    def serve_bytes(image_bytes):
+        # Bytes that are not an image raise InvalidArgumentError in the decoder: the request
+        # fails with that status and the server keeps running.
+        images = tf.map_fn(transform, image_bytes, fn_output_signature=image_spec)
+        return predict_images(images)
+
+    return serve_bytes, predict_images
+
+
+def check_no_xla(export_path):
+    """Raises RuntimeError when saved_model.pb contains a function that must run under XLA."""
+    with open(os.path.join(export_path, "saved_model.pb"), "rb") as f:
+        if XLA_MUST_COMPILE in f.read():
+            raise RuntimeError(
+                f"{export_path} contains {XLA_MUST_COMPILE.decode()} functions, which stock TF "
+                "Serving cannot run."
+            )
+
+
+def sample_jpeg(height=240, width=320):
+    """A real JPEG (a colour gradient) for warm-up requests and smoke tests."""
+    y = np.linspace(0, 255, height, dtype=np.float32)[:, None]
+    x = np.linspace(0, 255, width, dtype=np.float32)[None, :]
+    image = np.stack([y + 0 * x, x + 0 * y, (x + y) / 2], axis=-1).astype(np.uint8)
+    return tf.io.encode_jpeg(image).numpy()
+
+
+def write_warmup(export_path, model_name, image_bytes):
+    """Writes assets.extra/tf_serving_warmup_requests with one serving_default request.
+
+    Needs the tensorflow-serving-api package for the PredictionLog message; without it the
+    warm-up file is skipped with a log message (TF Serving then warms up on the first request).
+
+    Returns:
+      The path written, or None when skipped.
+    """
+    try:
+        from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+    except ImportError:
+        logger.warning(
+            "No TF Serving warm-up file written: the PredictionLog message needs "
+            "`pip install tensorflow-serving-api`. The first request will be slower."
+        )
+        return None
+    request = predict_pb2.PredictRequest(
+        model_spec=model_pb2.ModelSpec(name=model_name, signature_name=SERVING_SIGNATURE)
+    )
+    request.inputs[BYTES_INPUT].CopyFrom(tf.make_tensor_proto([image_bytes]))
+    record = prediction_log_pb2.PredictionLog(
+        predict_log=prediction_log_pb2.PredictLog(request=request)
+    )
+    path = os.path.join(export_path, WARMUP_FILE)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with tf.io.TFRecordWriter(path) as writer:
+        writer.write(record.SerializeToString())
+    return path
+
+
+def next_version(model_base):
+    """1 + the highest numeric version directory under `model_base` (1 when there is none)."""
+    if not os.path.isdir(model_base):
+        return 1
+    versions = [int(name) for name in os.listdir(model_base) if name.isdigit()]
+    return max(versions, default=0) + 1
+
+
+def _publish(tmp, final, overwrite):
+    """Renames the finished export into place; TF Serving never sees a partial version."""
+    if not os.path.exists(final):
+        os.rename(tmp, final)  # fails rather than merge if another export got there first
+        return
+    if not overwrite:
+        raise FileExistsError(f"{final} exists; pass overwrite=True to replace it.")
+    old = tempfile.mkdtemp(prefix=".old-", dir=os.path.dirname(final))
+    os.rename(final, os.path.join(old, "version"))
+    os.rename(tmp, final)
+    shutil.rmtree(old)
+
+
+def export_saved_model(
+    model,
+    export_dir,
+    model_name=None,
+    version=None,
+    *,
+    data_config=None,
+    class_names=None,
+    top_k=DEFAULT_TOP_K,
+    overwrite=False,
+    warmup=True,
+):
+    """Exports a classifier as a TF Serving SavedModel at export_dir/model_name/version.
+
+    The SavedModel is written to a hidden temporary directory next to the version directory
+    and renamed into place when complete.
+
+    Args:
+      model: A resnext_tf model with its classifier (logits or softmax output).
+      export_dir: Base directory holding one folder per model name.
+      model_name: Name TF Serving serves the model under; `model.name` by default.
+      version: Positive integer version; by default one above the highest existing version.
+      data_config: The `resnext_tf.data.DataConfig` the model was evaluated with; by default
+        derived from the model (see `default_data_config`).
+      class_names: Optional label per class, returned for the top-k classes. ImageNet models
+        return wnids and labels from the shipped class index without it.
+      top_k: How many classes to return per image (at most the number of classes).
+      overwrite: Replace an existing version instead of raising FileExistsError.
+      warmup: Write assets.extra/tf_serving_warmup_requests (needs tensorflow-serving-api).
+
+    Returns:
+      The path of the version directory.
+
+    Raises:
+      ValueError: for an invalid name, version, top_k or model.
+      FileExistsError: when the version exists and `overwrite` is False.
+    """
+    model_name = model_name or model.name
+    if not MODEL_NAME.fullmatch(model_name):
+        raise ValueError(
+            f"Invalid model_name; received model_name={model_name!r}; expected letters, "
+            "digits, '_', '.', '-', not starting with a punctuation mark."
+        )
+    model_base = os.path.join(os.fspath(export_dir), model_name)
+    version = next_version(model_base) if version is None else version
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(f"version must be a positive integer; received version={version!r}.")
+    if not isinstance(top_k, int) or top_k < 1:
+        raise ValueError(f"top_k must be a positive integer; received top_k={top_k!r}.")
+    final = os.path.join(model_base, str(version))
+    if os.path.exists(final) and not overwrite:
+        raise FileExistsError(f"{final} exists; pass overwrite=True to replace it.")
+
+    served = serving_model(model)
+    data_config = data_config or default_data_config(model)
+    if served.input_shape[1:] != (data_config.crop_size, data_config.crop_size, 3):
+        raise ValueError(
+            f"The model input {served.input_shape[1:]} does not match the data config's "
+            f"{data_config.crop_size}x{data_config.crop_size} crop."
+        )
+    names = _class_names(data_config, served.output_shape[-1], class_names)
+    serve_bytes, predict_images = _signature_functions(
+        served, eval_transform(data_config), names, top_k
+    )
+    # ExportArchive lists every variable in the SavedModel's object graph, which the
+    # session-based loader of TF Serving (and saved_model_cli) needs to restore them.
+    archive = keras.export.ExportArchive()
+    archive.track(served)
+    archive.add_endpoint(
+        SERVING_SIGNATURE,
+        serve_bytes,
+        input_signature=[tf.TensorSpec((None,), tf.string, name=BYTES_INPUT)],
+    )
+    archive.add_endpoint(
+        IMAGES_SIGNATURE,
+        predict_images,
+        input_signature=[
+            tf.TensorSpec((None, *served.input_shape[1:]), tf.float32, name=IMAGES_INPUT)
+        ],
+    )
+
+    os.makedirs(model_base, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_base)
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the server may run as another user
+    try:
+        archive.write_out(tmp, verbose=False)
+        check_no_xla(tmp)
+        if warmup:
+            write_warmup(tmp, model_name, sample_jpeg())
+        _publish(tmp, final, overwrite)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    logger.info("Exported %s version %d to %s.", model_name, version, final)
+    return final
+
+
+def parse_args(argv=None):
+    from resnext_tf.registry import list_models
+
+    parser = argparse.ArgumentParser(
+        prog="python -m resnext_tf.export", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--model", required=True, choices=list_models(), help="architecture")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--weights", help="weights file (.weights.h5, .keras, .pth, .safetensors, .t7) or name"
+    )
+    source.add_argument("--model_dir", help="training run directory; its checkpoint is used")
+    parser.add_argument("--export_dir", required=True, help="base directory of the exports")
+    parser.add_argument("--version", type=int, default=None, help="default: next free version")
+    parser.add_argument("--model_name", default=None, help="served name; default: --model")
+    parser.add_argument("--num_classes", type=int, default=None, help="default: the variant's")
+    parser.add_argument("--top_k", type=int, default=DEFAULT_TOP_K)
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing version")
+    parser.add_argument("--no_warmup", action="store_true", help="skip the warm-up requests")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    """Builds the model, loads its weights, exports it; returns the process exit code."""
+    from resnext_tf.registry import create_model, model_kwargs
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = parse_args(argv)
+    num_classes = args.num_classes or model_kwargs(args.model)["num_classes"]
+    if args.model_dir:
+        # The trainer's checkpoints record their classifier size.
+        from resnext_tf.training import modeling
+
+        if args.num_classes is None:
+            num_classes = modeling.source_num_classes(args.model_dir, default=num_classes)
+        model = create_model(args.model, num_classes=num_classes)
+        modeling.load_weights(model, args.model_dir)
+    else:
+        from resnext_tf.weights import load_weights
+
+        model = create_model(args.model, num_classes=num_classes)
+        load_weights(model, args.weights)
+    path = export_saved_model(
+        model,
+        args.export_dir,
+        args.model_name or args.model,
+        args.version,
+        top_k=args.top_k,
+        overwrite=args.overwrite,
+        warmup=not args.no_warmup,
+    )
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,316 @@
+"""SavedModel export: a fresh process serves what Keras computes, with no XLA and clean errors."""
+
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+from tensorflow.core.protobuf import saved_model_pb2
+
+import resnext_tf
+from resnext_tf import export
+from resnext_tf.data import transforms
+from resnext_tf.data.config import DataConfig
+from resnext_tf.layers import GroupedConv2D
+
+SIZE = 64  # input side of the small ImageNet-stem model
+# CIFAR-10 mean and std on 0-255 images (REFERENCE.md "Data").
+CIFAR10_MEAN, CIFAR10_STD = (125.3, 123.0, 113.9), (63.0, 62.1, 66.7)
+XLA = "_XlaMustCompile"
+CLASS_INDEX = os.path.join(
+    os.path.dirname(resnext_tf.__file__), "data_files/imagenet_class_index.json"
+)
+
+SERVE_IN_FRESH_PROCESS = """
+import json, sys
+import numpy as np
+import tensorflow as tf
+
+export_path, out, *image_files = sys.argv[1:]
+images = [open(name, "rb").read() for name in image_files]
+serve = tf.saved_model.load(export_path).signatures["serving_default"]
+outputs = {k: v.numpy() for k, v in serve(image_bytes=tf.constant(images)).items()}
+outputs = {k: v.astype("S") if v.dtype == object else v for k, v in outputs.items()}
+errors = {}
+bad_requests = {
+    "not_an_image": lambda: serve(image_bytes=tf.constant([b"not an image"])),
+    "empty_bytes": lambda: serve(image_bytes=tf.constant([b""])),
+    "rank_2": lambda: serve(image_bytes=tf.constant([[images[0]]])),
+    "float_dtype": lambda: serve(image_bytes=tf.constant([1.0])),
+}
+for name, request in bad_requests.items():
+    try:
+        request()
+        errors[name] = None
+    except Exception as e:
+        errors[name] = type(e).__name__
+# Still serving after the bad requests.
+outputs["again"] = serve(image_bytes=tf.constant(images[:1]))["probabilities"].numpy()
+np.savez(out, **outputs)
+with open(out + ".json", "w") as f:
+    json.dump(errors, f)
+"""
+
+
+def random_statistics(model, seed):
+    """Random BN statistics and a wider classifier, so the served numbers are not trivial."""
+    rng = np.random.default_rng(seed)
+    for v in model.weights:
+        if v.path.endswith("moving_mean"):
+            v.assign(rng.uniform(-0.2, 0.2, v.shape))
+        elif v.path.endswith("moving_variance"):
+            v.assign(rng.uniform(0.5, 2.0, v.shape))
+        elif v.path == "head/kernel":
+            v.assign(rng.normal(0, 0.5, v.shape))
+    return model
+
+
+@pytest.fixture(scope="module")
+def model():
+    # Grouped (XLA) convolutions in the source model: the export must rewrite them.
+    return random_statistics(
+        resnext_tf.build_resnext(
+            50, cardinality=2, base_width=4, input_shape=(SIZE, SIZE, 3), conv_impl="grouped"
+        ),
+        seed=0,
+    )
+
+
+@pytest.fixture(scope="module")
+def exported(model, tmp_path_factory):
+    return export.export_saved_model(model, tmp_path_factory.mktemp("serving"), "tiny", 1)
+
+
+def encode(array, fmt, mode=None):
+    buffer = io.BytesIO()
+    image = Image.fromarray(array)
+    (image.convert(mode) if mode else image).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def image_files(tmp_path_factory):
+    """PIL-written images: an RGB JPEG, a CMYK JPEG (an ImageNet quirk) and a grey PNG."""
+    rng = np.random.default_rng(1)
+    smooth = np.cumsum(rng.integers(0, 9, (90, 120, 3)), axis=1).astype(np.uint8)
+    directory = tmp_path_factory.mktemp("images")
+    files = []
+    for name, data in [
+        ("rgb.jpg", encode(smooth, "JPEG")),
+        ("cmyk.jpg", encode(smooth[:70, :100], "JPEG", "CMYK")),
+        ("grey.png", encode(smooth[:, :50, 0], "PNG")),
+    ]:
+        (directory / name).write_bytes(data)
+        files.append(str(directory / name))
+    return files
+
+
+def keras_logits(model, files):
+    cfg = DataConfig("imagenet", image_size=SIZE, eval_resize=SIZE * 256 // 224)
+    images = [transforms.imagenet_eval(tf.constant(open(f, "rb").read()), cfg) for f in files]
+    return model(tf.stack(images), training=False).numpy()
+
+
+def test_fresh_process_serves_the_keras_probabilities(model, exported, image_files, tmp_path):
+    out = str(tmp_path / "served.npz")
+    script = [sys.executable, "-c", SERVE_IN_FRESH_PROCESS, exported, out, *image_files]
+    result = subprocess.run(script, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    served = np.load(out)
+    logits = keras_logits(model, image_files)
+    probabilities = tf.nn.softmax(logits).numpy()
+    np.testing.assert_allclose(served["logits"], logits, atol=1e-4)
+    # Split (served) and grouped (Keras) convolutions sum in different orders.
+    np.testing.assert_allclose(served["probabilities"], probabilities, rtol=1e-4, atol=1e-6)
+    assert probabilities.max() > 10 * probabilities.min()  # not a uniform distribution
+    top5 = np.argsort(-probabilities, axis=1)[:, :5]
+    np.testing.assert_array_equal(served["classes"], top5)
+    np.testing.assert_allclose(
+        served["scores"], np.take_along_axis(probabilities, top5, 1), atol=1e-6
+    )
+    with open(CLASS_INDEX) as f:
+        index = json.load(f)
+    assert [w.decode() for w in served["wnids"][0]] == [index[str(c)][0] for c in top5[0]]
+    assert [w.decode() for w in served["labels"][0]] == [index[str(c)][1] for c in top5[0]]
+    np.testing.assert_allclose(served["again"], probabilities[:1], rtol=1e-4, atol=1e-6)
+
+    with open(out + ".json") as f:
+        errors = json.load(f)
+    assert errors["not_an_image"] == "InvalidArgumentError"
+    assert errors["empty_bytes"] == "InvalidArgumentError"
+    # The signature's dtype and rank are checked before the graph runs.
+    assert errors["rank_2"] in ("ValueError", "TypeError", "InvalidArgumentError")
+    assert errors["float_dtype"] in ("ValueError", "TypeError", "InvalidArgumentError")
+
+
+def test_no_function_needs_xla(exported):
+    with open(os.path.join(exported, "saved_model.pb"), "rb") as f:
+        data = f.read()
+    assert XLA.encode() not in data
+    saved_model = saved_model_pb2.SavedModel.FromString(data)
+    graph = saved_model.meta_graphs[0].graph_def
+    assert len(graph.library.function) > 10
+    assert not any(XLA in node.attr for node in graph.node)
+    for function in graph.library.function:
+        assert XLA not in function.attr, function.signature.name
+        assert not any(XLA in node.attr for node in function.node_def), function.signature.name
+
+
+def test_check_no_xla_catches_keras_grouped_convolution(tmp_path):
+    # Why export rebuilds the model: Keras runs grouped convolutions on TF under XLA.
+    layer = GroupedConv2D(8, groups=2, conv_impl="grouped")
+    layer.build((None, 8, 8, 8))
+    module = tf.Module()
+    module.layer = layer
+    module.call = tf.function(layer.__call__, input_signature=[tf.TensorSpec((1, 8, 8, 8))])
+    tf.saved_model.save(module, str(tmp_path), signatures=module.call.get_concrete_function())
+    with pytest.raises(RuntimeError, match=XLA):
+        export.check_no_xla(str(tmp_path))
+
+
+def saved_model_cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_saved_model_cli_runs_the_tensor_signature(model, exported, tmp_path):
+    x = np.random.default_rng(2).standard_normal((2, SIZE, SIZE, 3)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    result = saved_model_cli(
+        "run", "--dir", exported, "--tag_set", "serve", "--signature_def", "predict_images",
+        "--inputs", f"images={tmp_path / 'x.npy'}", "--outdir", str(tmp_path / "out"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = tf.nn.softmax(model(x, training=False)).numpy()
+    probabilities = np.load(tmp_path / "out/probabilities.npy")
+    np.testing.assert_allclose(probabilities, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_saved_model_cli_reports_a_bad_image_as_an_error(exported):
+    result = saved_model_cli(
+        "run", "--dir", exported, "--tag_set", "serve", "--signature_def", "serving_default",
+        "--input_exprs", "image_bytes=[b'GIF89a but not really']",
+    )  # fmt: skip
+    assert result.returncode == 1  # an error status, not a crash (a signal gives < 0)
+    assert "InvalidArgumentError: Invalid GIF data" in result.stderr
+
+
+def test_warmup_request_is_a_real_prediction_log(exported):
+    pytest.importorskip(
+        "tensorflow_serving", reason="PredictionLog needs pip install tensorflow-serving-api"
+    )
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    records = list(tf.data.TFRecordDataset(os.path.join(exported, export.WARMUP_FILE)))
+    assert len(records) == 1
+    request = prediction_log_pb2.PredictionLog.FromString(records[0].numpy()).predict_log.request
+    assert (request.model_spec.name, request.model_spec.signature_name) == (
+        "tiny",
+        "serving_default",
+    )
+    (image,) = tf.make_ndarray(request.inputs["image_bytes"])
+    assert tf.io.decode_jpeg(image).shape == (240, 320, 3)
+
+
+def test_warmup_is_skipped_with_a_message_without_serving_apis(tmp_path, monkeypatch, caplog):
+    for name in ("tensorflow_serving", "tensorflow_serving.apis"):
+        monkeypatch.setitem(sys.modules, name, None)  # the import now fails
+    with caplog.at_level(logging.WARNING):
+        assert export.write_warmup(str(tmp_path), "m", export.sample_jpeg()) is None
+    assert "pip install tensorflow-serving-api" in caplog.text
+    assert not os.path.exists(tmp_path / export.WARMUP_FILE)
+
+
+def tiny_cifar(**kwargs):
+    return resnext_tf.build_resnext(11, 2, 4, stem="cifar", num_classes=10, **kwargs)
+
+
+def test_serving_model_is_float32_split_and_returns_logits():
+    model = random_statistics(
+        tiny_cifar(conv_impl="grouped", classifier_activation="softmax"), seed=3
+    )
+    served = export.serving_model(model)
+    assert served.get_layer("stage2_block1").conv2.conv_impl == "split"
+    x = np.random.default_rng(4).standard_normal((2, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(
+        tf.nn.softmax(served(x, training=False)), model(x, training=False), atol=1e-6
+    )
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        mixed = tiny_cifar()
+    finally:
+        keras.config.set_dtype_policy("float32")
+    assert mixed.get_layer("stem_conv").compute_dtype == "float16"
+    served = export.serving_model(mixed)
+    assert {layer.compute_dtype for layer in served.layers} == {"float32"}
+
+
+def test_cifar_export_versions_and_overwrite(tmp_path):
+    model = random_statistics(tiny_cifar(), seed=5)
+    names = [f"class{i}" for i in range(10)]
+    first = export.export_saved_model(model, tmp_path, "cifar", class_names=names, warmup=False)
+    assert first == os.path.join(tmp_path, "cifar", "1")
+    # A 32x32 PNG is only normalised (CIFAR evaluation), computed here independently.
+    pixels = np.random.default_rng(6).integers(0, 256, (1, 32, 32, 3), dtype=np.uint8)
+    normalized = (pixels - np.float32(CIFAR10_MEAN)) / np.float32(CIFAR10_STD)
+    expected = model(normalized, training=False).numpy()
+    serve = tf.saved_model.load(first).signatures["serving_default"]
+    out = serve(image_bytes=tf.constant([encode(pixels[0], "PNG")]))
+    np.testing.assert_allclose(out["logits"], expected, atol=1e-4)
+    classes = out["classes"].numpy()[0]
+    assert [b.decode() for b in out["labels"].numpy()[0]] == [names[c] for c in classes]
+    assert "wnids" not in out
+
+    with pytest.raises(FileExistsError, match="overwrite"):
+        export.export_saved_model(model, tmp_path, "cifar", 1, warmup=False)
+    assert export.export_saved_model(model, tmp_path, "cifar", warmup=False).endswith("2")
+    open(os.path.join(first, "marker"), "w").close()
+    export.export_saved_model(model, tmp_path, "cifar", 1, overwrite=True, warmup=False)
+    assert not os.path.exists(os.path.join(first, "marker"))
+    assert sorted(os.listdir(tmp_path / "cifar")) == ["1", "2"]  # no temporary folders left
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"model_name": "../up"}, "Invalid model_name"),
+        ({"version": 0}, "version must be a positive integer"),
+        ({"top_k": 0}, "top_k must be a positive integer"),
+        ({"class_names": ["a", "b"]}, "class_names must name every class"),
+    ],
+)
+def test_invalid_arguments(tmp_path, kwargs, match):
+    kwargs = {"model_name": "m", **kwargs}
+    with pytest.raises(ValueError, match=match):
+        export.export_saved_model(tiny_cifar(), tmp_path, **kwargs)
+
+
+def test_export_needs_the_classifier(tmp_path):
+    with pytest.raises(ValueError, match="include_top=True"):
+        export.export_saved_model(tiny_cifar(include_top=False, pooling="avg"), tmp_path, "m")
+
+
+@pytest.mark.slow
+def test_cli_exports_a_registry_model_from_weights(tmp_path):
+    model = resnext_tf.create_model("resnext29_8x64d")
+    random_statistics(model, seed=7).save_weights(str(tmp_path / "r29.weights.h5"))
+    args = [
+        "--model", "resnext29_8x64d", "--weights", str(tmp_path / "r29.weights.h5"),
+        "--export_dir", str(tmp_path / "serving"), "--version", "3", "--no_warmup",
+    ]  # fmt: skip
+    assert export.main(args) == 0
+    served = tf.saved_model.load(str(tmp_path / "serving/resnext29_8x64d/3"))
+    x = np.random.default_rng(8).standard_normal((1, 32, 32, 3)).astype(np.float32)
+    out = served.signatures["predict_images"](images=tf.constant(x))
+    np.testing.assert_allclose(out["logits"], model(x, training=False), atol=1e-4)
