@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import time
+import zipfile
 
 import numpy as np
 from absl import logging
@@ -72,9 +73,13 @@ def _index_key(root, wnids, classes):
 def _read_cached(data_dir, name):
     for folder in _cache_dirs(data_dir):
         path = os.path.join(folder, name)
-        if os.path.isfile(path):
+        if not os.path.isfile(path):
+            continue
+        try:
             with np.load(path) as cached:
                 return cached["relpaths"], cached["labels"]
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+            logging.warning("Ignoring the unreadable image index %s (%s).", path, exc)
     return None
 
 

@@ -84,6 +84,11 @@ def test_index_is_cached_and_refreshed_when_a_folder_changes(tmp_path, monkeypat
     np.testing.assert_array_equal(cached.labels, first.labels)
 
     monkeypatch.undo()
+    (cache_file,) = (tmp_path / ".resnext_tf_index").iterdir()
+    cache_file.write_bytes(b"garbage")
+    relisted = imagenet.load_file_index(data_dir, "train", list(WNIDS[:2]))
+    np.testing.assert_array_equal(relisted.relpaths, first.relpaths)
+
     shutil.copy(
         tmp_path / "train" / WNIDS[0] / "0.JPEG", tmp_path / "train" / WNIDS[0] / "new.JPEG"
     )
