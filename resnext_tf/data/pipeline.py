@@ -3,8 +3,10 @@
 An epoch is a sequence of positions 0 .. steps * global_batch - 1; step s holds positions
 s * B .. s * B + B - 1, and an input pipeline feeds the contiguous slice of each step that its
 replicas consume. Training maps position -> example index with a stateless permutation of
-(seed, epoch); evaluation uses file order. Augmentation draws of an example are seeded with
-fold_in(seed(seed, epoch), example index), so a batch depends on nothing but (seed, epoch, step).
+(seed, epoch); evaluation uses file order. The augmentation draws of an example are seeded
+with fold_in(augmentation seed of (seed, epoch), example index), so a batch depends on nothing
+but (seed, epoch, step). TFRecord sources cannot be indexed: they are shuffled by file and in
+windows, and seeded by (pipeline, position in the pipeline's stream) instead.
 """
 
 import dataclasses
@@ -252,6 +254,26 @@ def _padded(ds, count, cfg):
     return ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat(count))
 
 
+def _num_steps(cfg, split, num_examples, global_batch_size, skip_batches):
+    """Steps of a train epoch (whole batches) or of an eval pass (the last one padded)."""
+    if split == "train":
+        steps = num_examples // global_batch_size
+    else:
+        steps = -(-num_examples // global_batch_size)
+    if steps == 0:
+        raise ValueError(
+            f"The {split} split of {cfg.dataset} at data_dir={cfg.data_dir!r} has "
+            f"{num_examples} examples; training needs at least "
+            f"global_batch_size={global_batch_size}, evaluation at least 1."
+        )
+    if not 0 <= skip_batches <= steps:
+        raise ValueError(
+            f"skip_batches must be in [0, {steps}] for this epoch; "
+            f"received skip_batches={skip_batches}."
+        )
+    return steps
+
+
 def build_dataset(
     cfg: DataConfig,
     split: str,
@@ -287,18 +309,7 @@ def build_dataset(
     source = load_source(cfg.dataset, cfg.data_dir)
     num_examples = source.num_examples(split)
     train = split == "train"
-    steps = num_examples // global_batch_size if train else -(-num_examples // global_batch_size)
-    if steps == 0:
-        raise ValueError(
-            f"The {split} split of {cfg.dataset} at data_dir={cfg.data_dir!r} has "
-            f"{num_examples} examples; training needs at least "
-            f"global_batch_size={global_batch_size}, evaluation at least 1."
-        )
-    if not 0 <= skip_batches <= steps:
-        raise ValueError(
-            f"skip_batches must be in [0, {steps}] for this epoch; "
-            f"received skip_batches={skip_batches}."
-        )
+    steps = _num_steps(cfg, split, num_examples, global_batch_size, skip_batches)
     data = source.splits[split]
     if isinstance(data, SyntheticSplit):
         ds = _synthetic(cfg, source.num_classes, layout, steps, skip_batches, num_examples, train)
