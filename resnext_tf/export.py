@@ -192,6 +192,32 @@ def _signature_functions(model, transform, names, top_k):
     return serve_bytes, predict_images
 
 
+def _serving_root(model, serve_bytes, predict_images):
+    """(object to save, signatures): the signature functions and every model variable.
+
+    The variables are listed flat, as the tf.Variables the functions read: the object graph
+    then reaches each one exactly once, which the session-based loader of TF Serving (and
+    saved_model_cli) needs to restore them. Tracking the Keras model itself misses variables
+    of nested layers, and keras.export.ExportArchive stores every variable twice.
+    """
+    root = tf.Module()
+    root.model_variables = [variable.value for variable in model.variables]
+    root.serve_bytes = tf.function(
+        serve_bytes, input_signature=[tf.TensorSpec((None,), tf.string, name=BYTES_INPUT)]
+    )
+    root.predict_images = tf.function(
+        predict_images,
+        input_signature=[
+            tf.TensorSpec((None, *model.input_shape[1:]), tf.float32, name=IMAGES_INPUT)
+        ],
+    )
+    signatures = {
+        SERVING_SIGNATURE: root.serve_bytes.get_concrete_function(),
+        IMAGES_SIGNATURE: root.predict_images.get_concrete_function(),
+    }
+    return root, signatures
+
+
 def check_no_xla(export_path):
     """Raises RuntimeError when saved_model.pb contains a function that must run under XLA."""
     with open(os.path.join(export_path, "saved_model.pb"), "rb") as f:
@@ -326,28 +352,12 @@ def export_saved_model(
     serve_bytes, predict_images = _signature_functions(
         served, eval_transform(data_config), names, top_k
     )
-    # ExportArchive lists every variable in the SavedModel's object graph, which the
-    # session-based loader of TF Serving (and saved_model_cli) needs to restore them.
-    archive = keras.export.ExportArchive()
-    archive.track(served)
-    archive.add_endpoint(
-        SERVING_SIGNATURE,
-        serve_bytes,
-        input_signature=[tf.TensorSpec((None,), tf.string, name=BYTES_INPUT)],
-    )
-    archive.add_endpoint(
-        IMAGES_SIGNATURE,
-        predict_images,
-        input_signature=[
-            tf.TensorSpec((None, *served.input_shape[1:]), tf.float32, name=IMAGES_INPUT)
-        ],
-    )
-
+    root, signatures = _serving_root(served, serve_bytes, predict_images)
     os.makedirs(model_base, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_base)
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; the server may run as another user
     try:
-        archive.write_out(tmp, verbose=False)
+        tf.saved_model.save(root, tmp, signatures=signatures)
         check_no_xla(tmp)
         if warmup:
             write_warmup(tmp, model_name, sample_jpeg())
