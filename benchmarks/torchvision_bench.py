@@ -1,0 +1,126 @@
+"""The peer measurement: torchvision's resnext50_32x4d timed like `resnext_tf.benchmark`.
+
+    python benchmarks/torchvision_bench.py --mode=infer --batch_size=16 --image_size=224 \
+        --compile --channels_last
+
+Synthetic data sits on the device once. A train step is zero_grad, forward, cross-entropy,
+backward and SGD (momentum 0.9) step; infer runs the forward under torch.inference_mode in
+eval mode. `--compile` wraps the model in torch.compile (inductor; on CPU it builds C++ with
+the system compiler). `--dtype=bfloat16|float16` runs the forward under torch.autocast. The
+timing, summary and JSON line are `resnext_tf.benchmark`'s, so the two sides compare exactly.
+"""
+
+import argparse
+import os
+
+# The shared timing helpers live in resnext_tf.benchmark, which imports Keras; the torch
+# backend keeps TensorFlow out of this process (must be set before the import).
+os.environ["KERAS_BACKEND"] = "torch"
+
+import torch  # noqa: E402
+import torchvision  # noqa: E402
+
+from resnext_tf.benchmark import (  # noqa: E402
+    LEARNING_RATE,
+    MODES,
+    MOMENTUM,
+    device_peak_memory_mb,
+    emit,
+    machine_load,
+    peak_host_memory_mb,
+    throughput,
+    time_windows,
+)
+
+AUTOCAST_DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="resnext50_32x4d")
+    parser.add_argument("--mode", choices=MODES, default="train")
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--image_size", type=int, default=224)
+    parser.add_argument("--dtype", choices=tuple(AUTOCAST_DTYPES), default="float32")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model.")
+    parser.add_argument("--channels_last", action="store_true", help="NHWC memory format.")
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--windows", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    return parser.parse_args(argv)
+
+
+def make_step(args, device):
+    """Returns step() for the configured mode, model and data on `device`."""
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    model = torchvision.models.get_model(args.model).to(device, memory_format=fmt)
+    images = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)
+    images = images.contiguous(memory_format=fmt)
+    labels = torch.randint(0, 1000, (args.batch_size,), device=device)
+    forward = torch.compile(model) if args.compile else model
+    dtype = AUTOCAST_DTYPES[args.dtype]
+    autocast = lambda: torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)  # noqa: E731
+    if args.mode == "infer":
+        model.eval()
+
+        @torch.inference_mode()
+        def step():
+            with autocast():
+                return forward(images)
+
+        return step
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM)
+    scaler = torch.amp.GradScaler(device.type, enabled=args.dtype == "float16")
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        with autocast():
+            loss = torch.nn.functional.cross_entropy(forward(images), labels)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        return loss
+
+    return step
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    step = make_step(args, device)
+
+    def sync(out):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    warmup_s, seconds = time_windows(step, sync, args.steps, args.windows, args.warmup)
+    variant = ("compiled" if args.compile else "eager") + (
+        " channels_last" if args.channels_last else ""
+    )
+    emit(
+        {
+            "framework": "torchvision",
+            "variant": variant,
+            "model": args.model,
+            "mode": args.mode,
+            "batch_size": args.batch_size,
+            "image_size": args.image_size,
+            "dtype": args.dtype,
+            "compile": args.compile,
+            "channels_last": args.channels_last,
+            "threads": args.threads,
+            "data": "synthetic",
+            **throughput(args.batch_size, args.steps, seconds),
+            "warmup_s": round(warmup_s, 1),
+            "peak_rss_mb": peak_host_memory_mb(),
+            "device_peak_mb": device_peak_memory_mb(),
+            "load_avg": machine_load(),
+        }
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,498 @@
+"""Throughput harness: images/s and peak memory of a registered model on any Keras backend.
+
+    KERAS_BACKEND=tensorflow python -m resnext_tf.benchmark --model=resnext50_32x4d \
+        --mode=train --batch_size=16 --image_size=112 --conv_impl=split
+
+Synthetic data is placed on the accelerator once; `--data_dir` feeds the real input pipeline
+(`resnext_tf.data`) instead. A train step is one SGD-momentum update on softmax cross-entropy,
+compiled the way the backend runs fastest: a tf.function on TensorFlow (XLA per
+`--jit_compile`), a jax.jit with the model and optimizer state donated on JAX, Keras'
+`train_on_batch` on PyTorch. Throughput is the median (and min / max) over several timed
+windows after a warm-up that includes compilation. The last line printed is JSON (prefixed
+with `JSON_PREFIX`) for `benchmarks/compare.py`.
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+
+import keras
+import numpy as np
+
+from resnext_tf.layers import Bottleneck, GroupedConv2D, resolve_conv_impl
+from resnext_tf.registry import create_model, list_models
+
+MODES = ("train", "infer")
+# Keras dtype policy of each --dtype; float16 training adds dynamic loss scaling.
+DTYPE_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+JIT_CHOICES = ("auto", "true", "false")
+# SGD of the original recipe (REFERENCE.md "Command-line surface"): LR 0.1, momentum 0.9.
+LEARNING_RATE = 0.1
+MOMENTUM = 0.9
+# Marks the machine-readable result line.
+JSON_PREFIX = "BENCHMARK_JSON "
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchmarkConfig:
+    """What to measure.
+
+    Attributes:
+      model: A name from `resnext_tf.list_models()`.
+      mode: "train" (forward, backward, SGD update) or "infer" (forward, inference mode).
+      batch_size: Images per step.
+      image_size: Side of the square synthetic images (ignored with `data_dir`'s own size).
+      dtype: "float32", "bfloat16" or "float16" (mixed precision for the last two).
+      conv_impl: Grouped convolution implementation: "auto", "grouped" or "split".
+      jit_compile: "auto" (XLA on TensorFlow only with a GPU, as Keras decides), "true" or
+        "false". JAX always compiles; PyTorch runs eagerly.
+      fold_bn: Inference only, TensorFlow backend: run a graph with every BatchNormalization
+        folded into the preceding convolution (see `fold_batchnorm`).
+      steps: Steps in one timed window.
+      windows: Number of timed windows.
+      warmup: Untimed steps first (compilation, autotuning, allocator warm-up).
+      data_dir: Read batches from the ImageNet input pipeline at this folder instead.
+      intra_op_threads: TensorFlow intra-op threads (0: TensorFlow's default).
+      inter_op_threads: TensorFlow inter-op threads (0: TensorFlow's default).
+    """
+
+    model: str = "resnext50_32x4d"
+    mode: str = "train"
+    batch_size: int = 16
+    image_size: int = 224
+    dtype: str = "float32"
+    conv_impl: str = "auto"
+    jit_compile: str = "auto"
+    fold_bn: bool = False
+    steps: int = 5
+    windows: int = 3
+    warmup: int = 2
+    data_dir: str | None = None
+    intra_op_threads: int = 0
+    inter_op_threads: int = 0
+
+    def __post_init__(self):
+        for name, allowed in (
+            ("model", tuple(list_models())),
+            ("mode", MODES),
+            ("dtype", tuple(DTYPE_POLICIES)),
+            ("jit_compile", JIT_CHOICES),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"Unknown {name}; received {name}={getattr(self, name)!r}, "
+                    f"expected one of {allowed}."
+                )
+        for name in ("batch_size", "image_size", "steps", "windows"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1; received {name}={getattr(self, name)!r}.")
+        if self.fold_bn and (self.mode != "infer" or keras.backend.backend() != "tensorflow"):
+            raise ValueError(
+                "fold_bn is an inference graph of the TensorFlow backend; received "
+                f"fold_bn=True with mode={self.mode!r}, backend={keras.backend.backend()!r}."
+            )
+
+
+def time_windows(step, sync, steps, windows, warmup):
+    """Times `windows` windows of `steps` calls of `step` after `warmup` untimed calls.
+
+    Args:
+      step: Runs one step and returns something `sync` can wait for.
+      sync: Blocks until the work behind a `step` result is done (asynchronous backends).
+      steps: Calls per window.
+      windows: Number of windows.
+      warmup: Untimed calls first.
+
+    Returns:
+      (warm-up seconds, list of window seconds).
+    """
+    start = time.perf_counter()
+    for _ in range(warmup):
+        out = step()
+    if warmup:
+        sync(out)
+    warmup_s = time.perf_counter() - start
+    seconds = []
+    for _ in range(windows):
+        start = time.perf_counter()
+        for _ in range(steps):
+            out = step()
+        sync(out)
+        seconds.append(time.perf_counter() - start)
+    return warmup_s, seconds
+
+
+def throughput(batch_size, steps, seconds):
+    """Images/s of each window summarised: median, min and max, plus the median step time."""
+    rates = [batch_size * steps / s for s in seconds]
+    return {
+        "images_per_sec": round(statistics.median(rates), 2),
+        "images_per_sec_min": round(min(rates), 2),
+        "images_per_sec_max": round(max(rates), 2),
+        "step_ms": round(1e3 * statistics.median(seconds) / steps, 1),
+    }
+
+
+def peak_host_memory_mb():
+    """Peak resident set size of this process (ru_maxrss is in KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
+
+
+def emit(result):
+    """Prints a result as one human line and one JSON line (the line compare.py parses)."""
+    print(
+        f"{result['framework']} {result['model']} {result['mode']} bs{result['batch_size']} "
+        f"{result['image_size']}px {result['dtype']} [{result['variant']}]: "
+        f"{result['images_per_sec']} img/s (min {result['images_per_sec_min']}, max "
+        f"{result['images_per_sec_max']}), peak RSS {result['peak_rss_mb']} MB"
+        + (f", device peak {result['device_peak_mb']} MB" if result.get("device_peak_mb") else "")
+    )
+    print(JSON_PREFIX + json.dumps(result), flush=True)
+
+
+def max_abs_diff(a, b):
+    """Largest absolute difference of two tensors, as a float."""
+    return float(np.max(np.abs(keras.ops.convert_to_numpy(a) - keras.ops.convert_to_numpy(b))))
+
+
+def machine_load():
+    """One-minute load average, recorded so a result from a busy machine can be spotted."""
+    return round(os.getloadavg()[0], 2)
+
+
+# ----------------------------------------------------------------------------------------------
+# TensorFlow: BatchNormalization folded into the convolutions for inference.
+
+
+def _folded_conv(conv, bn):
+    """Returns (kernel, bias) of conv followed by inference-mode BN: y = conv(x, k*s) + b."""
+    scale = bn.gamma * keras.ops.rsqrt(bn.moving_variance + bn.epsilon)
+    kernel = conv.kernel * scale
+    bias = bn.beta - bn.moving_mean * scale
+    dtype = conv.compute_dtype
+    return keras.ops.cast(kernel, dtype), keras.ops.cast(bias, dtype)
+
+
+def _conv_bias_fn(conv, bn, relu):
+    """Conv (grouped natively when its conv_impl resolves to "grouped") + bias [+ ReLU]."""
+    import tensorflow as tf
+
+    kernel, bias = _folded_conv(conv, bn)
+    same = conv.strides == 1 and 2 * conv.padding == conv.kernel_size - 1
+    pad = [[0, 0], [conv.padding] * 2, [conv.padding] * 2, [0, 0]]
+    split = conv.groups > 1 and resolve_conv_impl(conv.conv_impl) == "split"
+    kernels = tf.split(kernel, conv.groups, -1) if split else None
+
+    def apply(x):
+        x = tf.cast(x, kernel.dtype)
+        if not same:
+            x = tf.pad(x, pad)
+        padding = "SAME" if same else "VALID"
+        if split:
+            groups = zip(tf.split(x, conv.groups, -1), kernels, strict=True)
+            y = tf.concat([tf.nn.conv2d(a, k, conv.strides, padding) for a, k in groups], -1)
+        else:
+            # TensorFlow's oneDNN CPU kernels and cuDNN run grouped convolutions natively
+            # (kernel input depth = channels / groups), without the XLA that Keras wraps them in.
+            y = tf.nn.conv2d(x, kernel, conv.strides, padding)
+        y = tf.nn.bias_add(y, bias)
+        return tf.nn.relu(y) if relu else y
+
+    return apply
+
+
+def _folded_block_fn(block):
+    """A resnext_C / resnet block with projection or identity shortcut, BN folded; else None."""
+    import tensorflow as tf
+
+    identity = block.strides == 1 and block.shortcut_type != "A"
+    if block.bottleneck_type == "resnext_B" or not (block.has_projection or identity):
+        return None
+    conv1 = _conv_bias_fn(block.conv1, block.bn1, relu=True)
+    conv2 = _conv_bias_fn(block.conv2, block.bn2, relu=True)
+    conv3 = _conv_bias_fn(block.conv3, block.bn3, relu=False)
+    shortcut = (
+        _conv_bias_fn(block.shortcut_conv, block.shortcut_bn, relu=False)
+        if block.has_projection
+        else None
+    )
+
+    def apply(x):
+        y = conv3(conv2(conv1(x)))
+        return tf.nn.relu(y + (shortcut(x) if shortcut else tf.cast(x, y.dtype)))
+
+    return apply
+
+
+def fold_batchnorm(model):
+    """Turns a chain-shaped ResNeXt into an inference function with BN folded into the convs.
+
+    Every convolution followed by a BatchNormalization becomes conv(x, kernel * s) + b with
+    s = gamma / sqrt(var + eps) and b = beta - mean * s, so TensorFlow's graph optimizer fuses
+    conv + bias + ReLU (+ residual add) into one kernel. Grouped convolutions whose conv_impl
+    resolves to "grouped" run as one native `tf.nn.conv2d`. Blocks that cannot be folded
+    (resnext_B, strided type-A shortcuts) and all other layers run unchanged. The weights are
+    read once: fold again after changing them.
+
+    Args:
+      model: A model from `create_model` / `build_resnext` (one input, layers in a chain).
+
+    Returns:
+      A function images -> logits (the same outputs as `model(images, training=False)` up to
+      float rounding).
+    """
+    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    fns = []
+    index = 0
+    while index < len(layers):
+        layer = layers[index]
+        following = layers[index + 1] if index + 1 < len(layers) else None
+        if isinstance(layer, GroupedConv2D) and isinstance(
+            following, keras.layers.BatchNormalization
+        ):
+            fns.append(_conv_bias_fn(layer, following, relu=False))
+            index += 2
+            continue
+        folded = _folded_block_fn(layer) if isinstance(layer, Bottleneck) else None
+        fns.append(folded or (lambda x, layer=layer: layer(x, training=False)))
+        index += 1
+
+    def apply(images):
+        x = images
+        for fn in fns:
+            x = fn(x)
+        return x
+
+    return apply
+
+
+# ----------------------------------------------------------------------------------------------
+# Steps per backend. Each returns (step, sync); step(images, labels) runs one step.
+
+
+def _optimizer(dtype):
+    optimizer = keras.optimizers.SGD(LEARNING_RATE, momentum=MOMENTUM)
+    return keras.optimizers.LossScaleOptimizer(optimizer) if dtype == "float16" else optimizer
+
+
+def _loss_fn():
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def _tensorflow_steps(model, cfg):
+    import tensorflow as tf
+
+    jit = {"auto": bool(tf.config.list_physical_devices("GPU")), "true": True, "false": False}
+    jit = jit[cfg.jit_compile]
+    if cfg.mode == "infer":
+        forward = fold_batchnorm(model) if cfg.fold_bn else (lambda x: model(x, training=False))
+        step = tf.function(lambda images, labels: forward(images), jit_compile=jit)
+    else:
+        optimizer, loss_fn = _optimizer(cfg.dtype), _loss_fn()
+        optimizer.build(model.trainable_variables)
+
+        @tf.function(jit_compile=jit)
+        def step(images, labels):
+            with tf.GradientTape() as tape:
+                loss = loss_fn(labels, model(images, training=True))
+                scaled = optimizer.scale_loss(loss)
+            grads = tape.gradient(scaled, model.trainable_variables)
+            optimizer.apply(grads, model.trainable_variables)
+            return loss
+
+    return step, lambda out: out.numpy(), jit
+
+
+def _jax_steps(model, cfg):
+    import jax
+
+    trainable = [v.value for v in model.trainable_variables]
+    non_trainable = [v.value for v in model.non_trainable_variables]
+    if cfg.mode == "infer":
+        forward = jax.jit(lambda tv, ntv, x: model.stateless_call(tv, ntv, x, training=False)[0])
+        return (
+            lambda images, labels: forward(trainable, non_trainable, images),
+            jax.block_until_ready,
+            True,
+        )
+    optimizer, loss_fn = _optimizer(cfg.dtype), _loss_fn()
+    optimizer.build(model.trainable_variables)
+
+    def loss_and_state(tv, ntv, opt_vars, images, labels):
+        logits, ntv = model.stateless_call(tv, ntv, images, training=True)
+        loss = loss_fn(labels, logits)
+        mapping = zip(optimizer.variables, opt_vars, strict=True)
+        with keras.StatelessScope(state_mapping=mapping):
+            scaled = optimizer.scale_loss(loss)
+        return scaled, (loss, ntv)
+
+    def train(state, images, labels):
+        tv, ntv, opt_vars = state
+        grads, (loss, ntv) = jax.grad(loss_and_state, has_aux=True)(
+            tv, ntv, opt_vars, images, labels
+        )
+        tv, opt_vars = optimizer.stateless_apply(opt_vars, grads, tv)
+        return loss, (tv, ntv, opt_vars)
+
+    # The model and optimizer state are donated: XLA updates them in place.
+    train = jax.jit(train, donate_argnums=0)
+    state = [(trainable, non_trainable, [v.value for v in optimizer.variables])]
+
+    def step(images, labels):
+        loss, state[0] = train(state[0], images, labels)
+        return loss
+
+    return step, jax.block_until_ready, True
+
+
+def _torch_steps(model, cfg):
+    import torch
+
+    model.compile(optimizer=_optimizer(cfg.dtype), loss=_loss_fn(), jit_compile=False)
+    if cfg.mode == "infer":
+        step = lambda images, labels: model.predict_on_batch(images)  # noqa: E731
+    else:
+        step = lambda images, labels: model.train_on_batch(images, labels)  # noqa: E731
+
+    def sync(out):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    return step, sync, False
+
+
+STEP_BUILDERS = {"tensorflow": _tensorflow_steps, "jax": _jax_steps, "torch": _torch_steps}
+
+
+def device_peak_memory_mb():
+    """Peak accelerator memory in MB where the backend reports it, else None."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        stats = jax.local_devices()[0].memory_stats() or {}
+        peak = stats.get("peak_bytes_in_use")
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        gpus = tf.config.list_logical_devices("GPU")
+        peak = tf.config.experimental.get_memory_info(gpus[0].name)["peak"] if gpus else None
+    else:
+        import torch
+
+        peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
+    return None if peak is None else round(peak / 2**20, 1)
+
+
+def _batches(cfg):
+    """Yields (images, labels) forever: one synthetic batch on the device, or the pipeline's."""
+    if cfg.data_dir is None:
+        rng = np.random.default_rng(0)
+        images = rng.standard_normal((cfg.batch_size, cfg.image_size, cfg.image_size, 3))
+        labels = rng.integers(0, 1000, cfg.batch_size)
+        batch = (
+            keras.ops.convert_to_tensor(images.astype("float32")),
+            keras.ops.convert_to_tensor(labels.astype("int32")),
+        )
+        while True:
+            yield batch
+    from resnext_tf.data import DataConfig, build_dataset
+
+    data = DataConfig(dataset="imagenet", data_dir=cfg.data_dir, image_size=cfg.image_size)
+    dataset = build_dataset(data, "train", global_batch_size=cfg.batch_size).repeat()
+    as_tensor = keras.backend.backend() != "tensorflow"
+    for images, labels in dataset:
+        if as_tensor:
+            images = keras.ops.convert_to_tensor(images.numpy())
+            labels = keras.ops.convert_to_tensor(labels.numpy())
+        yield images, labels
+
+
+def _configure_tensorflow_threads(cfg):
+    if keras.backend.backend() != "tensorflow":
+        return
+    import tensorflow as tf
+
+    if cfg.intra_op_threads:
+        tf.config.threading.set_intra_op_parallelism_threads(cfg.intra_op_threads)
+    if cfg.inter_op_threads:
+        tf.config.threading.set_inter_op_parallelism_threads(cfg.inter_op_threads)
+
+
+def run_benchmark(cfg):
+    """Builds the model, times it and returns the result as a flat dict (see `emit`)."""
+    backend = keras.backend.backend()
+    _configure_tensorflow_threads(cfg)
+    keras.config.set_dtype_policy(DTYPE_POLICIES[cfg.dtype])
+    try:
+        model = create_model(
+            cfg.model,
+            conv_impl=cfg.conv_impl,
+            input_shape=(cfg.image_size, cfg.image_size, 3),
+            num_classes=1000,
+        )
+    finally:
+        keras.config.set_dtype_policy("float32")
+    step, sync, jit = STEP_BUILDERS[backend](model, cfg)
+    batches = _batches(cfg)
+    checks = {}
+    if cfg.fold_bn:
+        images, labels = next(batches)
+        checks["fold_bn_max_abs_diff"] = max_abs_diff(
+            step(images, labels), model(images, training=False)
+        )
+    warmup_s, seconds = time_windows(
+        lambda: step(*next(batches)), sync, cfg.steps, cfg.windows, cfg.warmup
+    )
+    impl = resolve_conv_impl(cfg.conv_impl)
+    variant = f"conv_impl={impl}" + (" fold_bn" if cfg.fold_bn else "") + (" xla" if jit else "")
+    return {
+        "framework": f"resnext_tf/{backend}",
+        "variant": variant,
+        "model": cfg.model,
+        "mode": cfg.mode,
+        "batch_size": cfg.batch_size,
+        "image_size": cfg.image_size,
+        "dtype": cfg.dtype,
+        "conv_impl": impl,
+        "conv_impl_requested": cfg.conv_impl,
+        "jit_compile": jit,
+        "fold_bn": cfg.fold_bn,
+        "data": cfg.data_dir or "synthetic",
+        **checks,
+        **throughput(cfg.batch_size, cfg.steps, seconds),
+        "warmup_s": round(warmup_s, 1),
+        "peak_rss_mb": peak_host_memory_mb(),
+        "device_peak_mb": device_peak_memory_mb(),
+        "load_avg": machine_load(),
+    }
+
+
+def parse_args(argv):
+    """Parses command-line arguments into a `BenchmarkConfig`."""
+    defaults = BenchmarkConfig()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    for field in dataclasses.fields(BenchmarkConfig):
+        default = getattr(defaults, field.name)
+        if isinstance(default, bool):
+            parser.add_argument(f"--{field.name}", action=argparse.BooleanOptionalAction)
+        else:
+            kind = int if isinstance(default, int) else str
+            parser.add_argument(f"--{field.name}", type=kind)
+    args = parser.parse_args(argv)
+    given = {k: v for k, v in vars(args).items() if v is not None}
+    return dataclasses.replace(defaults, **given)
+
+
+def main(argv=None):
+    emit(run_benchmark(parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main()
