@@ -1,7 +1,8 @@
 """Throughput of the ImageNet training input pipeline, fused crop decode against full decode.
 
-Without --data_dir it writes --num_images JPEGs of 500x375 (quality 90, smooth gradients with
-texture and noise, the size of a typical ImageNet photo) into a temporary folder first.
+Without --data_dir it writes --num_images JPEGs of --photo_size (default 500x375, the size of a
+typical ImageNet photo; quality 90, smooth gradients with texture and noise) into a temporary
+folder first.
 
     python benchmarks/input_pipeline.py --num_images 512 --batch_size 64 --epochs 3
 """
@@ -17,16 +18,15 @@ from PIL import Image
 
 from resnext_tf.data import DataConfig, build_dataset, dataset_spec
 
-# Typical ImageNet photo size (width, height) and JPEG quality of the generated images.
-IMAGE_SIZE = (500, 375)
+# Typical ImageNet photo size (width x height) and JPEG quality of the generated images.
+PHOTO_SIZE = "500x375"
 JPEG_QUALITY = 90
 NUM_CLASSES = 4
 
 
-def write_jpegs(root, count, seed=0):
+def write_jpegs(root, count, width, height, seed=0):
     """Writes `count` natural-looking JPEGs as root/train/<class>/<i>.JPEG."""
     rng = np.random.default_rng(seed)
-    width, height = IMAGE_SIZE
     y, x = np.mgrid[0:height, 0:width] / width
     for i in range(count):
         folder = os.path.join(root, "train", f"n{i % NUM_CLASSES:08d}")
@@ -56,6 +56,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data_dir", help="ImageNet folder with train/; default: generated JPEGs")
     parser.add_argument("--num_images", type=int, default=512)
+    parser.add_argument("--photo_size", default=PHOTO_SIZE, help="generated JPEGs, WIDTHxHEIGHT")
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--image_size", type=int, default=224)
@@ -64,7 +65,8 @@ def main():
     data_dir = args.data_dir or tempfile.mkdtemp(prefix="resnext_tf_jpegs_")
     try:
         if not args.data_dir:
-            write_jpegs(data_dir, args.num_images)
+            width, height = (int(v) for v in args.photo_size.split("x"))
+            write_jpegs(data_dir, args.num_images, width, height)
         cfg = DataConfig("imagenet", data_dir=data_dir, image_size=args.image_size)
         print(f"{dataset_spec(cfg).num_train} train images in {data_dir}, batch {args.batch_size}")
         rates = {}
