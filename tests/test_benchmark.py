@@ -1,0 +1,133 @@
+"""Tests of the throughput harness: timing arithmetic, flags, BN folding, one end-to-end run."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from resnext_tf import benchmark, build_resnext
+
+TINY = dict(depth=11, stem="cifar", cardinality=4, base_width=4, input_shape=(8, 8, 3))
+RNG = np.random.default_rng(0)
+
+
+def randomize_batchnorm(model):
+    """Gives every BN non-trivial statistics so a wrong fold cannot pass."""
+    for layer in model._flatten_layers():
+        if isinstance(layer, keras.layers.BatchNormalization):
+            shape = layer.gamma.shape
+            layer.gamma.assign(RNG.uniform(0.5, 1.5, shape))
+            layer.beta.assign(RNG.normal(0, 0.5, shape))
+            layer.moving_mean.assign(RNG.normal(0, 0.5, shape))
+            layer.moving_variance.assign(RNG.uniform(0.5, 2.0, shape))
+
+
+def folded_graph_ops(model, images):
+    fn = tf.function(benchmark.fold_batchnorm(model))
+    graph = fn.get_concrete_function(tf.TensorSpec(images.shape, tf.float32)).graph
+    return {op.type for op in graph.get_operations()}
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(conv_impl="split"),
+        dict(conv_impl="grouped"),
+        dict(conv_impl="split", shortcut_type="C"),
+        dict(conv_impl="split", shortcut_type="A"),
+        dict(conv_impl="split", bottleneck_type="resnext_B"),
+        dict(depth=50, stem="imagenet", cardinality=2, input_shape=(32, 32, 3)),
+    ],
+    ids=["split", "grouped", "shortcut_C", "shortcut_A", "resnext_B", "imagenet_stem"],
+)
+def test_fold_batchnorm_matches_inference_outputs(kwargs):
+    model = build_resnext(**{**TINY, "num_classes": 7, **kwargs})
+    randomize_batchnorm(model)
+    images = RNG.normal(size=(2, *model.input_shape[1:])).astype("float32")
+    expected = model(images, training=False).numpy()
+    got = tf.function(benchmark.fold_batchnorm(model))(images).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+def test_fold_batchnorm_removes_batchnorm_from_foldable_blocks():
+    images = np.zeros((1, 8, 8, 3), "float32")
+    # Keras' inference BN computes rsqrt(var + eps) in the graph; the folded graph has none.
+    assert "Rsqrt" not in folded_graph_ops(build_resnext(**TINY), images)
+    # resnext_B blocks are not folded and keep their BN.
+    branches = build_resnext(**TINY, bottleneck_type="resnext_B")
+    assert "Rsqrt" in folded_graph_ops(branches, images)
+
+
+def test_fold_batchnorm_runs_grouped_convolution_natively():
+    images = np.zeros((1, 8, 8, 3), "float32")
+    grouped = folded_graph_ops(build_resnext(**TINY, conv_impl="grouped"), images)
+    split = folded_graph_ops(build_resnext(**TINY, conv_impl="split"), images)
+    assert "Split" not in grouped and "Split" in split
+
+
+def test_time_windows_counts_calls_and_syncs():
+    calls, synced = [], []
+    warmup_s, seconds = benchmark.time_windows(
+        lambda: calls.append(1) or len(calls), synced.append, steps=3, windows=4, warmup=2
+    )
+    assert len(calls) == 2 + 3 * 4
+    # One sync after the warm-up, then one at the end of every window, on its last step.
+    assert synced == [2, 5, 8, 11, 14]
+    assert len(seconds) == 4 and warmup_s >= 0
+
+
+def test_throughput_summarises_windows():
+    result = benchmark.throughput(batch_size=16, steps=4, seconds=[2.0, 4.0, 1.0])
+    assert result == {
+        "images_per_sec": 32.0,
+        "images_per_sec_min": 16.0,
+        "images_per_sec_max": 64.0,
+        "step_ms": 500.0,
+    }
+
+
+def test_parse_args_reads_every_field():
+    cfg = benchmark.parse_args(
+        ["--mode=infer", "--batch_size=8", "--dtype=bfloat16", "--fold_bn", "--steps=2"]
+    )
+    assert (cfg.mode, cfg.batch_size, cfg.dtype, cfg.fold_bn, cfg.steps) == (
+        "infer",
+        8,
+        "bfloat16",
+        True,
+        2,
+    )
+    assert cfg.image_size == 224 and cfg.conv_impl == "auto"
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(mode="eval"), r"mode='eval'"),
+        (dict(dtype="int8"), r"dtype='int8'"),
+        (dict(jit_compile="yes"), r"jit_compile='yes'"),
+        (dict(model="resnext51"), r"model='resnext51'"),
+        (dict(batch_size=0), r"batch_size=0"),
+        (dict(mode="train", fold_bn=True), r"fold_bn=True with mode='train'"),
+    ],
+)
+def test_config_rejects_bad_values(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        benchmark.BenchmarkConfig(**kwargs)
+
+
+def test_run_benchmark_end_to_end_emits_parsable_result(capsys):
+    cfg = benchmark.BenchmarkConfig(
+        mode="infer", batch_size=1, image_size=32, conv_impl="grouped", fold_bn=True,
+        steps=1, windows=3, warmup=1,
+    )  # fmt: skip
+    result = benchmark.run_benchmark(cfg)
+    benchmark.emit(result)
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert json.loads(line.removeprefix(benchmark.JSON_PREFIX)) == result
+    assert result["conv_impl"] == "grouped" and result["fold_bn_max_abs_diff"] < 1e-4
+    # One image per step: images/s is the inverse of the step time.
+    assert result["images_per_sec"] == pytest.approx(1e3 / result["step_ms"], rel=0.01)
+    assert result["peak_rss_mb"] > 100
