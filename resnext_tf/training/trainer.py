@@ -299,12 +299,8 @@ class Trainer:
         return "finished" if limit and global_step >= limit else None
 
     def _any_worker(self, flag):
-        def replica_fn():
-            value = tf.constant(float(flag))
-            return tf.distribute.get_replica_context().all_reduce("MAX", value)
-
-        result = self.strategy.run(tf.function(replica_fn))
-        return bool(self.strategy.experimental_local_results(result)[0].numpy() > 0)
+        local = self.strategy.run(lambda: tf.constant(float(flag)))
+        return float(self.strategy.reduce(tf.distribute.ReduceOp.SUM, local, axis=None)) > 0
 
     def _save(self, name, position, epoch_complete, is_best=False, **extra):
         state = self._state(position, epoch_complete, **extra)

@@ -1,0 +1,143 @@
+"""tf.distribute: strategy selection, MirroredStrategy over two logical CPUs against one device,
+and MultiWorkerMirroredStrategy with two worker processes on localhost."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import types
+
+import pytest
+from train_helpers import REPO, TINY_MODEL, check_ok, digest, script_env
+
+from resnext_tf.training import distribute
+
+# One step on one device and on two mirrored replicas (sync BN), from the same weights and the
+# same global batch, split in halves for the replicas.
+MIRRORED_SCRIPT = """
+import json, sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import numpy as np
+from resnext_tf.training import TrainConfig, distribute
+from resnext_tf.training.trainer import Trainer
+
+tmp, data_dir = sys.argv[1:]
+config = dict(dataset="cifar10", data_dir=data_dir, depth=11, cardinality=2, base_width=4,
+              shortcut_type="A", batch_size=16, sync_bn=True)
+single = Trainer(TrainConfig(**config, model_dir=tmp + "/single"),
+                 tf.distribute.OneDeviceStrategy("/cpu:0"))
+mirrored = Trainer(TrainConfig(**config, model_dir=tmp + "/mirrored"),
+                   distribute.build_strategy("mirrored"))
+initial = single.model.get_weights()
+mirrored.model.set_weights(initial)
+rng = np.random.default_rng(0)
+images = rng.normal(size=(16, 32, 32, 3)).astype(np.float32)
+labels = rng.integers(0, 10, 16).astype(np.int32)
+
+def halves(ctx):
+    i = ctx.replica_id_in_sync_group
+    return images[8 * i : 8 * i + 8], labels[8 * i : 8 * i + 8]
+
+for _ in range(2):
+    a = single._train_step((tf.constant(images), tf.constant(labels))).numpy()
+    b = mirrored._train_step(
+        mirrored.strategy.experimental_distribute_values_from_function(halves)).numpy()
+after = [single.model.get_weights(), mirrored.model.get_weights()]
+# Disagreement relative to the size of the update, over all variables (per-variable ratios are
+# noisy for BatchNorm betas, whose gradients are sums with heavy cancellation). Without sync BN
+# the ratio is ~3e-2; with it, float32 rounding gives ~1e-5.
+num = sum(float(np.sum((x - y) ** 2)) for x, y in zip(*after))
+den = sum(float(np.sum((x - w) ** 2)) for x, w in zip(after[0], initial))
+print(json.dumps({"replicas": mirrored.strategy.num_replicas_in_sync, "diff": (num / den) ** 0.5,
+                  "stats": [a.tolist(), b.tolist()]}))
+"""
+
+
+@pytest.mark.slow
+def test_mirrored_two_cpus_matches_one_device(cifar_dir, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-c", MIRRORED_SCRIPT, str(tmp_path), cifar_dir],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=script_env(),
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["replicas"] == 2
+    assert result["diff"] < 1e-4
+    single, mirrored = result["stats"]
+    assert mirrored == pytest.approx(single, rel=1e-5)
+
+
+def free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+@pytest.mark.slow
+def test_multi_worker_two_processes(cifar_dir, tmp_path):
+    workers = [f"localhost:{port}" for port in free_ports(2)]
+    args = [*TINY_MODEL, f"--data_dir={cifar_dir}", "--batch_size=32", "--epochs=1"]
+    # Sync BN: without it every worker keeps its own BatchNorm moving statistics (as the
+    # original's GPUs do) and only the trainable weights would agree.
+    args += ["--steps_per_epoch=4", "--checkpoint_steps=2", "--log_steps=2", "--sync_bn"]
+    procs = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, os.path.join(REPO, "run_cifar.py"), *args]
+                + [f"--model_dir={tmp_path}/worker{index}"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=script_env(TF_CONFIG=json.dumps(tf_config)),
+                cwd=REPO,
+            )
+        )
+    outs = []
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=300)
+        outs.append(
+            check_ok(
+                types.SimpleNamespace(returncode=proc.returncode, stdout=stdout, stderr=stderr)
+            )
+        )
+    assert digest(outs[0]) == digest(outs[1])
+    assert " * Finished epoch # 1  top1:" in outs[1]
+    chief = tmp_path / "worker0"
+    assert sorted(os.listdir(chief / "checkpoints")) == ["best", "epoch-0001", "latest"]
+    assert (chief / "train_log.csv").is_file()
+    assert not (tmp_path / "worker1").exists()  # the non-chief saved into a deleted temp dir
+
+
+def test_auto_strategy_follows_tf_config(monkeypatch):
+    cluster = {"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 0}}
+    monkeypatch.setenv("TF_CONFIG", json.dumps(cluster))
+    assert distribute.resolve_strategy_name("auto") == "multi_worker_mirrored"
+    monkeypatch.delenv("TF_CONFIG")
+    assert distribute.resolve_strategy_name("auto") == "one_device"  # no GPU on the test machine
+    assert distribute.resolve_strategy_name("mirrored") == "mirrored"
+    with pytest.raises(ValueError, match="distribution_strategy='ps'"):
+        distribute.resolve_strategy_name("ps")
+
+
+def test_batch_must_split_over_replicas():
+    strategy = types.SimpleNamespace(num_replicas_in_sync=8)
+    distribute.check_batch_size(256, strategy)
+    with pytest.raises(ValueError, match="batch_size=100 with 8 replicas"):
+        distribute.check_batch_size(100, strategy)
+
+
+def test_tpu_needs_an_address():
+    with pytest.raises(ValueError, match="tpu=None"):
+        distribute.build_strategy("tpu")
