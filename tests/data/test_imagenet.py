@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from image_samples import WNIDS, encode, natural_image
+from image_samples import WNIDS, encode, natural_image, requires_tfds_prepare
 
 from resnext_tf.data import (
     DataConfig,
@@ -206,6 +206,7 @@ def tfds_imagenet(tmp_path_factory):
 
 
 @pytest.mark.slow
+@requires_tfds_prepare
 def test_tfds_imagenet_epochs_resume_and_eval(tfds_imagenet):
     cfg = DataConfig("imagenet", data_dir=tfds_imagenet, image_size=32, eval_resize=40)
     assert dataset_spec(cfg) == (1000, 12, 5, (32, 32, 3))
