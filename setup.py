@@ -20,6 +20,9 @@ setup(
         "tensorflow>=2.20",
         "keras>=3.10",
         "tensorflow-datasets",
+        # tensorflow-datasets 4.9 imports it to download or prepare any dataset but does not
+        # declare it.
+        "importlib_resources",
         "absl-py",
         "numpy",
     ],
