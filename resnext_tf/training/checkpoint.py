@@ -71,16 +71,18 @@ def _read_json(path):
 
 
 def find_checkpoint(path):
-    """Resolves a model_dir, its checkpoints/ folder or a checkpoint directory.
+    """Resolves a model_dir, its checkpoints/ folder, a checkpoint directory or a pointer file.
 
     Args:
-        path: any of the three.
+        path: any of these; a pointer is the `latest` or `best` file of a checkpoints/ folder.
 
     Returns:
         The checkpoint directory (holding state.json), or None when `path` holds none.
     """
     if os.path.isfile(os.path.join(path, STATE_FILE)):
         return path
+    if os.path.basename(path) in (LATEST, BEST) and os.path.isfile(path):
+        return os.path.join(os.path.dirname(path), _read_json(path)["name"])
     for directory in (os.path.join(path, CHECKPOINT_SUBDIR), path):
         pointer = os.path.join(directory, LATEST)
         if os.path.isfile(pointer):

@@ -45,6 +45,6 @@ def run(config):
             say(" * Preempted: checkpoint saved; rerun the same command to continue.")
             return EXIT_OK
     if export and trainer.is_chief:
-        export(trainer.model, config.export_dir)
-        say(f" => Exported SavedModel to {config.export_dir}")
+        path = export(trainer.model, config.export_dir, data_config=trainer.data_config)
+        say(f" => Exported SavedModel to {path}")
     return EXIT_OK

@@ -41,21 +41,34 @@ def optional_module(name):
         return None
 
 
+def _converter(path):
+    converter = optional_module("resnext_tf.weights")
+    if converter is None:
+        raise ValueError(
+            f"Cannot load weights; received path={path!r}; expected a .weights.h5 file, a "
+            ".keras file or a checkpoint directory of this project (weight names and Torch "
+            "files need the resnext_tf.weights module, which is not installed)."
+        )
+    return converter
+
+
+def _own_checkpoint(path):
+    return checkpoint.find_checkpoint(path) if os.path.exists(path) else None
+
+
 def load_weights(model, path):
     """Loads weights (only) into `model`, whose architecture must match the file.
 
     Args:
         model: the target keras model.
-        path: a .weights.h5 file, a .keras file, one of our checkpoint directories (a
-            model_dir, its checkpoints/ folder, a checkpoint or a latest/best pointer), or any
-            format `resnext_tf.weights.load_weights` converts (e.g. Torch files).
+        path: a .weights.h5 file, a .keras file, one of our checkpoints (a model_dir, its
+            checkpoints/ folder, a checkpoint directory or the latest/best pointer), or anything
+            `resnext_tf.weights.load_weights` reads (Torch files, published weight names).
 
     Raises:
-        ValueError: when the path does not exist or its format is not supported here.
+        ValueError: when the weights cannot be read or do not fit the model.
     """
-    if not os.path.exists(path):
-        raise ValueError(f"Weights not found; received path={path!r}.")
-    found = checkpoint.find_checkpoint(path)
+    found = _own_checkpoint(path)
     if found:
         checkpoint.restore_model_weights(model, found)
     elif path.endswith(".weights.h5"):
@@ -63,14 +76,7 @@ def load_weights(model, path):
     elif path.endswith(".keras"):
         copy_layer_weights(keras.saving.load_model(path, compile=False), model)
     else:
-        converter = optional_module("resnext_tf.weights")
-        if converter is None:
-            raise ValueError(
-                f"Unsupported weights file; received path={path!r}; expected a .weights.h5 "
-                "file, a .keras file or a checkpoint directory of this project (other formats "
-                "need the resnext_tf.weights module, which is not installed)."
-            )
-        converter.load_weights(model, path)
+        _converter(path).load_weights(model, path)
 
 
 def copy_layer_weights(source, target, skip=()):
@@ -95,7 +101,7 @@ def source_num_classes(path, default):
     Our checkpoints record it; in a Keras .weights.h5 file the classifier is the model's only
     Dense layer, stored under layers/dense (Keras names the groups by layer class).
     """
-    found = checkpoint.find_checkpoint(path) if os.path.exists(path) else None
+    found = _own_checkpoint(path)
     if found:
         return checkpoint.read_state(found)["num_classes"]
     if path.endswith(".weights.h5"):
@@ -118,6 +124,10 @@ def initialise_from(model, path, reset_classifier, build_source):
     """
     if not reset_classifier:
         load_weights(model, path)
+        return
+    if not (_own_checkpoint(path) or path.endswith((".weights.h5", ".keras"))):
+        # Torch files and published names: the converter skips the classifier itself.
+        _converter(path).load_weights(model, path, skip_classifier=True)
         return
     if path.endswith(".keras"):
         source = keras.saving.load_model(path, compile=False)

@@ -52,9 +52,9 @@ def test_round_trip_restores_model_optimizer_and_state(tmp_path):
 def test_find_checkpoint_accepts_run_dir_subdir_and_checkpoint(tmp_path):
     manager = checkpoint.CheckpointManager(str(tmp_path), make_objects(seed=1))
     path = manager.save(checkpoint.epoch_name(1), {})
-    for where in (tmp_path, tmp_path / "checkpoints", path):
+    for where in (tmp_path, tmp_path / "checkpoints", path, tmp_path / "checkpoints" / "latest"):
         assert checkpoint.find_checkpoint(str(where)) == path
-    assert checkpoint.find_checkpoint(str(tmp_path / "checkpoints" / "latest")) is None
+    assert checkpoint.find_checkpoint(str(tmp_path / "elsewhere")) is None
 
 
 def test_retention_keeps_latest_best_and_newest_epochs(tmp_path):

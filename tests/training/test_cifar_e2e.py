@@ -63,8 +63,9 @@ def test_retrain_loads_weights_only(cifar_run, cifar_dir, tmp_path):
     assert results(out)[0] == pytest.approx(csv_rows(cifar_run[0])[1]["val_top1"], abs=1e-3)
 
     args = [*base, f"--model_dir={tmp_path}/b", "--train_steps=2", "--log_steps=1"]
-    out = check_ok(run_script("run_cifar.py", args))
+    out = check_ok(run_script("run_cifar.py", [*args, f"--export_dir={tmp_path}/export"]))
     assert "Loading weights" in out and "Resuming" not in out
+    assert (tmp_path / "export" / "resnext11_2x4d" / "1" / "saved_model.pb").is_file()
     # A fresh run (epoch 1, fresh optimizer) that starts from the trained weights.
     first = next(line for line in out.splitlines() if line.startswith(" | Epoch: [1][1/10]"))
     assert float(first.split("top1")[1].split()[0]) < 50.0

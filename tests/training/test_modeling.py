@@ -74,3 +74,18 @@ def test_unknown_format_without_converter(tmp_path, monkeypatch):
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(ValueError, match="nothing.h5"):
         modeling.load_weights(build(10, seed=1), str(tmp_path / "nothing.h5"))
+
+
+def test_torch_files_go_to_the_converter_which_skips_the_head(tmp_path, monkeypatch):
+    calls = []
+
+    class FakeConverter:
+        @staticmethod
+        def load_weights(model, path, skip_classifier=False):
+            calls.append((path, skip_classifier))
+
+    monkeypatch.setattr(modeling, "optional_module", lambda name: FakeConverter)
+    model, path = build(7, seed=1), str(tmp_path / "resnext.pth")
+    modeling.load_weights(model, path)
+    modeling.initialise_from(model, path, True, build_source=None)
+    assert calls == [(path, False), (path, True)]
