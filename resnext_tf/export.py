@@ -13,7 +13,8 @@ at /tmp/serving/resnext50_32x4d). Signatures:
 
 Both return logits, probabilities, the top-k classes and scores, and for ImageNet the top-k
 wnids and labels. Keras runs grouped convolutions on TensorFlow under XLA, which stock TF
-Serving does not enable, so the exported graph uses the split form of the same convolutions.
+Serving does not enable, so the exported graph computes them with TensorFlow's own grouped
+Conv2D (or, on request, as split convolutions); neither needs XLA.
 """
 
 import argparse
@@ -32,6 +33,7 @@ import tensorflow as tf
 
 from resnext_tf.data import transforms
 from resnext_tf.data.config import DataConfig
+from resnext_tf.layers import Bottleneck, GroupedConv2D
 
 logger = logging.getLogger(__name__)
 
@@ -52,17 +54,53 @@ CLASS_INDEX_PATH = os.path.join(
 )
 IMAGENET_CLASSES = 1000
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+# Grouped convolutions in the exported graph: "grouped", one tf.nn.conv2d a layer (TF runs
+# grouped Conv2D inference on CPU without XLA, with oneDNN or Eigen), or "split", one
+# convolution a group (resnext_tf's pure-Keras form). resnext50_32x4d on a 2-core CPU, one
+# thread, batch 1, median of 25 runs: grouped 93 ms, split 112 ms with oneDNN; 222 and 220 ms
+# with TF_ENABLE_ONEDNN_OPTS=0. See docs/export.md.
+SERVING_CONV_IMPLS = ("grouped", "split")
 
 
-def serving_model(model):
+class _ServingGroupedConv2D(GroupedConv2D):
+    """GroupedConv2D as a single tf.nn.conv2d, with Torch's symmetric padding made explicit.
+
+    keras.ops.conv sends grouped kernels to an XLA-compiled function on TensorFlow; the
+    Conv2D op itself accepts them (input channels a multiple of the kernel's) for inference.
+    """
+
+    def call(self, inputs):
+        if self.groups == 1:
+            return super().call(inputs)
+        pad = [[0, 0], [self.padding, self.padding], [self.padding, self.padding], [0, 0]]
+        kernel = tf.cast(self.kernel, self.compute_dtype)
+        return tf.nn.conv2d(inputs, kernel, self.strides, pad)
+
+
+class _ServingBottleneck(Bottleneck):
+    """Bottleneck whose convolutions are `_ServingGroupedConv2D`, with the same variables."""
+
+    def _conv(self, *args, **kwargs):
+        conv = super()._conv(*args, **kwargs)
+        return _ServingGroupedConv2D.from_config(conv.get_config())
+
+
+SERVING_LAYERS = {
+    "resnext_tf>GroupedConv2D": _ServingGroupedConv2D,
+    "resnext_tf>Bottleneck": _ServingBottleneck,
+}
+
+
+def serving_model(model, conv_impl="grouped"):
     """Returns a copy of `model` for serving, with the same weights.
 
-    The copy computes the same logits but: grouped convolutions use the split implementation
-    (no XLA), BatchNormalization is not synchronized, every layer runs in float32 (a
+    The copy computes the same logits but: grouped convolutions run without XLA (see
+    SERVING_CONV_IMPLS), BatchNormalization is not synchronized, every layer runs in float32 (a
     mixed-precision model exports a float32 graph), and the classifier has no activation.
 
     Args:
       model: A functional resnext_tf model with its classifier (include_top=True).
+      conv_impl: "grouped" (tf.nn.conv2d with groups) or "split".
 
     Returns:
       A new `keras.Model`.
@@ -70,6 +108,11 @@ def serving_model(model):
     Raises:
       ValueError: for a model that is not functional or does not end in a Dense classifier.
     """
+    if conv_impl not in SERVING_CONV_IMPLS:
+        raise ValueError(
+            f"Unknown conv_impl; received conv_impl={conv_impl!r}, expected one of "
+            f"{SERVING_CONV_IMPLS}."
+        )
     config = model.get_config()
     outputs = config.get("output_layers") if isinstance(config, dict) else None
     # Keras writes a single output as one [name, node, tensor] triple, several as a list of them.
@@ -89,13 +132,14 @@ def serving_model(model):
         )
     for layer in config["layers"]:
         layer_config = layer["config"]
-        for key, value in (("conv_impl", "split"), ("sync_bn", False), ("synchronized", False)):
+        for key, value in (("conv_impl", conv_impl), ("sync_bn", False), ("synchronized", False)):
             if key in layer_config:
                 layer_config[key] = value
         if "dtype" in layer_config:
             layer_config["dtype"] = "float32"
     output["config"]["activation"] = "linear"
-    clone = keras.Model.from_config(config)
+    with keras.saving.custom_object_scope(SERVING_LAYERS if conv_impl == "grouped" else {}):
+        clone = keras.Model.from_config(config)
     clone.set_weights(model.get_weights())
     return clone
 
@@ -299,6 +343,7 @@ def export_saved_model(
     top_k=DEFAULT_TOP_K,
     overwrite=False,
     warmup=True,
+    conv_impl="grouped",
 ):
     """Exports a classifier as a TF Serving SavedModel at export_dir/model_name/version.
 
@@ -317,6 +362,7 @@ def export_saved_model(
       top_k: How many classes to return per image (at most the number of classes).
       overwrite: Replace an existing version instead of raising FileExistsError.
       warmup: Write assets.extra/tf_serving_warmup_requests (needs tensorflow-serving-api).
+      conv_impl: Grouped convolutions in the graph, "grouped" or "split" (SERVING_CONV_IMPLS).
 
     Returns:
       The path of the version directory.
@@ -341,7 +387,7 @@ def export_saved_model(
     if os.path.exists(final) and not overwrite:
         raise FileExistsError(f"{final} exists; pass overwrite=True to replace it.")
 
-    served = serving_model(model)
+    served = serving_model(model, conv_impl)
     data_config = data_config or default_data_config(model)
     if served.input_shape[1:] != (data_config.crop_size, data_config.crop_size, 3):
         raise ValueError(
@@ -387,6 +433,12 @@ def parse_args(argv=None):
     parser.add_argument("--top_k", type=int, default=DEFAULT_TOP_K)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing version")
     parser.add_argument("--no_warmup", action="store_true", help="skip the warm-up requests")
+    parser.add_argument(
+        "--conv_impl",
+        choices=SERVING_CONV_IMPLS,
+        default="grouped",
+        help="grouped convolutions in the graph; both run without XLA",
+    )
     return parser.parse_args(argv)
 
 
@@ -418,6 +470,7 @@ def main(argv=None):
         top_k=args.top_k,
         overwrite=args.overwrite,
         warmup=not args.no_warmup,
+        conv_impl=args.conv_impl,
     )
     print(path)
     return 0

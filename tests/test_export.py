@@ -121,7 +121,10 @@ def keras_logits(model, files):
 def test_fresh_process_serves_the_keras_probabilities(model, exported, image_files, tmp_path):
     out = str(tmp_path / "served.npz")
     script = [sys.executable, "-c", SERVE_IN_FRESH_PROCESS, exported, out, *image_files]
-    result = subprocess.run(script, capture_output=True, text=True, timeout=300)
+    # Without oneDNN, as TF builds without it run grouped Conv2D (Eigen); saved_model_cli
+    # below runs the oneDNN kernels.
+    env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "0"}
+    result = subprocess.run(script, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     served = np.load(out)
     logits = keras_logits(model, image_files)
@@ -242,12 +245,17 @@ def tiny_cifar(**kwargs):
     return resnext_tf.build_resnext(11, 2, 4, stem="cifar", num_classes=10, **kwargs)
 
 
-def test_serving_model_is_float32_split_and_returns_logits():
+@pytest.mark.parametrize("conv_impl", export.SERVING_CONV_IMPLS)
+def test_serving_model_is_xla_free_float32_and_returns_logits(conv_impl):
     model = random_statistics(
         tiny_cifar(conv_impl="grouped", classifier_activation="softmax"), seed=3
     )
-    served = export.serving_model(model)
-    assert served.get_layer("stage2_block1").conv2.conv_impl == "split"
+    served = export.serving_model(model, conv_impl)
+    conv2 = served.get_layer("stage2_block1").conv2
+    assert (type(conv2).__name__, conv2.conv_impl) == {
+        "grouped": ("_ServingGroupedConv2D", "grouped"),
+        "split": ("GroupedConv2D", "split"),
+    }[conv_impl]
     x = np.random.default_rng(4).standard_normal((2, 32, 32, 3)).astype(np.float32)
     np.testing.assert_allclose(
         tf.nn.softmax(served(x, training=False)), model(x, training=False), atol=1e-6
@@ -258,7 +266,7 @@ def test_serving_model_is_float32_split_and_returns_logits():
     finally:
         keras.config.set_dtype_policy("float32")
     assert mixed.get_layer("stem_conv").compute_dtype == "float16"
-    served = export.serving_model(mixed)
+    served = export.serving_model(mixed, conv_impl)
     assert {layer.compute_dtype for layer in served.layers} == {"float32"}
 
 
@@ -277,6 +285,11 @@ def test_cifar_export_versions_and_overwrite(tmp_path):
     classes = out["classes"].numpy()[0]
     assert [b.decode() for b in out["labels"].numpy()[0]] == [names[c] for c in classes]
     assert "wnids" not in out
+    split = export.export_saved_model(model, tmp_path, "split", conv_impl="split", warmup=False)
+    out = tf.saved_model.load(split).signatures["serving_default"](
+        image_bytes=tf.constant([encode(pixels[0], "PNG")])
+    )
+    np.testing.assert_allclose(out["logits"], expected, atol=1e-4)
 
     with pytest.raises(FileExistsError, match="overwrite"):
         export.export_saved_model(model, tmp_path, "cifar", 1, warmup=False)
