@@ -56,9 +56,9 @@ IMAGENET_CLASSES = 1000
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 # Grouped convolutions in the exported graph: "grouped", one tf.nn.conv2d a layer (TF runs
 # grouped Conv2D inference on CPU without XLA, with oneDNN or Eigen), or "split", one
-# convolution a group (resnext_tf's pure-Keras form). resnext50_32x4d on a 2-core CPU, one
-# thread, batch 1, median of 25 runs: grouped 93 ms, split 112 ms with oneDNN; 222 and 220 ms
-# with TF_ENABLE_ONEDNN_OPTS=0. See docs/export.md.
+# convolution a group (resnext_tf's pure-Keras form). serving_default of resnext50_32x4d on one
+# 500x375 JPEG, 2-core CPU, median of 40: grouped 108 ms, split 131 ms with oneDNN (TF's
+# default on x86); equal (177 ms, one thread) without it. See docs/export.md.
 SERVING_CONV_IMPLS = ("grouped", "split")
 
 
