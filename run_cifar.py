@@ -5,12 +5,13 @@
 See docs/training.md for every flag.
 """
 
-from absl import app
+from absl import app, flags
 
 import flags as resnext_flags
 from resnext_tf import training
 
-resnext_flags.define_flags(datasets=("cifar10", "cifar100"))
+for group in resnext_flags.define_flags(datasets=("cifar10", "cifar100")):
+    flags.adopt_module_key_flags(group)  # --help lists them
 
 
 def main(argv):

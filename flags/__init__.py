@@ -23,11 +23,15 @@ def define_flags(datasets, flag_values=absl_flags.FLAGS):
     Args:
         datasets: datasets the entry point accepts; the first is the default.
         flag_values: absl FlagValues to define into (tests pass their own).
+
+    Returns:
+        The group modules, for the entry point to adopt as key flags (shown by --help).
     """
     data.define_flags(datasets, flag_values)
     for group in _GROUPS:
         if group is not data:
             group.define_flags(flag_values)
+    return _GROUPS
 
 
 def config_from_flags(flag_values=absl_flags.FLAGS):

@@ -24,7 +24,7 @@ def define_flags(flag_values):
     flags.DEFINE_boolean(
         "deterministic",
         False,
-        "Deterministic TensorFlow ops (tf.config.experimental.enable_op_determinism): with the "
-        "seeded input pipeline, reruns and resumed runs reproduce weights bit for bit on CPU.",
+        "Deterministic TensorFlow ops and one inter-op thread: with the seeded input pipeline, "
+        "reruns and resumed runs reproduce the weights bit for bit on one device.",
         flag_values=flag_values,
     )
