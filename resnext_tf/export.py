@@ -425,7 +425,9 @@ def parse_args(argv=None):
     source.add_argument(
         "--weights", help="weights file (.weights.h5, .keras, .pth, .safetensors, .t7) or name"
     )
-    source.add_argument("--model_dir", help="training run directory; its checkpoint is used")
+    source.add_argument(
+        "--model_dir", help="training run directory (latest checkpoint), checkpoint or pointer"
+    )
     parser.add_argument("--export_dir", required=True, help="base directory of the exports")
     parser.add_argument("--version", type=int, default=None, help="default: next free version")
     parser.add_argument("--model_name", default=None, help="served name; default: --model")
