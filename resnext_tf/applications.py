@@ -13,6 +13,7 @@ import numpy as np
 from keras import ops
 
 from resnext_tf.resnext import build_resnext
+from resnext_tf.weights.pretrained import IMAGENET, PRETRAINED
 
 # ImageNet normalisation of fb.resnet.torch (and torchvision), on images scaled to [0, 1].
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -20,8 +21,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 CLASS_INDEX_PATH = os.path.join(
     os.path.dirname(__file__), "data_files", "imagenet_class_index.json"
 )
-# Weight names resolved by `resnext_tf.weights` (published ImageNet weights).
-PRETRAINED_NAMES = ("imagenet",)
+# Weight names resolved by `resnext_tf.weights` (published ImageNet weights): "imagenet" and
+# the source tags ("torchvision_v2", "timm_a1h", ...; resnext_tf.weights.list_pretrained()).
+PRETRAINED_NAMES = (IMAGENET, *sorted({tag for tags in PRETRAINED.values() for tag in tags}))
 
 
 def _check_weights(weights, include_top, classes, stem):
@@ -30,7 +32,8 @@ def _check_weights(weights, include_top, classes, stem):
     if weights not in PRETRAINED_NAMES:
         raise ValueError(
             "The `weights` argument should be either `None` (random initialization), "
-            "'imagenet' (pre-training on ImageNet), or the path to the weights file to be "
+            "'imagenet' (pre-training on ImageNet), another published weight name (see "
+            "resnext_tf.weights.list_pretrained()), or the path to the weights file to be "
             f"loaded. Received: weights={weights!r}"
         )
     if stem != "imagenet":
@@ -40,8 +43,8 @@ def _check_weights(weights, include_top, classes, stem):
         )
     if include_top and classes != 1000:
         raise ValueError(
-            'If using `weights="imagenet"` with `include_top=True`, `classes` should be 1000. '
-            f"Received classes={classes}"
+            f"If using `weights={weights!r}` with `include_top=True`, `classes` should be "
+            f"1000. Received classes={classes}"
         )
 
 

@@ -187,3 +187,11 @@ def test_skip_classifier_keeps_the_new_classifier_through_the_cache(tiny_safeten
         load_weights(model, path, skip_classifier=True)
         np.testing.assert_array_equal(model.get_layer("head").kernel.numpy(), kernel)
         np.testing.assert_array_equal(model.get_layer("stem_bn").beta.numpy(), state["bn1.bias"])
+
+
+def test_applications_accept_every_published_name():
+    # The name passes the constructor's validation and reaches the classifier-size check.
+    with pytest.raises(ValueError, match=r"`weights='timm_a1h'`.*classes=10"):
+        ResNeXt50(weights="timm_a1h", classes=10)
+    with pytest.raises(ValueError, match=r"list_pretrained\(\).*Received: weights='timm_z9'"):
+        ResNeXt50(weights="timm_z9")
