@@ -9,7 +9,7 @@ With --repeats N the list is run N times round-robin, which spreads load from ot
 over all configurations; the table shows the median of the per-run medians and the ratio of
 each row to every peer. Configuration tokens (joined with "+"):
   ours:  split | grouped | auto, then any of fold (BN folded, TF), xla (jit_compile=true),
-         nojit (jit_compile=false)
+         nojit (jit_compile=false), nconv / nbn (what-if: benchmarks/tf_native_ops.py)
   peers: eager | compiled, then cl (channels_last)
 """
 
@@ -24,15 +24,20 @@ from resnext_tf.benchmark import JSON_PREFIX
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUR_FLAGS = {"fold": "--fold_bn", "xla": "--jit_compile=true", "nojit": "--jit_compile=false"}
+# What-if tokens: benchmarks/tf_native_ops.py with TF-native grouped conv / fused BN.
+NATIVE_OPS = {"nconv": "conv", "nbn": "bn"}
 PEER_FLAGS = {"eager": None, "compiled": "--compile", "cl": "--channels_last"}
 
 
 def our_command(token, common, backend):
     impl, *extras = token.split("+")
-    flags = [f"--conv_impl={impl}"] + [OUR_FLAGS[e] for e in extras]
-    return f"resnext_tf[{backend}] {token}", [sys.executable, "-m", "resnext_tf.benchmark"] + (
-        common + flags
-    )
+    flags = [f"--conv_impl={impl}"] + [OUR_FLAGS[e] for e in extras if e in OUR_FLAGS]
+    native = [NATIVE_OPS[e] for e in extras if e in NATIVE_OPS]
+    if native:
+        script = [os.path.join(HERE, "tf_native_ops.py"), f"--native={','.join(native)}"]
+    else:
+        script = ["-m", "resnext_tf.benchmark"]
+    return f"resnext_tf[{backend}] {token}", [sys.executable, *script, *common, *flags]
 
 
 def peer_command(token, common):
