@@ -89,7 +89,7 @@ class Trainer:
             # Only forward and backward: the optimizer's cross-replica update cannot be compiled.
             self._grads = tf.function(self._replica_grads, jit_compile=True)
         self._multi_worker = distribute.is_multi_worker(self.strategy)
-        self._stop_requested = False
+        self._sigterm_received = False
 
     # ----------------------------------------------------------------------- model and state
 
@@ -240,9 +240,9 @@ class Trainer:
     # -------------------------------------------------------------------------- epoch loop
 
     def _on_sigterm(self, signum, frame):
+        # Only a flag: the loop acts on it between steps (printing here could re-enter stdout).
         del signum, frame
-        say(" => SIGTERM received: saving a checkpoint after the current step")
-        self._stop_requested = True
+        self._sigterm_received = True
 
     def _run_epoch(self, position):
         """Trains the rest of `position.epoch`, evaluates and saves.
@@ -268,32 +268,40 @@ class Trainer:
             save = config.checkpoint_steps and global_step % config.checkpoint_steps == 0
             if last or stop or save or position.step % config.log_steps == 0:
                 window.flush()
+            # A preempted run saves at once, even after the last step (no time for evaluation;
+            # the rerun evaluates); a finished one completes its epoch first.
+            if stop == "preempted" or (stop and not last):
+                self._save(ckpt_lib.step_name(global_step), position, epoch_complete=False)
+                return stop
             if last:
                 break
-            if stop or save:
+            if save:
                 self._save(ckpt_lib.step_name(global_step), position, epoch_complete=False)
-            if stop:
-                return stop
         seconds = time.perf_counter() - start
         train, val = metrics.Errors.from_sums(position.train_sums), self.evaluate()
         is_best = position.best_top1 is None or val.top1 < position.best_top1
         if is_best:
             position.best_top1 = val.top1
-        images_per_second = (position.step - first_step) * config.batch_size / seconds
+        images_per_second = (position.step - first_step) * config.batch_size / max(seconds, 1e-9)
         self.logger.epoch(epoch, lr, train, val, seconds, images_per_second)
         val_record = {"loss": val.loss, "top1": val.top1, "top5": val.top5}
         self._save(ckpt_lib.epoch_name(epoch), position, True, is_best=is_best, val=val_record)
+        if epoch == config.epochs:
+            return "finished"
         return self._stop_reason(self._global_step(position))
 
     def _stop_reason(self, global_step):
         """ "preempted" after SIGTERM, "finished" at `train_steps`, else None.
 
-        Workers of a multi-worker run agree on SIGTERM at logging steps, so that all of them
-        save the same checkpoint.
+        Workers of a multi-worker run act on SIGTERM only once they agree on it, at logging
+        steps, so that all of them take part in the same final checkpoint.
         """
-        if self._multi_worker and global_step % self.config.log_steps == 0:
-            self._stop_requested = self._any_worker(self._stop_requested)
-        if self._stop_requested:
+        preempted = self._sigterm_received
+        if self._multi_worker:
+            agree = global_step % self.config.log_steps == 0
+            preempted = agree and self._any_worker(self._sigterm_received)
+        if preempted:
+            say(" => SIGTERM received: saving a checkpoint")
             return "preempted"
         limit = self.config.train_steps
         return "finished" if limit and global_step >= limit else None
