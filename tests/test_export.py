@@ -68,12 +68,13 @@ def random_statistics(model, seed):
         elif v.path.endswith("moving_variance"):
             v.assign(rng.uniform(0.5, 2.0, v.shape))
         elif v.path == "head/kernel":
-            v.assign(rng.normal(0, 0.5, v.shape))
+            v.assign(rng.normal(0, 0.05, v.shape))
     return model
 
 
 @pytest.fixture(scope="module")
 def model():
+    keras.utils.set_random_seed(0)  # the same initial weights, hence the same numbers, every run
     # Grouped (XLA) convolutions in the source model: the export must rewrite them.
     return random_statistics(
         resnext_tf.build_resnext(
@@ -129,7 +130,8 @@ def test_fresh_process_serves_the_keras_probabilities(model, exported, image_fil
     served = np.load(out)
     logits = keras_logits(model, image_files)
     probabilities = tf.nn.softmax(logits).numpy()
-    np.testing.assert_allclose(served["logits"], logits, atol=1e-4)
+    assert np.abs(logits).max() < 50  # float32 sums of this size are exact to ~1e-5
+    np.testing.assert_allclose(served["logits"], logits, rtol=1e-5, atol=1e-4)
     # Split (served) and grouped (Keras) convolutions sum in different orders.
     np.testing.assert_allclose(served["probabilities"], probabilities, rtol=1e-4, atol=1e-6)
     assert probabilities.max() > 10 * probabilities.min()  # not a uniform distribution
@@ -242,6 +244,7 @@ def test_warmup_is_skipped_with_a_message_without_serving_apis(tmp_path, monkeyp
 
 
 def tiny_cifar(**kwargs):
+    keras.utils.set_random_seed(0)
     return resnext_tf.build_resnext(11, 2, 4, stem="cifar", num_classes=10, **kwargs)
 
 
