@@ -301,7 +301,7 @@ class Trainer:
             agree = global_step % self.config.log_steps == 0
             preempted = agree and self._any_worker(self._sigterm_received)
         if preempted:
-            say(" => SIGTERM received: saving a checkpoint")
+            say(" => Preempted (SIGTERM): saving a checkpoint")
             return "preempted"
         limit = self.config.train_steps
         return "finished" if limit and global_step >= limit else None

@@ -3,6 +3,7 @@ and MultiWorkerMirroredStrategy with two worker processes on localhost."""
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import types
 import pytest
 from train_helpers import REPO, TINY_MODEL, check_ok, digest, script_env
 
-from resnext_tf.training import distribute
+from resnext_tf.training import checkpoint, distribute
 
 # One step on one device and on two mirrored replicas (sync BN), from the same weights and the
 # same global batch, split in halves for the replicas.
@@ -83,41 +84,70 @@ def free_ports(count):
     return ports
 
 
-@pytest.mark.slow
-def test_multi_worker_two_processes(cifar_dir, tmp_path):
+# Sync BN: without it every worker keeps its own BatchNorm moving statistics (as the original's
+# GPUs do) and only the trainable weights would agree.
+MULTI_WORKER = [*TINY_MODEL, "--batch_size=32", "--sync_bn", "--log_steps=2"]
+
+
+def start_workers(tmp_path, args):
+    """Starts two run_cifar.py workers on localhost; worker i writes to tmp_path/worker{i}."""
     workers = [f"localhost:{port}" for port in free_ports(2)]
-    args = [*TINY_MODEL, f"--data_dir={cifar_dir}", "--batch_size=32", "--epochs=1"]
-    # Sync BN: without it every worker keeps its own BatchNorm moving statistics (as the
-    # original's GPUs do) and only the trainable weights would agree.
-    args += ["--steps_per_epoch=4", "--checkpoint_steps=2", "--log_steps=2", "--sync_bn"]
     procs = []
     for index in range(2):
         tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, os.path.join(REPO, "run_cifar.py"), *args]
-                + [f"--model_dir={tmp_path}/worker{index}"],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                env=script_env(TF_CONFIG=json.dumps(tf_config)),
-                cwd=REPO,
+        command = [sys.executable, os.path.join(REPO, "run_cifar.py"), *MULTI_WORKER, *args]
+        with open(tmp_path / f"worker{index}.err", "w") as stderr:
+            procs.append(
+                subprocess.Popen(
+                    [*command, f"--model_dir={tmp_path}/worker{index}"],
+                    stdout=subprocess.PIPE,
+                    stderr=stderr,
+                    text=True,
+                    env=script_env(TF_CONFIG=json.dumps(tf_config)),
+                    cwd=REPO,
+                )
             )
-        )
+    return procs
+
+
+def finish(procs, tmp_path):
+    """Waits for the workers; returns their outputs after checking the exit codes."""
     outs = []
-    for proc in procs:
-        stdout, stderr = proc.communicate(timeout=300)
+    for index, proc in enumerate(procs):
+        stdout, _ = proc.communicate(timeout=300)
+        stderr = (tmp_path / f"worker{index}.err").read_text()
         outs.append(
             check_ok(
                 types.SimpleNamespace(returncode=proc.returncode, stdout=stdout, stderr=stderr)
             )
         )
+    return outs
+
+
+@pytest.mark.slow
+def test_multi_worker_two_processes(cifar_dir, tmp_path):
+    args = [f"--data_dir={cifar_dir}", "--epochs=1", "--steps_per_epoch=4", "--checkpoint_steps=2"]
+    outs = finish(start_workers(tmp_path, args), tmp_path)
     assert digest(outs[0]) == digest(outs[1])
     assert " * Finished epoch # 1  top1:" in outs[1]
     chief = tmp_path / "worker0"
     assert sorted(os.listdir(chief / "checkpoints")) == ["best", "epoch-0001", "latest"]
     assert (chief / "train_log.csv").is_file()
     assert not (tmp_path / "worker1").exists()  # the non-chief saved into a deleted temp dir
+
+
+@pytest.mark.slow
+def test_multi_worker_sigterm_to_one_worker_stops_both(cifar_dir, tmp_path):
+    procs = start_workers(tmp_path, [f"--data_dir={cifar_dir}", "--epochs=3"])
+    for line in procs[1].stdout:
+        if "Epoch: [1][4/10]" in line:
+            break
+    procs[1].send_signal(signal.SIGTERM)  # only the non-chief is preempted
+    outs = finish(procs, tmp_path)
+    assert all("Preempted" in out for out in outs)
+    assert digest(outs[0]) == digest(outs[1])
+    state = checkpoint.read_state(checkpoint.find_checkpoint(str(tmp_path / "worker0")))
+    assert state["epoch"] == 1 and state["step"] in (6, 8)  # the next logging step(s)
 
 
 def test_auto_strategy_follows_tf_config(monkeypatch):
