@@ -7,6 +7,7 @@ import os
 import h5py
 import keras
 
+from resnext_tf.resnext import build_resnext
 from resnext_tf.training import checkpoint
 
 HEAD = "head"  # layer name of the classifier in resnext_tf models
@@ -15,9 +16,7 @@ H5_HEAD_BIAS = "layers/dense/vars/1"  # the classifier bias inside a Keras .weig
 
 def build_model(config, input_shape, num_classes):
     """The ResNeXt of `config` (a TrainConfig) producing logits for `num_classes`."""
-    import resnext_tf  # noqa: PLC0415 (keeps this module importable before the model library)
-
-    return resnext_tf.build_resnext(
+    return build_resnext(
         depth=config.depth,
         cardinality=config.cardinality,
         base_width=config.base_width,
