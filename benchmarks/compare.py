@@ -83,19 +83,26 @@ def table(results, peers):
         label: statistics.median(r["images_per_sec"] for r in runs)
         for label, runs in results.items()
     }
-    head = "| configuration | img/s | runs (min-max) | peak RSS MB | load |"
+    head = "| configuration | img/s | runs (min-max) | img/CPU-s | peak RSS MB | load |"
     head += "".join(f" x {p} |" for p in peers)
-    rows = [head, "|" + "---|" * (5 + len(peers))]
+    rows = [head, "|" + "---|" * (6 + len(peers))]
     for label, runs in results.items():
         rates = [r["images_per_sec"] for r in runs]
-        memory = max(r.get("peak_rss_mb") or 0 for r in runs)
-        loads = [r["load_avg"] for r in runs if "load_avg" in r]
-        ratios = "".join(f" {medians[label] / medians[p]:.2f} |" for p in peers if p in medians)
-        rows.append(
-            f"| {label} | {medians[label]:.2f} | {min(rates):.2f}-{max(rates):.2f} | "
-            f"{memory or '-'} | {statistics.median(loads) if loads else '-'} |{ratios}"
-        )
+        cells = [
+            f"{medians[label]:.2f}",
+            f"{min(rates):.2f}-{max(rates):.2f}",
+            _median_cell(runs, "images_per_cpu_sec", "{:.2f}"),
+            _median_cell(runs, "peak_rss_mb", "{:.0f}"),
+            _median_cell(runs, "load_avg", "{:.1f}"),
+        ]
+        cells += [f"{medians[label] / medians[p]:.2f}" for p in peers]
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
+
+
+def _median_cell(runs, key, fmt):
+    values = [r[key] for r in runs if r.get(key) is not None]
+    return fmt.format(statistics.median(values)) if values else "-"
 
 
 def model_commands(args):

@@ -96,7 +96,7 @@ def main(argv=None):
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    warmup_s, seconds = time_windows(step, sync, args.steps, args.windows, args.warmup)
+    warmup_s, seconds, cpu_seconds = time_windows(step, sync, args.steps, args.windows, args.warmup)
     variant = ("compiled" if args.compile else "eager") + (
         " channels_last" if args.channels_last else ""
     )
@@ -113,7 +113,7 @@ def main(argv=None):
             "channels_last": args.channels_last,
             "threads": args.threads,
             "data": "synthetic",
-            **throughput(args.batch_size, args.steps, seconds),
+            **throughput(args.batch_size, args.steps, seconds, cpu_seconds),
             "warmup_s": round(warmup_s, 1),
             "peak_rss_mb": peak_host_memory_mb(),
             "device_peak_mb": device_peak_memory_mb(),

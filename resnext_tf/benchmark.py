@@ -109,7 +109,8 @@ def time_windows(step, sync, steps, windows, warmup):
       warmup: Untimed calls first.
 
     Returns:
-      (warm-up seconds, list of window seconds).
+      (warm-up seconds, list of window wall-clock seconds, CPU seconds of this process over all
+      windows).
     """
     start = time.perf_counter()
     for _ in range(warmup):
@@ -118,23 +119,27 @@ def time_windows(step, sync, steps, windows, warmup):
         sync(out)
     warmup_s = time.perf_counter() - start
     seconds = []
+    cpu_start = time.process_time()
     for _ in range(windows):
         start = time.perf_counter()
         for _ in range(steps):
             out = step()
         sync(out)
         seconds.append(time.perf_counter() - start)
-    return warmup_s, seconds
+    return warmup_s, seconds, time.process_time() - cpu_start
 
 
-def throughput(batch_size, steps, seconds):
-    """Images/s of each window summarised: median, min and max, plus the median step time."""
+def throughput(batch_size, steps, seconds, cpu_seconds):
+    """Images/s of each window summarised (median, min, max), the median step time, and images
+    per CPU-second of this process (less sensitive to other load on a shared machine, though
+    threads that spin while waiting inflate it)."""
     rates = [batch_size * steps / s for s in seconds]
     return {
         "images_per_sec": round(statistics.median(rates), 2),
         "images_per_sec_min": round(min(rates), 2),
         "images_per_sec_max": round(max(rates), 2),
         "step_ms": round(1e3 * statistics.median(seconds) / steps, 1),
+        "images_per_cpu_sec": round(batch_size * steps * len(seconds) / cpu_seconds, 2),
     }
 
 
@@ -447,7 +452,7 @@ def run_benchmark(cfg):
         checks["fold_bn_max_abs_diff"] = max_abs_diff(
             step(images, labels), model(images, training=False)
         )
-    warmup_s, seconds = time_windows(
+    warmup_s, seconds, cpu_seconds = time_windows(
         lambda: step(*next(batches)), sync, cfg.steps, cfg.windows, cfg.warmup
     )
     impl = resolve_conv_impl(cfg.conv_impl)
@@ -466,7 +471,7 @@ def run_benchmark(cfg):
         "fold_bn": cfg.fold_bn,
         "data": cfg.data_dir or "synthetic",
         **checks,
-        **throughput(cfg.batch_size, cfg.steps, seconds),
+        **throughput(cfg.batch_size, cfg.steps, seconds, cpu_seconds),
         "warmup_s": round(warmup_s, 1),
         "peak_rss_mb": peak_host_memory_mb(),
         "device_peak_mb": device_peak_memory_mb(),

@@ -69,22 +69,23 @@ def test_fold_batchnorm_runs_grouped_convolution_natively():
 
 def test_time_windows_counts_calls_and_syncs():
     calls, synced = [], []
-    warmup_s, seconds = benchmark.time_windows(
+    warmup_s, seconds, cpu_seconds = benchmark.time_windows(
         lambda: calls.append(1) or len(calls), synced.append, steps=3, windows=4, warmup=2
     )
     assert len(calls) == 2 + 3 * 4
     # One sync after the warm-up, then one at the end of every window, on its last step.
     assert synced == [2, 5, 8, 11, 14]
-    assert len(seconds) == 4 and warmup_s >= 0
+    assert len(seconds) == 4 and warmup_s >= 0 and cpu_seconds >= 0
 
 
 def test_throughput_summarises_windows():
-    result = benchmark.throughput(batch_size=16, steps=4, seconds=[2.0, 4.0, 1.0])
+    result = benchmark.throughput(batch_size=16, steps=4, seconds=[2.0, 4.0, 1.0], cpu_seconds=8)
     assert result == {
         "images_per_sec": 32.0,
         "images_per_sec_min": 16.0,
         "images_per_sec_max": 64.0,
         "step_ms": 500.0,
+        "images_per_cpu_sec": 24.0,
     }
 
 
