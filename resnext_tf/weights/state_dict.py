@@ -221,29 +221,32 @@ def plan_assignment(model, state_dict, skip_classifier=False):
     if has_head and skip_head:
         covered |= {id(v) for v in model.get_layer("head").weights}
     unassigned = [v.path for v in model.weights if id(v) not in covered]
-    problems = []
-    if missing:
-        problems.append(f"missing in the source: {_listing(missing)}")
-    if mismatched:
-        problems.append(f"shape mismatch: {_listing(mismatched)}")
-    if leftover:
-        problems.append(f"unused source tensors: {_listing(leftover)}")
-    if unassigned:
-        problems.append(f"model variables without a source: {_listing(unassigned)}")
-    if problems:
-        hint = ""
-        if any(name.startswith(f"{CLASSIFIER}.") for name in mismatched):
-            hint = (
-                " The classifiers differ in size: build the model with the source's number of "
-                "classes, or pass skip_classifier=True to keep a new classifier."
-            )
-        raise ValueError(
-            f"The state dict does not match model {model.name!r}; "
-            + "; ".join(problems)
-            + "."
-            + hint
-        )
+    _raise_on_problems(model, missing, mismatched, leftover, unassigned)
     return plan
+
+
+def _raise_on_problems(model, missing, mismatched, leftover, unassigned):
+    problems = [
+        f"{what}: {_listing(names)}"
+        for what, names in (
+            ("missing in the source", missing),
+            ("shape mismatch", mismatched),
+            ("unused source tensors", leftover),
+            ("model variables without a source", unassigned),
+        )
+        if names
+    ]
+    if not problems:
+        return
+    hint = ""
+    if any(name.startswith(f"{CLASSIFIER}.") for name in mismatched):
+        hint = (
+            " The classifiers differ in size: build the model with the source's number of "
+            "classes, or pass skip_classifier=True to keep a new classifier."
+        )
+    raise ValueError(
+        f"The state dict does not match model {model.name!r}; {'; '.join(problems)}.{hint}"
+    )
 
 
 def assign_state_dict(model, state_dict, skip_classifier=False):
