@@ -57,8 +57,8 @@ MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 # Grouped convolutions in the exported graph: "grouped", one tf.nn.conv2d a layer (TF runs
 # grouped Conv2D inference on CPU without XLA, with oneDNN or Eigen), or "split", one
 # convolution a group (resnext_tf's pure-Keras form). serving_default of resnext50_32x4d on one
-# 500x375 JPEG, 2-core CPU, median of 40: grouped 108 ms, split 131 ms with oneDNN (TF's
-# default on x86); equal (177 ms, one thread) without it. See docs/export.md.
+# 224x224 JPEG, idle 2-core CPU, median of 40: grouped 74 ms, split 96 ms with oneDNN (TF's
+# default on x86); equal without it. See docs/export.md.
 SERVING_CONV_IMPLS = ("grouped", "split")
 
 
