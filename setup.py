@@ -30,5 +30,7 @@ setup(
         "test": ["pytest>=7", "pillow", "jax[cpu]", "safetensors", "ruff"],
         "plot": ["matplotlib"],
         "weights": ["safetensors", "torchfile"],
+        # Writes the TF Serving warm-up requests next to an exported SavedModel.
+        "serving": ["tensorflow-serving-api"],
     },
 )
