@@ -1,6 +1,10 @@
 """Tests of the throughput harness: timing arithmetic, flags, BN folding, one end-to-end run."""
 
 import json
+import os
+import subprocess
+import sys
+import textwrap
 
 import keras
 import numpy as np
@@ -132,3 +136,40 @@ def test_run_benchmark_end_to_end_emits_parsable_result(capsys):
     # One image per step: images/s is the inverse of the step time.
     assert result["images_per_sec"] == pytest.approx(1e3 / result["step_ms"], rel=0.01)
     assert result["peak_rss_mb"] > 100
+
+
+BACKEND_STEP_CHILD = textwrap.dedent(
+    """
+    import json, numpy as np, keras
+    from resnext_tf import benchmark, build_resnext
+    keras.utils.set_random_seed(0)
+    model = build_resnext(**TINY, num_classes=5)
+    step, sync, jit = benchmark.STEP_BUILDERS[keras.backend.backend()](
+        model, benchmark.BenchmarkConfig(mode="train"))
+    rng = np.random.default_rng(0)
+    images = keras.ops.convert_to_tensor(rng.normal(size=(8, 8, 8, 3)).astype("float32"))
+    labels = keras.ops.convert_to_tensor(np.arange(8) % 5)
+    losses = []
+    for _ in range(6):
+        out = step(images, labels)
+        sync(out)
+        losses.append(float(np.asarray(keras.ops.convert_to_numpy(out))))
+    print(json.dumps(losses))
+    """
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["jax", "torch", "tensorflow"])
+def test_train_step_of_every_backend_fits_a_batch(backend):
+    # Six SGD steps (lr 0.1, momentum 0.9) on one batch of 8 must drive the loss well down:
+    # checks that the backend's step really updates the weights it reads next time (the JAX
+    # step donates and threads its state).
+    code = f"TINY = {TINY!r}\n" + BACKEND_STEP_CHILD
+    env = dict(os.environ, KERAS_BACKEND=backend)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    losses = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert losses[0] > 1.0 and min(losses[-3:]) < 0.5 * losses[0], losses
