@@ -24,7 +24,7 @@ import time
 import keras
 import numpy as np
 
-from resnext_tf.layers import Bottleneck, GroupedConv2D, resolve_conv_impl
+from resnext_tf.layers import CONV_IMPLS, Bottleneck, GroupedConv2D, resolve_conv_impl
 from resnext_tf.registry import create_model, list_models
 
 MODES = ("train", "infer")
@@ -36,6 +36,17 @@ LEARNING_RATE = 0.1
 MOMENTUM = 0.9
 # Marks the machine-readable result line.
 JSON_PREFIX = "BENCHMARK_JSON "
+
+
+def field_choices():
+    """The allowed values of the `BenchmarkConfig` fields that take one of a list."""
+    return {
+        "model": tuple(list_models()),
+        "mode": MODES,
+        "dtype": tuple(DTYPE_POLICIES),
+        "conv_impl": CONV_IMPLS,
+        "jit_compile": JIT_CHOICES,
+    }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,12 +88,7 @@ class BenchmarkConfig:
     inter_op_threads: int = 0
 
     def __post_init__(self):
-        for name, allowed in (
-            ("model", tuple(list_models())),
-            ("mode", MODES),
-            ("dtype", tuple(DTYPE_POLICIES)),
-            ("jit_compile", JIT_CHOICES),
-        ):
+        for name, allowed in field_choices().items():
             if getattr(self, name) not in allowed:
                 raise ValueError(
                     f"Unknown {name}; received {name}={getattr(self, name)!r}, "
@@ -483,13 +489,16 @@ def parse_args(argv):
     """Parses command-line arguments into a `BenchmarkConfig`."""
     defaults = BenchmarkConfig()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    choices = field_choices()
     for field in dataclasses.fields(BenchmarkConfig):
         default = getattr(defaults, field.name)
+        flag, described = f"--{field.name}", f"default: {default}"
         if isinstance(default, bool):
-            parser.add_argument(f"--{field.name}", action=argparse.BooleanOptionalAction)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=described)
         else:
             kind = int if isinstance(default, int) else str
-            parser.add_argument(f"--{field.name}", type=kind)
+            allowed = choices.get(field.name)
+            parser.add_argument(flag, type=kind, choices=allowed, help=described)
     args = parser.parse_args(argv)
     given = {k: v for k, v in vars(args).items() if v is not None}
     return dataclasses.replace(defaults, **given)

@@ -114,6 +114,7 @@ def test_parse_args_reads_every_field():
         (dict(dtype="int8"), r"dtype='int8'"),
         (dict(jit_compile="yes"), r"jit_compile='yes'"),
         (dict(model="resnext51"), r"model='resnext51'"),
+        (dict(conv_impl="fast"), r"conv_impl='fast'"),
         (dict(batch_size=0), r"batch_size=0"),
         (dict(mode="train", fold_bn=True), r"fold_bn=True with mode='train'"),
     ],
