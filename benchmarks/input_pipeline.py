@@ -11,9 +11,9 @@ import argparse
 import os
 import shutil
 import tempfile
-import time
 
 import numpy as np
+from epoch_timing import images_per_second
 from PIL import Image
 
 from resnext_tf.data import DataConfig, build_dataset, dataset_spec
@@ -39,19 +39,6 @@ def write_jpegs(root, count, width, height, seed=0):
         image.save(os.path.join(folder, f"{i}.JPEG"), quality=JPEG_QUALITY)
 
 
-def images_per_second(cfg, batch_size, epochs):
-    """Iterates `epochs` train epochs; times everything after each epoch's first batch."""
-    images, seconds = 0, 0.0
-    for epoch in range(epochs):
-        iterator = iter(build_dataset(cfg, "train", batch_size, epoch=epoch))
-        next(iterator)  # pipeline start-up (tracing, thread pools) is not throughput
-        start = time.perf_counter()
-        for batch, _ in iterator:
-            images += batch.shape[0]
-        seconds += time.perf_counter() - start
-    return images / seconds
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data_dir", help="ImageNet folder with train/; default: generated JPEGs")
@@ -71,11 +58,11 @@ def main():
         print(f"{dataset_spec(cfg).num_train} train images in {data_dir}, batch {args.batch_size}")
         rates = {}
         for fused in (True, False):
+            fused_cfg = DataConfig(
+                "imagenet", data_dir=data_dir, image_size=args.image_size, fused_crop=fused
+            )
             rates[fused] = images_per_second(
-                DataConfig(
-                    "imagenet", data_dir=data_dir, image_size=args.image_size, fused_crop=fused
-                ),
-                args.batch_size,
+                lambda epoch, c=fused_cfg: build_dataset(c, "train", args.batch_size, epoch=epoch),
                 args.epochs,
             )
             print(f"fused_crop={fused}: {rates[fused]:.1f} images/s")

@@ -12,10 +12,10 @@ measures the tf.data side: per epoch, from the first batch to the last.
 import argparse
 import json
 import os
-import time
 
 import torch
 import torchvision
+from epoch_timing import images_per_second
 from torchvision.transforms import v2
 
 # AlexNet PCA lighting and ImageNet mean/std (REFERENCE.md "Data").
@@ -69,19 +69,6 @@ def train_transform(image_size, lighting=0.1):
     )
 
 
-def images_per_second(loader, epochs):
-    """Iterates `epochs` epochs; times everything after each epoch's first batch."""
-    images, seconds = 0, 0.0
-    for _ in range(epochs):
-        iterator = iter(loader)
-        next(iterator)  # worker start-up is not throughput
-        start = time.perf_counter()
-        for batch, _ in iterator:
-            images += batch.shape[0]
-        seconds += time.perf_counter() - start
-    return images / seconds
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data_dir", required=True, help="folder with train/<wnid>/*.JPEG")
@@ -102,7 +89,7 @@ def main():
         num_workers=args.workers,
         persistent_workers=args.workers > 0,
     )
-    rate = images_per_second(loader, args.epochs)
+    rate = images_per_second(lambda _: loader, args.epochs)
     print(f"torchvision DataLoader, {args.workers} workers: {rate:.1f} images/s")
     result = {
         "framework": "torchvision",
