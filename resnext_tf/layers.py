@@ -1,8 +1,11 @@
-"""Keras 3 layers of ResNeXt: the grouped convolution and the bottleneck block.
+"""Keras 3 layers of ResNeXt: the grouped convolution, batch normalization, the bottleneck block.
 
 Pure Keras (keras.layers / keras.ops), so the same model runs on the TensorFlow, JAX and PyTorch
-backends. Every convolution is bias-free and every strided convolution pads explicitly and
-symmetrically as Torch does, so weights converted from Torch give the same outputs.
+backends. On TensorFlow, two layers call TensorFlow kernels that Keras does not reach (a native
+grouped convolution and the fused batch normalization, see `resnext_tf.tf_ops`); that module is
+imported inside the calls, only on the TensorFlow backend. Every convolution is bias-free and
+every strided convolution pads explicitly and symmetrically as Torch does, so weights converted
+from Torch give the same outputs.
 """
 
 import keras
@@ -16,6 +19,8 @@ BN_MOMENTUM = 0.9
 BOTTLENECK_TYPES = ("resnext_C", "resnext_B", "resnet")
 SHORTCUT_TYPES = ("A", "B", "C")
 CONV_IMPLS = ("auto", "grouped", "split")
+# Input dtypes of TensorFlow's fused batch normalization kernel (it computes in float32).
+FUSED_BN_DTYPES = ("float32", "float16", "bfloat16")
 
 
 def conv_initializer():
@@ -31,18 +36,38 @@ def check_choice(name, value, allowed):
         raise ValueError(f"Unknown {name}; received {name}={value!r}, expected one of {allowed}.")
 
 
-def resolve_conv_impl(conv_impl):
+def tf_native_grouped_conv(dtype="float32"):
+    """Whether grouped convolutions in `dtype` run as TensorFlow's own kernel in this process.
+
+    False on JAX and PyTorch. On TensorFlow, the answer of a small probe run once per process
+    and dtype (`resnext_tf.tf_ops.grouped_conv_supported`): True with oneDNN (x86 CPUs, on by
+    default) or cuDNN (GPUs), False where TensorFlow has no grouped gradient (e.g. CPU with
+    TF_ENABLE_ONEDNN_OPTS=0).
+    """
+    if keras.backend.backend() != "tensorflow":
+        return False
+    from resnext_tf import tf_ops
+
+    return tf_ops.grouped_conv_supported(dtype)
+
+
+def resolve_conv_impl(conv_impl, dtype="float32"):
     """Picks the grouped-convolution implementation for the current Keras backend.
 
-    "auto" resolves, from measurements of resnext50_32x4d (see README, "Performance"):
-      * TensorFlow -> "split". Keras runs Conv2D(groups>1) on TF inside an XLA-compiled function:
-        its CPU gradient is ~30x slower than split convolutions, and a SavedModel that contains it
-        needs XLA at serving time, which stock TF Serving does not enable.
+    "auto" resolves, from measurements of resnext50_32x4d (docs/performance.md):
+      * TensorFlow -> "grouped" where TensorFlow runs the grouped convolution natively, forward
+        and gradients (`tf_native_grouped_conv`: oneDNN on x86 CPUs, cuDNN on GPUs): one
+        convolution a layer instead of `cardinality` small ones plus the slicing and
+        concatenation, 1.1x a CPU training step and 1.3x CPU inference over "split". Else
+        "split": Keras' own grouped convolution (the fallback of "grouped" there) runs on TF
+        inside an XLA-compiled function, whose CPU gradient is ~30x slower than split
+        convolutions and which a SavedModel then needs at serving time.
       * JAX and PyTorch -> "grouped". Both lower groups natively (XLA feature_group_count, cuDNN
         grouped kernels), one kernel launch instead of `cardinality` of them.
 
     Args:
       conv_impl: "auto", "grouped" or "split".
+      dtype: Compute dtype of the convolution (TensorFlow's support is probed per dtype).
 
     Returns:
       "grouped" or "split".
@@ -50,7 +75,9 @@ def resolve_conv_impl(conv_impl):
     check_choice("conv_impl", conv_impl, CONV_IMPLS)
     if conv_impl != "auto":
         return conv_impl
-    return "split" if keras.backend.backend() == "tensorflow" else "grouped"
+    if keras.backend.backend() != "tensorflow" or tf_native_grouped_conv(dtype):
+        return "grouped"
+    return "split"
 
 
 def symmetric_pad(x, pad):
@@ -74,8 +101,9 @@ class GroupedConv2D(keras.layers.Layer):
       strides: Square stride.
       groups: Number of groups (the cardinality).
       padding: Zero padding on each side of height and width.
-      conv_impl: "grouped" (one grouped convolution), "split" (slice the channels, one
-        convolution a group, concatenate; needs no XLA anywhere) or "auto"
+      conv_impl: "grouped" (one grouped convolution; on TensorFlow its native kernel where
+        `tf_native_grouped_conv`, else Keras' XLA-compiled one), "split" (slice the channels,
+        one convolution a group, concatenate; needs no XLA anywhere) or "auto"
         (see `resolve_conv_impl`).
       kernel_initializer: Kernel initializer; He fan_out normal by default.
       **kwargs: Base layer arguments (name, dtype, ...).
@@ -125,22 +153,39 @@ class GroupedConv2D(keras.layers.Layer):
         )
 
     def call(self, inputs):
-        kernel = ops.cast(self.kernel, self.compute_dtype)
+        return self.convolve(inputs, ops.cast(self.kernel, self.compute_dtype))
+
+    def convolve(self, inputs, kernel):
+        """This layer's convolution (padding, stride, implementation) with another kernel.
+
+        Args:
+          inputs: NHWC tensor in the layer's compute dtype.
+          kernel: A kernel of this layer's shape and compute dtype (e.g. with BN folded in).
+
+        Returns:
+          The NHWC output.
+        """
         # With stride 1 and 'same'-sized padding, 'same' is the identical computation without the
         # extra pad op.
         same = self.strides == 1 and 2 * self.padding == self.kernel_size - 1
         if not same:
             inputs = symmetric_pad(inputs, self.padding)
         padding = "same" if same else "valid"
-        if resolve_conv_impl(self.conv_impl) == "grouped" or self.groups == 1:
+        if self.groups == 1:
             return ops.conv(inputs, kernel, strides=self.strides, padding=padding)
-        groups_in = ops.split(inputs, self.groups, axis=-1)
-        groups_kernel = ops.split(kernel, self.groups, axis=-1)
-        outputs = [
-            ops.conv(x, k, strides=self.strides, padding=padding)
-            for x, k in zip(groups_in, groups_kernel, strict=True)
-        ]
-        return ops.concatenate(outputs, axis=-1)
+        if resolve_conv_impl(self.conv_impl, self.compute_dtype) == "split":
+            groups_in = ops.split(inputs, self.groups, axis=-1)
+            groups_kernel = ops.split(kernel, self.groups, axis=-1)
+            outputs = [
+                ops.conv(x, k, strides=self.strides, padding=padding)
+                for x, k in zip(groups_in, groups_kernel, strict=True)
+            ]
+            return ops.concatenate(outputs, axis=-1)
+        if tf_native_grouped_conv(self.compute_dtype):
+            from resnext_tf import tf_ops
+
+            return tf_ops.grouped_conv2d(inputs, kernel, self.strides, padding.upper())
+        return ops.conv(inputs, kernel, strides=self.strides, padding=padding)
 
     def compute_output_shape(self, input_shape):
         def out(size):
@@ -162,6 +207,56 @@ class GroupedConv2D(keras.layers.Layer):
             kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
         )
         return config
+
+
+@keras.saving.register_keras_serializable(package="resnext_tf")
+class BatchNorm(keras.layers.BatchNormalization):
+    """keras.layers.BatchNormalization that runs TensorFlow's fused kernel on TensorFlow.
+
+    The same arguments, variables, config and results as the Keras layer: training normalizes
+    with the batch statistics and moves `moving_mean` / `moving_variance` towards the batch mean
+    and biased batch variance by `1 - momentum`; inference, and training of a frozen layer
+    (trainable=False, as in Keras 3), use the moving statistics. On the TensorFlow backend, for
+    4D channels-last float32/float16/bfloat16 inputs without a mask, synchronization or
+    renormalization, it computes them with FusedBatchNormV3 (`resnext_tf.tf_ops`): one kernel
+    forward and one backward instead of Keras' moments and element-wise normalization, which
+    took 30% of a CPU training step (docs/performance.md). Otherwise, and on JAX and PyTorch, it
+    is Keras' layer.
+    """
+
+    def _fusable(self, inputs, mask):
+        return (
+            keras.backend.backend() == "tensorflow"
+            and mask is None
+            and not (self.synchronized or self.renorm)
+            and self.center
+            and self.scale
+            and len(inputs.shape) == 4
+            and self.axis in (-1, 3)
+            and keras.backend.standardize_dtype(inputs.dtype) in FUSED_BN_DTYPES
+        )
+
+    def call(self, inputs, training=None, mask=None):
+        if not self._fusable(inputs, mask):
+            return super().call(inputs, training=training, mask=mask)
+        from resnext_tf import tf_ops
+
+        training = bool(training and self.trainable)
+        outputs, mean, variance = tf_ops.fused_batch_norm(
+            inputs,
+            self.gamma,
+            self.beta,
+            self.moving_mean,
+            self.moving_variance,
+            self.epsilon,
+            training,
+        )
+        if training:
+            self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
+            self.moving_variance.assign(
+                self.moving_variance * self.momentum + variance * (1.0 - self.momentum)
+            )
+        return ops.cast(outputs, self.compute_dtype)
 
 
 def bottleneck_width(planes, cardinality, base_width):
@@ -249,7 +344,7 @@ class Bottleneck(keras.layers.Layer):
         )
 
     def _bn(self, suffix, zero_gamma=False):
-        return keras.layers.BatchNormalization(
+        return BatchNorm(
             epsilon=BN_EPSILON,
             momentum=BN_MOMENTUM,
             gamma_initializer="zeros" if zero_gamma else "ones",

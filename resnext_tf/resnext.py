@@ -8,6 +8,7 @@ from resnext_tf.layers import (
     BOTTLENECK_TYPES,
     CONV_IMPLS,
     SHORTCUT_TYPES,
+    BatchNorm,
     Bottleneck,
     GroupedConv2D,
     check_choice,
@@ -93,9 +94,7 @@ def check_input_shape(input_shape, stem, include_top):
 
 
 def _stem(x, stem, conv_impl, sync_bn):
-    bn = keras.layers.BatchNormalization(
-        epsilon=BN_EPSILON, momentum=BN_MOMENTUM, synchronized=sync_bn, name="stem_bn"
-    )
+    bn = BatchNorm(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, synchronized=sync_bn, name="stem_bn")
     if stem == "imagenet":
         x = GroupedConv2D(64, 7, strides=2, padding=3, conv_impl=conv_impl, name="stem_conv")(x)
         x = keras.layers.ReLU(name="stem_relu")(bn(x))

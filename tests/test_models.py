@@ -350,10 +350,6 @@ def test_jax_backend_forward_and_train_step():
     assert "jax ok" in result.stdout
 
 
-def test_auto_conv_impl_on_tensorflow_is_split():
-    assert resnext_tf.resolve_conv_impl("auto") == "split"
-
-
 @pytest.mark.parametrize(
     "kwargs,match",
     [

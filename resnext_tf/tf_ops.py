@@ -1,0 +1,144 @@
+"""TensorFlow kernels behind resnext_tf's layers on the TensorFlow backend.
+
+Keras 3 reaches neither of the two TensorFlow kernels that make ResNeXt fast on TensorFlow:
+`keras.ops.conv` wraps every grouped convolution in an XLA-compiled function (whose CPU
+gradient is ~30x slower than split convolutions, docs/performance.md), and Keras'
+BatchNormalization computes moments and the normalization as separate element-wise ops. Here
+they run as one `tf.nn.conv2d` with a grouped kernel (oneDNN on x86 CPUs and cuDNN on GPUs
+implement it, forward and gradients, without XLA) and as FusedBatchNormV3.
+
+`resnext_tf.layers` imports this module only inside functions, and only when the Keras backend
+is TensorFlow, so the model library never imports TensorFlow under JAX or PyTorch.
+"""
+
+import functools
+
+import numpy as np
+import tensorflow as tf
+
+# Probe of the native grouped convolution: 2 groups of 2 channels, stride 1 "SAME" and stride 2
+# "VALID" (the two forms GroupedConv2D uses). Values in {-1, 0, 1} keep every product and sum a
+# small integer, exact in float16 and bfloat16 too; a wrong result is off by at least 1.
+PROBE_INPUT_SHAPE = (1, 5, 5, 4)
+PROBE_KERNEL_SHAPE = (3, 3, 2, 4)
+PROBE_FORMS = ((1, "SAME"), (2, "VALID"))
+PROBE_TOLERANCE = 0.25
+
+
+def grouped_conv2d(inputs, kernel, strides, padding):
+    """One convolution whatever the number of groups: groups = in_channels / kernel.shape[2].
+
+    Args:
+      inputs: NHWC tensor.
+      kernel: (kh, kw, in_channels // groups, filters), output channels group by group.
+      strides: Square stride.
+      padding: "SAME" or "VALID". Explicit paddings are not accepted: oneDNN has no grouped
+        gradient for them, and TensorFlow's own CPU kernels have none at all.
+
+    Returns:
+      The NHWC output tensor.
+    """
+    return tf.nn.conv2d(inputs, kernel, strides, padding)
+
+
+def _conv_and_gradients(inputs, kernel, strides, padding):
+    """Conv2D and the two ops its registered gradient runs, with an upstream gradient of ones.
+
+    The gradient ops are called directly, not through a GradientTape: the probe runs under
+    tf.init_scope, which pauses tapes.
+    """
+    outputs = tf.nn.conv2d(inputs, kernel, strides, padding)
+    upstream = tf.ones_like(outputs)
+    attrs = dict(out_backprop=upstream, strides=[1, strides, strides, 1], padding=padding)
+    d_inputs = tf.raw_ops.Conv2DBackpropInput(input_sizes=tf.shape(inputs), filter=kernel, **attrs)
+    d_kernel = tf.raw_ops.Conv2DBackpropFilter(input=inputs, filter_sizes=tf.shape(kernel), **attrs)
+    return outputs, d_inputs, d_kernel
+
+
+def _split_conv_and_gradients(inputs, kernel, strides, padding):
+    """The same, one group at a time (plain convolutions), concatenated group by group."""
+    groups = inputs.shape[-1] // kernel.shape[2]
+    pairs = zip(tf.split(inputs, groups, -1), tf.split(kernel, groups, -1), strict=True)
+    parts = [_conv_and_gradients(x, k, strides, padding) for x, k in pairs]
+    return [tf.concat(part, -1) for part in zip(*parts, strict=True)]
+
+
+@functools.cache
+def _grouped_conv_supported(dtype):
+    rng = np.random.default_rng(0)
+    inputs = tf.constant(rng.integers(-1, 2, PROBE_INPUT_SHAPE), dtype)
+    kernel = tf.constant(rng.integers(-1, 2, PROBE_KERNEL_SHAPE), dtype)
+    try:
+        for strides, padding in PROBE_FORMS:
+            native = _conv_and_gradients(inputs, kernel, strides, padding)
+            split = _split_conv_and_gradients(inputs, kernel, strides, padding)
+            for a, b in zip(native, split, strict=True):
+                a, b = (tf.cast(t, tf.float32).numpy() for t in (a, b))
+                if not np.allclose(a, b, atol=PROBE_TOLERANCE):
+                    return False
+    except tf.errors.OpError:
+        # E.g. "Gradients for grouped convolutions are not supported on CPU" without oneDNN.
+        return False
+    return True
+
+
+def grouped_conv_supported(dtype="float32"):
+    """Whether this process runs `grouped_conv2d` natively, forward and gradients, in `dtype`.
+
+    Decided by running a tiny grouped convolution and its gradients eagerly (also when called
+    while a tf.function is traced) and comparing them with one convolution a group; the answer
+    is cached for the process. TensorFlow's own CPU kernels compute grouped convolutions forward
+    but not their gradients; oneDNN (on by default in x86 builds, off with
+    TF_ENABLE_ONEDNN_OPTS=0) and cuDNN do both.
+
+    Args:
+      dtype: The compute dtype, e.g. "float32" or "bfloat16".
+
+    Returns:
+      True when the native grouped convolution is usable for training in `dtype`.
+    """
+    with tf.init_scope():
+        return _grouped_conv_supported(tf.as_dtype(dtype))
+
+
+def fused_batch_norm(inputs, gamma, beta, mean, variance, epsilon, training):
+    """Batch normalization of NHWC `inputs` over the last axis with FusedBatchNormV3.
+
+    Args:
+      inputs: 4D NHWC tensor, float32, float16 or bfloat16 (the kernel computes in float32).
+      gamma, beta: float32 scale and offset, one per channel.
+      mean, variance: float32 moving statistics, used when not `training`.
+      epsilon: Added to the variance.
+      training: Normalize with the batch statistics (True) or the moving ones (False).
+
+    Returns:
+      (outputs in the dtype of `inputs`, mean, variance): in training the batch mean and the
+      biased batch variance (as Keras averages it), otherwise `mean` and `variance`.
+    """
+    if not training:
+        outputs = tf.raw_ops.FusedBatchNormV3(
+            x=inputs,
+            scale=gamma,
+            offset=beta,
+            mean=mean,
+            variance=variance,
+            epsilon=epsilon,
+            data_format="NHWC",
+            is_training=False,
+        )[0]
+        return outputs, mean, variance
+    # The raw op, not tf.compat.v1.nn.fused_batch_norm, which raises epsilon to 1.001e-5.
+    empty = tf.zeros((0,), tf.float32)
+    outputs, batch_mean, batch_variance = tf.raw_ops.FusedBatchNormV3(
+        x=inputs,
+        scale=gamma,
+        offset=beta,
+        mean=empty,
+        variance=empty,
+        epsilon=epsilon,
+        data_format="NHWC",
+        is_training=True,
+    )[:3]
+    # The kernel returns the Bessel-corrected variance, n / (n - 1) times the biased one.
+    count = tf.cast(tf.reduce_prod(tf.shape(inputs)[:-1]), tf.float32)
+    return outputs, batch_mean, batch_variance * ((count - 1.0) / count)
