@@ -44,7 +44,8 @@ def define_flags(flag_values):
         "conv_impl",
         "auto",
         CONV_IMPLS,
-        "Grouped convolution implementation (auto: split on TensorFlow).",
+        "Grouped convolution implementation (auto: native grouped on TensorFlow where it runs, "
+        "else split).",
         flag_values=flag_values,
     )
     flags.DEFINE_integer(

@@ -191,28 +191,13 @@ def _folded_conv(conv, bn):
 
 
 def _conv_bias_fn(conv, bn, relu):
-    """Conv (grouped natively when its conv_impl resolves to "grouped") + bias [+ ReLU]."""
+    """Conv with the folded kernel (the layer's padding and grouped implementation) + bias."""
     import tensorflow as tf
 
     kernel, bias = _folded_conv(conv, bn)
-    same = conv.strides == 1 and 2 * conv.padding == conv.kernel_size - 1
-    pad = [[0, 0], [conv.padding] * 2, [conv.padding] * 2, [0, 0]]
-    split = conv.groups > 1 and resolve_conv_impl(conv.conv_impl) == "split"
-    kernels = tf.split(kernel, conv.groups, -1) if split else None
 
     def apply(x):
-        x = tf.cast(x, kernel.dtype)
-        if not same:
-            x = tf.pad(x, pad)
-        padding = "SAME" if same else "VALID"
-        if split:
-            groups = zip(tf.split(x, conv.groups, -1), kernels, strict=True)
-            y = tf.concat([tf.nn.conv2d(a, k, conv.strides, padding) for a, k in groups], -1)
-        else:
-            # TensorFlow's oneDNN CPU kernels and cuDNN run grouped convolutions natively
-            # (kernel input depth = channels / groups), without the XLA that Keras wraps them in.
-            y = tf.nn.conv2d(x, kernel, conv.strides, padding)
-        y = tf.nn.bias_add(y, bias)
+        y = tf.nn.bias_add(conv.convolve(tf.cast(x, kernel.dtype), kernel), bias)
         return tf.nn.relu(y) if relu else y
 
     return apply
@@ -246,8 +231,9 @@ def fold_batchnorm(model):
 
     Every convolution followed by a BatchNormalization becomes conv(x, kernel * s) + b with
     s = gamma / sqrt(var + eps) and b = beta - mean * s, so TensorFlow's graph optimizer fuses
-    conv + bias + ReLU (+ residual add) into one kernel. Grouped convolutions whose conv_impl
-    resolves to "grouped" run as one native `tf.nn.conv2d`. Blocks that cannot be folded
+    conv + bias + ReLU (+ residual add) into one kernel. Convolutions run as their layer runs
+    them (`GroupedConv2D.convolve`: one native grouped `tf.nn.conv2d` where conv_impl resolves
+    to "grouped" and TensorFlow has it). Blocks that cannot be folded
     (resnext_B, strided type-A shortcuts) and all other layers run unchanged. The weights are
     read once: fold again after changing them.
 
@@ -461,7 +447,7 @@ def run_benchmark(cfg):
     warmup_s, seconds, cpu_seconds = time_windows(
         lambda: step(*next(batches)), sync, cfg.steps, cfg.windows, cfg.warmup
     )
-    impl = resolve_conv_impl(cfg.conv_impl)
+    impl = resolve_conv_impl(cfg.conv_impl, cfg.dtype)
     variant = f"conv_impl={impl}" + (" fold_bn" if cfg.fold_bn else "") + (" xla" if jit else "")
     return {
         "framework": f"resnext_tf/{backend}",

@@ -12,9 +12,10 @@ at /tmp/serving/resnext50_32x4d). Signatures:
   predict_images   images: float32 [N, H, W, 3], already transformed.
 
 Both return logits, probabilities, the top-k classes and scores, and for ImageNet the top-k
-wnids and labels. Keras runs grouped convolutions on TensorFlow under XLA, which stock TF
-Serving does not enable, so the exported graph computes them with TensorFlow's own grouped
-Conv2D (or, on request, as split convolutions); neither needs XLA.
+wnids and labels. Keras' own grouped convolution runs on TensorFlow under XLA, which stock TF
+Serving does not enable; the exported graph computes grouped convolutions with resnext_tf's
+native TensorFlow path (one grouped Conv2D) or, on request, as split convolutions, and
+neither needs XLA.
 """
 
 import argparse
@@ -33,7 +34,7 @@ import tensorflow as tf
 
 from resnext_tf.data import transforms
 from resnext_tf.data.config import DataConfig
-from resnext_tf.layers import Bottleneck, GroupedConv2D
+from resnext_tf.layers import Bottleneck, tf_native_grouped_conv
 
 logger = logging.getLogger(__name__)
 
@@ -54,39 +55,33 @@ CLASS_INDEX_PATH = os.path.join(
 )
 IMAGENET_CLASSES = 1000
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-# Grouped convolutions in the exported graph: "grouped", one tf.nn.conv2d a layer (TF runs
-# grouped Conv2D inference on CPU without XLA, with oneDNN or Eigen), or "split", one
-# convolution a group (resnext_tf's pure-Keras form). serving_default of resnext50_32x4d on one
-# 224x224 JPEG, idle 2-core CPU, median of 40: grouped 74 ms, split 96 ms with oneDNN (TF's
-# default on x86); equal without it. See docs/export.md.
+# Grouped convolutions in the exported graph: "grouped", one tf.nn.conv2d a layer (the
+# library's native path, `resnext_tf.layers.tf_native_grouped_conv`; needs a TensorFlow that runs
+# it natively where the export is made: oneDNN on x86 CPUs, on by default, or cuDNN), or
+# "split", one convolution a group. serving_default of resnext50_32x4d on one 224x224 JPEG, idle
+# 2-core CPU, median of 40: grouped 74 ms, split 96 ms with oneDNN (TF's default on x86); equal
+# without it. See docs/export.md.
 SERVING_CONV_IMPLS = ("grouped", "split")
 
 
-class _ServingGroupedConv2D(GroupedConv2D):
-    """GroupedConv2D as a single tf.nn.conv2d, with Torch's symmetric padding made explicit.
+class _ServingBottleneck(Bottleneck):
+    """Bottleneck with Keras' BatchNormalization in place of resnext_tf's fused one.
 
-    keras.ops.conv sends grouped kernels to an XLA-compiled function on TensorFlow; the
-    Conv2D op itself accepts them (input channels a multiple of the kernel's) for inference.
+    For graphs with grouped convolutions: TensorFlow's CPU graph optimizer without oneDNN fuses
+    Conv2D + FusedBatchNormV3 (+ ReLU) into a kernel that rejects groups ("Fused conv
+    implementation does not support grouped convolutions"), and such a build may serve the
+    SavedModel. Keras' element-wise normalization is not fused that way.
     """
 
-    def call(self, inputs):
-        if self.groups == 1:
-            return super().call(inputs)
-        pad = [[0, 0], [self.padding, self.padding], [self.padding, self.padding], [0, 0]]
-        kernel = tf.cast(self.kernel, self.compute_dtype)
-        return tf.nn.conv2d(inputs, kernel, self.strides, pad)
+    def _bn(self, *args, **kwargs):
+        return keras.layers.BatchNormalization.from_config(
+            super()._bn(*args, **kwargs).get_config()
+        )
 
 
-class _ServingBottleneck(Bottleneck):
-    """Bottleneck whose convolutions are `_ServingGroupedConv2D`, with the same variables."""
-
-    def _conv(self, *args, **kwargs):
-        conv = super()._conv(*args, **kwargs)
-        return _ServingGroupedConv2D.from_config(conv.get_config())
-
-
-SERVING_LAYERS = {
-    "resnext_tf>GroupedConv2D": _ServingGroupedConv2D,
+# Substituted when the exported graph holds grouped convolutions (see _ServingBottleneck).
+GROUPED_SERVING_LAYERS = {
+    "resnext_tf>BatchNorm": keras.layers.BatchNormalization,
     "resnext_tf>Bottleneck": _ServingBottleneck,
 }
 
@@ -95,8 +90,9 @@ def serving_model(model, conv_impl="grouped"):
     """Returns a copy of `model` for serving, with the same weights.
 
     The copy computes the same logits but: grouped convolutions run without XLA (see
-    SERVING_CONV_IMPLS), BatchNormalization is not synchronized, every layer runs in float32 (a
-    mixed-precision model exports a float32 graph), and the classifier has no activation.
+    SERVING_CONV_IMPLS), BatchNormalization is not synchronized (and with grouped convolutions
+    is Keras' own, see `_ServingBottleneck`), every layer runs in float32 (a mixed-precision
+    model exports a float32 graph), and the classifier has no activation.
 
     Args:
       model: A functional resnext_tf model with its classifier (include_top=True).
@@ -106,12 +102,20 @@ def serving_model(model, conv_impl="grouped"):
       A new `keras.Model`.
 
     Raises:
-      ValueError: for a model that is not functional or does not end in a Dense classifier.
+      ValueError: for a model that is not functional or does not end in a Dense classifier,
+        or conv_impl="grouped" where TensorFlow does not run grouped convolutions natively.
     """
     if conv_impl not in SERVING_CONV_IMPLS:
         raise ValueError(
             f"Unknown conv_impl; received conv_impl={conv_impl!r}, expected one of "
             f"{SERVING_CONV_IMPLS}."
+        )
+    if conv_impl == "grouped" and not tf_native_grouped_conv():
+        # The library would fall back to Keras' grouped convolution, which needs XLA.
+        raise ValueError(
+            "conv_impl='grouped' needs TensorFlow's native grouped convolution, which this "
+            "TensorFlow does not run (e.g. TF_ENABLE_ONEDNN_OPTS=0 on a CPU); received "
+            "conv_impl='grouped', use conv_impl='split'."
         )
     config = model.get_config()
     outputs = config.get("output_layers") if isinstance(config, dict) else None
@@ -138,7 +142,7 @@ def serving_model(model, conv_impl="grouped"):
         if "dtype" in layer_config:
             layer_config["dtype"] = "float32"
     output["config"]["activation"] = "linear"
-    with keras.saving.custom_object_scope(SERVING_LAYERS if conv_impl == "grouped" else {}):
+    with keras.saving.custom_object_scope(GROUPED_SERVING_LAYERS if conv_impl == "grouped" else {}):
         clone = keras.Model.from_config(config)
     clone.set_weights(model.get_weights())
     return clone

@@ -15,10 +15,10 @@ from PIL import Image
 from tensorflow.core.protobuf import saved_model_pb2
 
 import resnext_tf
-from resnext_tf import export
+from resnext_tf import export, tf_ops
 from resnext_tf.data import transforms
 from resnext_tf.data.config import DataConfig
-from resnext_tf.layers import GroupedConv2D
+from resnext_tf.layers import BatchNorm, GroupedConv2D
 
 SIZE = 64  # input side of the small ImageNet-stem model
 # CIFAR-10 mean and std on 0-255 images (REFERENCE.md "Data").
@@ -174,8 +174,10 @@ def test_each_variable_is_stored_once(model, exported):
     assert sum(sizes) == sum(np.prod(v.shape) for v in model.variables)
 
 
-def test_check_no_xla_catches_keras_grouped_convolution(tmp_path):
-    # Why export rebuilds the model: Keras runs grouped convolutions on TF under XLA.
+def test_check_no_xla_catches_keras_grouped_convolution(tmp_path, monkeypatch):
+    # Keras' own grouped convolution (the library's fallback where TF has no native one) runs
+    # on TF under XLA.
+    monkeypatch.setattr(tf_ops, "grouped_conv_supported", lambda dtype="float32": False)
     layer = GroupedConv2D(8, groups=2, conv_impl="grouped")
     layer.build((None, 8, 8, 8))
     module = tf.Module()
@@ -254,11 +256,11 @@ def test_serving_model_is_xla_free_float32_and_returns_logits(conv_impl):
         tiny_cifar(conv_impl="grouped", classifier_activation="softmax"), seed=3
     )
     served = export.serving_model(model, conv_impl)
-    conv2 = served.get_layer("stage2_block1").conv2
-    assert (type(conv2).__name__, conv2.conv_impl) == {
-        "grouped": ("_ServingGroupedConv2D", "grouped"),
-        "split": ("GroupedConv2D", "split"),
-    }[conv_impl]
+    block = served.get_layer("stage2_block1")
+    assert block.conv2.conv_impl == conv_impl
+    # With grouped convolutions, Keras' BN: see test_fresh_process_serves_the_keras_probabilities.
+    bn = {"grouped": keras.layers.BatchNormalization, "split": BatchNorm}[conv_impl]
+    assert type(block.bn2) is type(served.get_layer("stem_bn")) is bn
     x = np.random.default_rng(4).standard_normal((2, 32, 32, 3)).astype(np.float32)
     np.testing.assert_allclose(
         tf.nn.softmax(served(x, training=False)), model(x, training=False), atol=1e-6
@@ -271,6 +273,13 @@ def test_serving_model_is_xla_free_float32_and_returns_logits(conv_impl):
     assert mixed.get_layer("stem_conv").compute_dtype == "float16"
     served = export.serving_model(mixed, conv_impl)
     assert {layer.compute_dtype for layer in served.layers} == {"float32"}
+
+
+def test_grouped_serving_needs_the_native_grouped_convolution(monkeypatch):
+    monkeypatch.setattr(tf_ops, "grouped_conv_supported", lambda dtype="float32": False)
+    with pytest.raises(ValueError, match=r"conv_impl='grouped'.*conv_impl='split'"):
+        export.serving_model(tiny_cifar(), "grouped")
+    assert export.serving_model(tiny_cifar(), "split").get_layer("stem_conv").conv_impl == "split"
 
 
 def test_cifar_export_versions_and_overwrite(tmp_path):
