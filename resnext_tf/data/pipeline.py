@@ -78,44 +78,110 @@ def _example_shape(cfg, train):
     return [10, size, size, 3] if cfg.ten_crop and not train else [size, size, 3]
 
 
-def _warned(element, *message):
-    # Runs only for the rare replaced files; tf.print keeps Python out of the pipeline.
-    with tf.control_dependencies(
-        [tf.print("resnext_tf.data WARNING:", *message, output_stream=sys.stderr)]
-    ):
-        return tf.nest.map_structure(tf.identity, element)
-
-
-def _decode_robustly(ds, fetch, transform, cfg, train):
-    """Decodes each element, replacing one whose file cannot be read or decoded.
-
-    Elements of `ds` are (seed, candidates), candidates a tuple of (name, source, label):
-    the example, then its stand-ins. The first candidate that fetch + transform accept is
-    used; if none is, a grey image with the example's label (label -1 in evaluation).
-    Every element thus yields exactly one example, so epoch lengths and positions never shift.
-    """
-    grey = tf.fill(_example_shape(cfg, train), GREY)
-    grey = transforms.normalize(grey, transforms.IMAGENET_MEAN, transforms.IMAGENET_STD)
-
-    def attempt(seed, number, name, source, label, first_name):
-        out = tf.data.Dataset.from_tensors((source, label))
-        out = out.map(lambda s, y: (transform(fetch(s), seed), y)).ignore_errors()
-        if number:
-            out = out.map(
-                lambda *e: _warned(e, "unreadable image", first_name, "replaced by", name)
-            )
-        return out
-
-    def first_readable(seed, candidates):
-        first_name, _, first_label = candidates[0]
-        tries = [attempt(seed, k, *c, first_name) for k, c in enumerate(candidates)]
-        last = (grey, first_label if train else tf.constant(-1, tf.int32))
-        last = tf.data.Dataset.from_tensors(last).map(
-            lambda *e: _warned(e, "unreadable image", first_name, "replaced by a grey image")
+def _standin(cfg, train):
+    """What an example none of whose files decodes becomes: a mid-grey image, left as it is
+    by the colour map in training."""
+    if train:
+        grey = tf.fill(_example_shape(cfg, train), 255.0 * GREY)
+        neutral = transforms.colour_map(
+            tf.fill([3], 255.0 * GREY), tf.constant(transforms.NO_JITTER), tf.zeros([3])
         )
-        return functools.reduce(tf.data.Dataset.concatenate, tries + [last]).take(1)
+        return grey, neutral
+    grey = tf.fill(_example_shape(cfg, train), GREY)
+    return transforms.normalize(grey, transforms.IMAGENET_MEAN, transforms.IMAGENET_STD)
 
-    return ds.interleave(first_readable, num_parallel_calls=AUTOTUNE, deterministic=True)
+
+def _transformed(slots, seeds, sources, labels, fetch, transform):
+    """Transforms the given candidates; returns (slots, outputs, labels) of those that decode.
+
+    The candidates run in a dataset of their own, whose ignore_errors() drops the ones
+    that fail to be read, decoded or transformed.
+    """
+    ds = tf.data.Dataset.from_tensor_slices((slots, seeds, sources, labels))
+    ds = ds.map(lambda k, seed, source, y: (k, transform(fetch(source), seed), y)).ignore_errors()
+    # One batch of all that decoded; the empty batch when none did.
+    empty = tf.nest.map_structure(lambda s: tf.zeros([0, *s.shape], s.dtype), ds.element_spec)
+    ds = ds.batch(tf.maximum(tf.size(slots, tf.int64), 1))
+    return ds.concatenate(tf.data.Dataset.from_tensors(empty)).take(1).get_single_element()
+
+
+def _missing(size, found_slots):
+    """The slots in 0 .. size - 1 that are in none of `found_slots`."""
+    found = tf.concat(found_slots, axis=0)
+    count = tf.scatter_nd(found[:, None], tf.ones_like(found), [size])
+    return tf.cast(tf.where(count == 0)[:, 0], tf.int32)
+
+
+def _warning(names, slots, replacement):
+    first = tf.gather(names[:, 0], slots)
+    return tf.strings.join(['resnext_tf.data WARNING: unreadable image "', first, replacement])
+
+
+def _replace_unreadable(batch, found, fetch, transform, standin, train):
+    """Fills the slots of `batch` that `found` lacks: with the next candidate that decodes,
+    else with the stand-in; prints one warning line per replaced example."""
+    seeds, names, sources, labels = batch
+    size = tf.shape(seeds)[0]
+    parts, warnings = [found], []
+    for k in range(1, sources.shape[1]):
+        missing = _missing(size, [part[0] for part in parts])
+        part = _transformed(
+            missing,
+            tf.gather(seeds, missing),
+            tf.gather(sources[:, k], missing),
+            tf.gather(labels[:, k], missing),
+            fetch,
+            transform,
+        )
+        replacement = tf.strings.join(['" replaced by "', tf.gather(names[:, k], part[0]), '"'])
+        warnings.append(_warning(names, part[0], replacement))
+        parts.append(part)
+    missing = _missing(size, [part[0] for part in parts])
+    count = tf.size(missing)
+    grey = tf.nest.map_structure(lambda t: tf.broadcast_to(t, [count, *t.shape]), standin)
+    grey_labels = tf.gather(labels[:, 0], missing) if train else tf.fill([count], -1)
+    parts.append((missing, grey, grey_labels))
+    warnings.append(_warning(names, missing, '" replaced by a grey image'))
+    message = tf.strings.reduce_join(tf.concat(warnings, axis=0), separator="\n")
+    # Runs only for batches with an unreadable file; tf.print keeps Python out of the pipeline.
+    with tf.control_dependencies([tf.print(message, output_stream=sys.stderr)]):
+        order = tf.argsort(tf.concat([part[0] for part in parts], axis=0))
+    return tf.nest.map_structure(
+        lambda *pieces: tf.gather(tf.concat(pieces, axis=0), order),
+        *[part[1:] for part in parts],
+    )
+
+
+def _decode_batches(ds, fetch, transform, cfg, train):
+    """Decodes batches of examples, replacing an example whose file cannot be read or decoded.
+
+    Elements of `ds` are batches of (seed [b, 2], names [b, C], sources [b, C], labels [b, C]):
+    C candidates per example, the example's own file first, then its stand-ins. An example
+    takes the first candidate that fetch + transform accept; if none does, a grey image with
+    the example's label (label -1 in evaluation). Every slot of a batch thus holds exactly one
+    example, so epoch lengths and positions never shift. The candidates of a batch are tried
+    together in one inner dataset: the rare batch with a failure pays for the replacement.
+
+    Returns:
+        Batches of (transform outputs, labels).
+    """
+    standin = _standin(cfg, train)
+
+    def decode(*batch):
+        seeds, _, sources, labels = batch
+        size = tf.shape(seeds)[0]
+        found = _transformed(tf.range(size), seeds, sources[:, 0], labels[:, 0], fetch, transform)
+        out = tf.cond(
+            tf.size(found[0]) == size,
+            lambda: found[1:],
+            lambda: _replace_unreadable(batch, found, fetch, transform, standin, train),
+        )
+        # Static batch size where the input has one (training drops the remainder).
+        return tf.nest.map_structure(
+            lambda t: tf.ensure_shape(t, seeds.shape[:1] + t.shape[1:]), out
+        )
+
+    return ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=True)
 
 
 def _imagenet_transform(cfg, train):
@@ -143,23 +209,23 @@ def _cifar_examples(ds, arrays, cfg, train):
     return ds.map(example, num_parallel_calls=AUTOTUNE, deterministic=True)
 
 
-def _file_examples(ds, index, cfg, train):
+def _file_candidates(ds, index, train):
     paths, labels = tf.constant(index.relpaths), tf.constant(index.labels)
     prefix = os.path.join(index.root, "")
     count = index.num_examples
 
     def candidates(i, seed):
         # An unreadable training image is replaced by the next file in file order.
-        ids = [i, (i + 1) % count] if train else [i]
-        files = [(prefix + tf.gather(paths, j), tf.gather(labels, j)) for j in ids]
-        return seed, tuple((path, path, label) for path, label in files)
+        ids = tf.stack([i, (i + 1) % count]) if train else i[None]
+        files = prefix + tf.gather(paths, ids)
+        return seed, files, files, tf.gather(labels, ids)
 
-    ds = ds.map(candidates, num_parallel_calls=AUTOTUNE, deterministic=True)
-    return _decode_robustly(ds, tf.io.read_file, _imagenet_transform(cfg, train), cfg, train)
+    return ds.map(candidates, num_parallel_calls=AUTOTUNE, deterministic=True)
 
 
 def _indexed_examples(cfg, data, train, layout, start, count, epoch):
-    """Examples of an in-memory or file source, read by index in epoch order."""
+    """Examples of an in-memory or file source, read by index in epoch order: CIFAR
+    (image, label) pairs, or the candidates of _decode_batches."""
     shuffle_seed, augment_seed = _epoch_seeds(cfg.seed, epoch)
     ds = _positions(layout, start, start + count)
     if train:
@@ -168,7 +234,7 @@ def _indexed_examples(cfg, data, train, layout, start, count, epoch):
     ds = ds.map(lambda i: (i, tf.random.experimental.stateless_fold_in(augment_seed, i)))
     if isinstance(data, CifarArrays):
         return _cifar_examples(ds, data, cfg, train)
-    return _file_examples(ds, data, cfg, train)
+    return _file_candidates(ds, data, train)
 
 
 def _python_seed(seed, epoch):
@@ -188,7 +254,7 @@ def _window_shuffle(ds, seed):
 
 
 def _streamed_examples(cfg, data, train, layout, start, count, epoch, input_context):
-    """Examples of a TFDS imagenet2012 (TFRecords); only the kept records are decoded.
+    """Candidates (of _decode_batches) of a TFDS imagenet2012 (TFRecords).
 
     Training shards by file (TFDS input_context) and cycles a pipeline's files to fill exactly
     `count` examples; evaluation reads the split in order and keeps this pipeline's positions.
@@ -223,12 +289,10 @@ def _streamed_examples(cfg, data, train, layout, start, count, epoch, input_cont
     def candidates(pos, record):
         name = tf.strings.format("{} record {}", (data.name, pos))
         data_bytes, label = record
-        return tf.random.experimental.stateless_fold_in(key, pos), (
-            (name, data_bytes, tf.cast(label, tf.int32)),
-        )
+        seed = tf.random.experimental.stateless_fold_in(key, pos)
+        return seed, name[None], data_bytes[None], tf.cast(label, tf.int32)[None]
 
-    ds = ds.map(candidates)
-    return _decode_robustly(ds, tf.identity, _imagenet_transform(cfg, train), cfg, train)
+    return ds.map(candidates)
 
 
 def _synthetic(cfg, num_classes, layout, steps, skip, num_examples, train):
@@ -249,9 +313,41 @@ def _synthetic(cfg, num_classes, layout, steps, skip, num_examples, train):
     return tf.data.Dataset.range((steps - skip) * per_step).map(batch)
 
 
-def _padded(ds, count, cfg):
-    pad = (tf.zeros(_example_shape(cfg, False)), tf.constant(-1, tf.int32))
-    return ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat(count))
+def _batches(cfg, data, train, layout, start, count, epoch, input_context):
+    """Batches of this pipeline's `count` examples from local slot `start` (train: all whole)."""
+    if isinstance(data, CifarArrays | FileIndex):
+        ds = _indexed_examples(cfg, data, train, layout, start, count, epoch)
+    else:
+        ds = _streamed_examples(cfg, data, train, layout, start, count, epoch, input_context)
+    ds = ds.batch(layout.batch, drop_remainder=train)
+    if isinstance(data, CifarArrays):
+        return ds
+    fetch = tf.io.read_file if isinstance(data, FileIndex) else tf.identity
+    ds = _decode_batches(ds, fetch, _imagenet_transform(cfg, train), cfg, train)
+    if not train:
+        return ds
+    # The colour work of a whole batch at once (transforms.apply_colour).
+    return ds.map(
+        lambda out, labels: (transforms.apply_colour(*out), labels),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=True,
+    )
+
+
+def _padded(ds, count, total, batch, cfg):
+    """Fills the last, partial batch of `count` examples and adds whole batches up to `total`
+    examples, with zero images labelled -1."""
+    shape = _example_shape(cfg, False)
+
+    def fill(images, labels):
+        missing = batch - tf.shape(labels)[0]
+        images = tf.concat([images, tf.zeros([missing, *shape])], axis=0)
+        labels = tf.concat([labels, tf.fill([missing], -1)], axis=0)
+        return tf.ensure_shape(images, [batch, *shape]), tf.ensure_shape(labels, [batch])
+
+    pad = (tf.zeros([batch, *shape]), tf.fill([batch], -1))
+    extra = total // batch - -(-count // batch)
+    return ds.map(fill).concatenate(tf.data.Dataset.from_tensors(pad).repeat(extra))
 
 
 def _num_steps(cfg, split, num_examples, global_batch_size, skip_batches):
@@ -316,15 +412,11 @@ def build_dataset(
     else:
         start, total = skip_batches * layout.width, (steps - skip_batches) * layout.width
         count = total if train else layout.local_count(num_examples, steps, skip_batches)
-        if isinstance(data, CifarArrays | FileIndex):
-            ds = _indexed_examples(cfg, data, train, layout, start, count, epoch)
-        else:
-            ds = _streamed_examples(cfg, data, train, layout, start, count, epoch, input_context)
+        ds = _batches(cfg, data, train, layout, start, count, epoch, input_context)
         if not train:
-            ds = _padded(ds, total - count, cfg)
+            ds = _padded(ds, count, total, layout.batch, cfg)
             ds = ds.cache() if cfg.cache else ds
-        ds = ds.batch(layout.batch, drop_remainder=True)
-    # Interleave hides the length; state it so len(ds) and progress bars work.
+    # TFDS filtering and cycling hide the length; state it so len(ds) and progress bars work.
     batches = (steps - skip_batches) * layout.width // layout.batch
     ds = ds.apply(tf.data.experimental.assert_cardinality(batches))
     options = tf.data.Options()

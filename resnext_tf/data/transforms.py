@@ -1,8 +1,13 @@
-"""Per-image transforms of the original recipe (fb.resnet.torch transforms), in TensorFlow.
+"""Transforms of the original recipe (fb.resnet.torch transforms), in TensorFlow.
 
 Every random draw is stateless: a transform takes a seed of shape [2] and gives the same
 output for the same seed. Geometry follows Torch: integer sizes are truncated, centre crops
 start at ceil((size - crop) / 2), RandomSizedCrop rounds half away from zero.
+
+The ImageNet training colour work (jitter, lighting, normalization) is linear in the pixel
+values once an image's random draws and mean grey level are known, and the original clamps
+nowhere in between; so each image gets one affine colour map (3x3 matrix and bias), drawn in
+`imagenet_train`, and `apply_colour` applies the maps of a whole batch in one pass.
 """
 
 import tensorflow as tf
@@ -19,6 +24,8 @@ PCA_EIGVEC = (
 )
 # Grey level used by the saturation and contrast jitter (REFERENCE.md "Data", step 2).
 GREY_WEIGHTS = (0.299, 0.587, 0.114)
+# Jitter coefficients (p, q, r) of p * x + q * grey(x) + r * mean(grey(x)) that leave x as it is.
+NO_JITTER = (1.0, 0.0, 0.0)
 # CIFAR (mean, std) per channel on 0-255 images (REFERENCE.md "Data").
 CIFAR_MEAN_STD = {
     "cifar10": ((125.3, 123.0, 113.9), (63.0, 62.1, 66.7)),
@@ -44,7 +51,8 @@ def normalize(image, mean, std):
 def random_flip(image, seed):
     """Mirrors `image` ([H, W, C]) left-right with probability 0.5."""
     flip = tf.random.stateless_uniform([], seed) < 0.5
-    return tf.where(flip, tf.reverse(image, axis=[1]), image)
+    # cond reverses only the flipped images; tf.where would reverse every image, then select.
+    return tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
 
 
 def _round_half_up(x):
@@ -157,27 +165,75 @@ def sample_color_jitter(seed, strength):
     return factors, order
 
 
-def apply_color_jitter(image, factors, order):
-    """Applies brightness, contrast and saturation blends in `order`, without clamping.
+def jitter_coefficients(factors, order):
+    """Composes brightness, contrast and saturation blends applied in `order`, without clamping.
 
     Brightness blends with black, contrast with the mean grey level, saturation with the grey
-    image (fb.resnet.torch ColorJitter). All three are linear, so their composition is
-    computed on 3 coefficients and applied to the image once.
+    image (fb.resnet.torch ColorJitter). All three are linear, so their composition maps an
+    image x to p * x + q * grey(x) + r * mean(grey(x)).
+
+    Returns:
+        float32 [3]: the coefficients (p, q, r).
     """
     maps = _jitter_maps(factors)
-    coefficients = tf.constant([1.0, 0.0, 0.0])
+    coefficients = tf.constant(NO_JITTER)
     for step in range(3):
         coefficients = tf.linalg.matvec(maps[order[step]], coefficients)
-    grey = tf.tensordot(image, tf.constant(GREY_WEIGHTS), axes=1)[..., None]
-    p, q, r = tf.unstack(coefficients)
-    return p * image + q * grey + r * tf.reduce_mean(grey)
+    return coefficients
 
 
-def lighting(image, seed, alphastd):
-    """Adds AlexNet PCA noise eigvec @ (alpha * eigval), alpha ~ N(0, alphastd) per component."""
+def lighting_shift(seed, alphastd):
+    """AlexNet PCA noise eigvec @ (alpha * eigval), alpha ~ N(0, alphastd) per component.
+
+    Returns:
+        float32 [3]: the RGB offset added to every pixel of the image.
+    """
     alpha = tf.random.stateless_normal([3], seed, stddev=alphastd)
     eigvec = tf.constant(PCA_EIGVEC, tf.float32)
-    return image + tf.linalg.matvec(eigvec, alpha * tf.constant(PCA_EIGVAL, tf.float32))
+    return tf.linalg.matvec(eigvec, alpha * tf.constant(PCA_EIGVAL, tf.float32))
+
+
+def colour_map(channel_mean, coefficients, shift):
+    """The affine colour map of one image: jitter, then lighting, then normalization.
+
+    For a 0-255 image x, the training recipe computes, per pixel and on x / 255,
+    (p * x + q * grey(x) + r * mean(grey(x)) + shift - MEAN) / STD with grey(x) = x @ GREY_WEIGHTS.
+    With mean(grey(x)) = channel_mean @ GREY_WEIGHTS this is x @ matrix + bias.
+
+    Args:
+        channel_mean: float32 [3], the mean of each channel of the 0-255 image.
+        coefficients: float32 [3], the jitter coefficients (p, q, r).
+        shift: float32 [3], the lighting offset on the [0, 1] scale.
+
+    Returns:
+        float32 [4, 3]: rows 0-2 the matrix (input channel, output channel), row 3 the bias.
+    """
+    p, q, r = tf.unstack(coefficients)
+    grey = tf.constant(GREY_WEIGHTS)
+    mean, std = tf.constant(IMAGENET_MEAN), tf.constant(IMAGENET_STD)
+    matrix = (p * tf.eye(3) + q * grey[:, None]) / (255.0 * std)
+    mean_grey = tf.tensordot(channel_mean, grey, axes=1) / 255.0
+    bias = (r * mean_grey + shift - mean) / std
+    return tf.concat([matrix, bias[None]], axis=0)
+
+
+def apply_colour(images, colour):
+    """Applies per-image colour maps to a batch.
+
+    Args:
+        images: float32 [b, H, W, 3].
+        colour: float32 [b, 4, 3], each image's colour_map.
+
+    Returns:
+        float32 [b, H, W, 3]: images @ matrix + bias, image by image.
+    """
+    shape = tf.shape(images)
+    pixels = tf.matmul(tf.reshape(images, [shape[0], -1, 3]), colour[:, :3])
+    # Adding the bias to rows of W * 3 values (the bias tiled W times) runs about twice as
+    # fast as broadcasting a 3-vector over every pixel.
+    rows = tf.reshape(pixels, [shape[0], shape[1], -1])
+    rows += tf.tile(colour[:, 3], [1, shape[2]])[:, None]
+    return tf.reshape(rows, shape)
 
 
 def image_shape(data):
@@ -220,7 +276,11 @@ def decode_window(data, y, x, h, w, fused):
 
 
 def imagenet_train(data, seed, cfg):
-    """ImageNet training transform of an encoded image: crop, jitter, lighting, normalize, flip.
+    """The per-image part of the ImageNet training transform of an encoded image.
+
+    Crops a RandomSizedCrop window, resizes it and flips it, and draws the image's colour
+    jitter and lighting; `apply_colour` on a batch of these completes the transform (jitter,
+    lighting, normalize).
 
     Args:
         data: Encoded image bytes (scalar string tensor).
@@ -228,7 +288,8 @@ def imagenet_train(data, seed, cfg):
         cfg: DataConfig.
 
     Returns:
-        float32 [size, size, 3], normalized.
+        (image, colour): float32 [size, size, 3] on the 0-255 scale (bicubic may overshoot
+        it), and the image's float32 [4, 3] colour_map.
     """
     size = cfg.crop_size
     crop_seed, jitter_seed, light_seed, flip_seed = split_seed(seed, 4)
@@ -241,13 +302,13 @@ def imagenet_train(data, seed, cfg):
     # size and takes the centre crop (a no-op crop for a found window).
     out_h, out_w = shorter_side_size(h, w, size)
     image = resize(image, tf.where(found, size, out_h), tf.where(found, size, out_w), cfg.antialias)
-    image = tf.ensure_shape(center_crop(image, size), [size, size, 3]) / 255.0
+    image = tf.ensure_shape(center_crop(image, size), [size, size, 3])
+    coefficients = tf.constant(NO_JITTER)
     if cfg.color_jitter > 0:
-        image = apply_color_jitter(image, *sample_color_jitter(jitter_seed, cfg.color_jitter))
-    if cfg.lighting > 0:
-        image = lighting(image, light_seed, cfg.lighting)
-    image = normalize(image, IMAGENET_MEAN, IMAGENET_STD)
-    return random_flip(image, flip_seed) if cfg.flip else image
+        coefficients = jitter_coefficients(*sample_color_jitter(jitter_seed, cfg.color_jitter))
+    shift = lighting_shift(light_seed, cfg.lighting) if cfg.lighting > 0 else tf.zeros([3])
+    colour = colour_map(tf.reduce_mean(image, axis=[0, 1]), coefficients, shift)
+    return (random_flip(image, flip_seed) if cfg.flip else image), colour
 
 
 def imagenet_eval(data, cfg):

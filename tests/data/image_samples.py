@@ -1,4 +1,5 @@
-"""Writers of images and CIFAR pickles in the official formats, shared by the data tests."""
+"""Writers of images and CIFAR pickles in the official formats, and a one-image ImageNet
+training transform, shared by the data tests."""
 
 import importlib.util
 import io
@@ -8,6 +9,8 @@ import pickle
 import numpy as np
 import pytest
 from PIL import Image
+
+from resnext_tf.data import transforms
 
 # TFDS 4.9 imports importlib_resources (undeclared) whenever it downloads or prepares a dataset.
 requires_tfds_prepare = pytest.mark.skipif(
@@ -56,3 +59,27 @@ def write_cifar_batches(folder, names, sizes, label_key, seed):
         images.append(np.stack([rows[:, k * 1024 : (k + 1) * 1024] for k in range(3)], -1))
         labels += batch_labels
     return np.concatenate(images).reshape(-1, 32, 32, 3), np.asarray(labels)
+
+
+def train_image(data, seed, cfg):
+    """transforms.imagenet_train of one encoded image, completed by apply_colour, as numpy."""
+    image, colour = transforms.imagenet_train(data, seed, cfg)
+    return transforms.apply_colour(image[None], colour[None])[0].numpy()
+
+
+def numpy_colour(image, factors, order, shift):
+    """fb.resnet's colour steps one after the other on a 0-255 image: jitter blends in
+    `order`, lighting `shift`, normalization (float64, no clamping).
+
+    Returns:
+        (normalized image, largest value after the jitter, before normalizing).
+    """
+    image = image / 255
+    for op in order:
+        alpha = factors[op]
+        grey = image @ np.array([0.299, 0.587, 0.114])
+        target = [np.zeros_like(image), np.full_like(image, grey.mean()), grey[..., None]][op]
+        image = alpha * image + (1 - alpha) * target
+    jittered_max = image.max()
+    normalized = (image + shift - np.array(transforms.IMAGENET_MEAN)) / transforms.IMAGENET_STD
+    return normalized, jittered_max

@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from image_samples import WNIDS, encode, natural_image, requires_tfds_prepare
+from image_samples import (
+    WNIDS,
+    encode,
+    natural_image,
+    numpy_colour,
+    requires_tfds_prepare,
+    train_image,
+)
 
 from resnext_tf.data import (
     DataConfig,
@@ -146,9 +153,7 @@ def test_train_replaces_broken_files_by_the_next_file(imagenet_dir, capfd):
     root = os.path.join(str(imagenet_dir), "train")
     seed = tf.constant([0, 0], tf.int64)  # the deterministic config ignores the seed
     by_file = {
-        name: transforms.imagenet_train(
-            tf.io.read_file(os.path.join(root, name)), seed, cfg
-        ).numpy()
+        name: train_image(tf.io.read_file(os.path.join(root, name)), seed, cfg)
         for i, name in enumerate(TRAIN_FILES)
         if i not in (TRUNCATED, EMPTY)
     }
@@ -166,6 +171,79 @@ def test_train_replaces_broken_files_by_the_next_file(imagenet_dir, capfd):
             f'unreadable image "{os.path.join(root, TRAIN_FILES[broken])}" replaced by' in warnings
         )
         assert TRAIN_FILES[replacement] in warnings
+
+
+def _broken_tree(root):
+    """8 train files in 2 classes, of which 2 (empty) and 3 (truncated) are unreadable;
+    val: one good file, then two broken ones."""
+    rng = np.random.default_rng(8)
+    good = [encode(natural_image(rng, 40 + 3 * i, 56), quality=90) for i in range(9)]
+    contents = good[:2] + [b"", good[2][:300]] + good[3:7]
+    paths = []
+    for i, data in enumerate(contents):
+        paths.append(root / "train" / WNIDS[i // 4] / f"{i}.JPEG")
+        os.makedirs(paths[-1].parent, exist_ok=True)
+        paths[-1].write_bytes(data)
+    os.makedirs(root / "val" / WNIDS[0])
+    for name, data in (("a", good[7]), ("b", b"not a jpeg"), ("c", good[8][:200])):
+        (root / "val" / WNIDS[0] / f"{name}.JPEG").write_bytes(data)
+    return [str(p) for p in paths], {2, 3}
+
+
+def _reference_example(paths, broken, i, seed, cfg):
+    """Example i of a training epoch, computed image by image: the first readable of files
+    i and i + 1 through crop, resize and flip, then fb.resnet's colour steps one after the
+    other in NumPy; a normalized grey image when neither file reads."""
+    for j in (i, (i + 1) % len(paths)):
+        if j not in broken:
+            break
+    else:
+        grey = (0.5 - np.array(transforms.IMAGENET_MEAN)) / transforms.IMAGENET_STD
+        return np.broadcast_to(grey, (32, 32, 3)), i // 4
+    image, _ = transforms.imagenet_train(tf.io.read_file(paths[j]), seed, cfg)
+    _, jitter_seed, light_seed, _ = transforms.split_seed(seed, 4)
+    factors, order = transforms.sample_color_jitter(jitter_seed, 0.4)
+    alpha = tf.random.stateless_normal([3], light_seed, stddev=0.1).numpy()
+    shift = np.array(transforms.PCA_EIGVEC) @ (alpha * np.array(transforms.PCA_EIGVAL))
+    expected, _ = numpy_colour(image.numpy().astype(np.float64), factors.numpy(), order, shift)
+    return expected, j // 4
+
+
+def test_train_batches_equal_a_per_image_reference(tmp_path, capfd):
+    paths, broken = _broken_tree(tmp_path)
+    cfg = DataConfig("imagenet", data_dir=tmp_path, image_size=32, eval_resize=40, seed=3)
+    ds = build_dataset(cfg, "train", 4, epoch=1)
+    assert ds.element_spec[0].shape == (4, 32, 32, 3) and ds.element_spec[1].shape == (4,)
+    images, labels = _collect(ds)
+    # Position t holds example index_shuffle(t), its draws seeded by fold_in(., index)
+    # (docs/data.md "Determinism and resume").
+    shuffle_seed, augment_seed = transforms.split_seed(tf.constant([3, 1], tf.int64), 2)
+    for t in range(8):
+        i = int(tf.random.experimental.index_shuffle(t, shuffle_seed, 7))
+        seed = tf.random.experimental.stateless_fold_in(augment_seed, tf.constant(i, tf.int64))
+        expected, label = _reference_example(paths, broken, i, seed, cfg)
+        np.testing.assert_allclose(images[t], expected, atol=2e-5)
+        assert labels[t] == label
+    warnings = capfd.readouterr().err
+    assert f'unreadable image "{paths[2]}" replaced by a grey image' in warnings
+    assert f'unreadable image "{paths[3]}" replaced by "{paths[4]}"' in warnings
+    resumed, _ = _collect(build_dataset(cfg, "train", 4, epoch=1, skip_batches=1))
+    np.testing.assert_array_equal(resumed, images[4:])
+    for part in (0, 1):
+        context = tf.distribute.InputContext(2, part, 2)
+        shard, _ = _collect(build_dataset(cfg, "train", 4, context, epoch=1))
+        halves = images.reshape(2, 4, 32, 32, 3)[:, 2 * part : 2 * part + 2]
+        np.testing.assert_allclose(shard, halves.reshape(4, 32, 32, 3), atol=1e-6)
+
+
+def test_eval_batch_whose_files_all_fail_is_masked(tmp_path):
+    _broken_tree(tmp_path)
+    cfg = DataConfig("imagenet", data_dir=tmp_path, **DETERMINISTIC)
+    images, labels = _collect(build_dataset(cfg, "eval", 2))
+    assert labels.tolist() == [0, -1, -1, -1]
+    grey = (0.5 - np.array(transforms.IMAGENET_MEAN)) / transforms.IMAGENET_STD
+    np.testing.assert_allclose(images[1:3], np.broadcast_to(grey, (2, 32, 32, 3)), atol=1e-6)
+    np.testing.assert_array_equal(images[3], 0)
 
 
 def test_quirky_files_decode_through_the_pipeline(imagenet_dir):

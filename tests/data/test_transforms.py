@@ -6,7 +6,7 @@ import itertools
 import numpy as np
 import pytest
 import tensorflow as tf
-from image_samples import encode, natural_image
+from image_samples import encode, natural_image, numpy_colour, train_image
 from PIL import Image
 
 from resnext_tf.data import DataConfig, transforms
@@ -123,7 +123,7 @@ def test_fallback_resizes_shorter_side_and_centre_crops():
         lighting=0,
         flip=False,
     )
-    out = transforms.imagenet_train(data, tf.constant([1, 2]), cfg).numpy()
+    out = train_image(data, tf.constant([1, 2]), cfg)
     # Shorter side 60 -> 32, longer 90 -> 48 (truncated); the crop starts at ceil(16 / 2) = 8.
     expected = _numpy_resized(data, 32)[:, 8:40]
     expected = (expected - transforms.IMAGENET_MEAN) / transforms.IMAGENET_STD
@@ -139,34 +139,33 @@ def test_color_jitter_draws():
     assert len(orders) == 6 and np.all(np.abs(counts / SAMPLES - 1 / 6) < 0.025)
 
 
-def _numpy_jitter(image, factors, order):
-    for op in order:
-        alpha = factors[op]
-        grey = image @ np.array([0.299, 0.587, 0.114])
-        target = [np.zeros_like(image), np.full_like(image, grey.mean()), grey[..., None]][op]
-        image = alpha * image + (1 - alpha) * target
-    return image
-
-
 @pytest.mark.parametrize("order", list(itertools.permutations(range(3))))
-def test_color_jitter_blends_in_order(order):
-    image = np.random.default_rng(1).uniform(0, 1, (6, 5, 3)).astype(np.float32)
-    factors = np.array([1.3, 0.7, 1.35], np.float32)
-    out = transforms.apply_color_jitter(
-        tf.constant(image), tf.constant(factors), tf.constant(order)
-    ).numpy()
-    np.testing.assert_allclose(
-        out, _numpy_jitter(image.astype(np.float64), factors, order), atol=1e-5
-    )
-    # No clamping: the brightness factor 1.3 pushes values beyond 1.
-    if order == (0, 1, 2):
-        assert out.max() > 1
+def test_batched_colour_maps_equal_the_steps_one_after_the_other(order):
+    rng = np.random.default_rng(1)
+    images = rng.uniform(0, 255, (2, 6, 5, 3)).astype(np.float32)
+    factors = np.array([[1.3, 0.7, 1.35], [0.65, 1.2, 0.8]], np.float32)
+    shifts = np.array([[0.02, -0.01, 0.005], [-0.03, 0.0, 0.01]], np.float32)
+    colour = [
+        transforms.colour_map(
+            tf.reduce_mean(images[i], axis=[0, 1]),
+            transforms.jitter_coefficients(tf.constant(factors[i]), tf.constant(order)),
+            tf.constant(shifts[i]),
+        )
+        for i in range(2)
+    ]
+    out = transforms.apply_colour(tf.constant(images), tf.stack(colour)).numpy()
+    for i in range(2):
+        expected, unclamped_max = numpy_colour(
+            images[i].astype(np.float64), factors[i], order, shifts[i]
+        )
+        np.testing.assert_allclose(out[i], expected, atol=2e-5)
+        # No clamping: the brightness factor 1.3 pushes values beyond 1 before normalizing.
+        if i == 0 and order == (0, 1, 2):
+            assert unclamped_max > 1
 
 
 def test_lighting_noise_scale():
-    offsets = _sample(lambda s: transforms.lighting(tf.zeros([2, 2, 3]), s, 0.1))
-    assert np.ptp(offsets, axis=(1, 2)).max() < 1e-7  # one RGB shift for the whole image
-    rgb = offsets[:, 0, 0]
+    rgb = _sample(lambda s: transforms.lighting_shift(s, 0.1))
     # rgb = eigvec @ (alpha * eigval): solve for alpha and check it is N(0, 0.1).
     alpha = np.linalg.solve(np.array(transforms.PCA_EIGVEC), rgb.T).T / np.array(
         transforms.PCA_EIGVAL
@@ -291,9 +290,7 @@ def test_fused_crop_decode_matches_full_decode(subsampling, tolerance):
     )
     cfg = DataConfig("imagenet", image_size=64)
     seed = tf.constant([3, 4])
-    fused = transforms.imagenet_train(data, seed, cfg).numpy()
-    full = transforms.imagenet_train(
-        data, seed, DataConfig("imagenet", image_size=64, fused_crop=False)
-    ).numpy()
+    fused = train_image(data, seed, cfg)
+    full = train_image(data, seed, DataConfig("imagenet", image_size=64, fused_crop=False))
     assert np.abs(fused - full).max() < tolerance
     assert np.abs(fused - full).mean() < tolerance / 10
