@@ -12,7 +12,8 @@ each row to every peer. The pipeline suite runs benchmarks/input_pipeline.py (tf
 crop-decode modes) and benchmarks/torch_input_pipeline.py on one folder of JPEGs (generated
 500x375 photos unless --data_dir). Model configuration tokens (joined with "+"):
   ours:  split | grouped | auto, then any of fold (BN folded, TF), xla (jit_compile=true),
-         nojit (jit_compile=false), nconv / nbn (what-if: benchmarks/tf_native_ops.py)
+         nojit (jit_compile=false), nconv / nbn (what-if: benchmarks/tf_native_ops.py),
+         jbn / m<K> (what-if: benchmarks/jax_whatif.py, fused BN / K groups merged)
   peers: eager | compiled, then cl (channels_last)
 """
 
@@ -41,6 +42,10 @@ def our_command(token, common, backend):
     native = [NATIVE_OPS[e] for e in extras if e in NATIVE_OPS]
     if native:
         script = [os.path.join(HERE, "tf_native_ops.py"), f"--native={','.join(native)}"]
+    elif "jbn" in extras or any(re.fullmatch(r"m\d+", e) for e in extras):
+        merge = next((e[1:] for e in extras if re.fullmatch(r"m\d+", e)), "1")
+        bn = "fused" if "jbn" in extras else "keras"
+        script = [os.path.join(HERE, "jax_whatif.py"), f"--bn={bn}", f"--merge_groups={merge}"]
     else:
         script = ["-m", "resnext_tf.benchmark"]
     return f"resnext_tf[{backend}] {token}", [sys.executable, *script, *common, *flags]
@@ -165,7 +170,9 @@ def main(argv=None):
         commands = pipeline_commands(args, data_dir)
     else:
         commands = model_commands(args)
-    env = dict(os.environ, KERAS_BACKEND=args.backend, PYTHONPATH=os.path.dirname(HERE))
+    # The repository first, then whatever the caller's PYTHONPATH holds (e.g. carried wheels).
+    path = os.pathsep.join(p for p in (os.path.dirname(HERE), os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, KERAS_BACKEND=args.backend, PYTHONPATH=path)
     results = {}
     print(f"load average at start: {os.getloadavg()[0]:.2f}; {args}", flush=True)
     try:

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The GPU comparison of docs/performance.md: resnext50_32x4d, batch 256, 224px, bf16, our model
+# on Keras' JAX backend against torchvision (channels_last, autocast bf16) eager and compiled.
+#   bash benchmarks/gpu_suite.sh [OUT_DIR]
+# Writes train.log and infer.log (each ends with compare.py's table) to OUT_DIR (default
+# ./gpu_results). Environment: OURS (default "grouped,grouped+jbn"), PEERS (default
+# "compiled+cl,eager+cl"), STEPS, WINDOWS, WARMUP, REPEATS, MODES (default "train infer").
+set -o pipefail
+out=${1:-gpu_results}
+mkdir -p "$out"
+here=$(cd "$(dirname "$0")" && pwd)
+python=${PYTHON:-python3}
+# The repository is not installed there: make resnext_tf importable from the checkout.
+export PYTHONPATH="$(dirname "$here")${PYTHONPATH:+:$PYTHONPATH}"
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,memory.used,memory.total \
+    --format=csv | tee "$out/gpu.txt"
+"$python" -c "import jax, keras, torch, torchvision; print('jax', jax.__version__, jax.devices(), \
+'keras', keras.__version__, 'torch', torch.__version__, 'torchvision', torchvision.__version__)" \
+    | tee -a "$out/gpu.txt"
+for mode in ${MODES:-train infer}; do
+    ours=${OURS:-grouped,grouped+jbn}
+    [ "$mode" = infer ] && ours=${OURS_INFER:-grouped}
+    "$python" "$here/compare.py" --backend=jax --mode="$mode" --batch_size=256 --image_size=224 \
+        --dtype=bfloat16 --steps="${STEPS:-20}" --windows="${WINDOWS:-3}" --warmup="${WARMUP:-3}" \
+        --repeats="${REPEATS:-1}" --ours="$ours" --peers="${PEERS:-compiled+cl,eager+cl}" \
+        2>&1 | tee "$out/$mode.log" || exit
+done

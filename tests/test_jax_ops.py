@@ -1,0 +1,67 @@
+"""resnext_tf.jax_ops: the fused batch normalization against plain JAX autodiff."""
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax", reason="jax_ops needs JAX (installed by .ci/run)")
+jnp = jax.numpy
+
+from resnext_tf import jax_ops  # noqa: E402
+
+EPSILON = 1e-5
+
+
+def reference(x, gamma, beta):
+    """Batch normalization written directly, differentiated by JAX."""
+    x = x.astype(jnp.float32)
+    mean = jnp.mean(x, (0, 1, 2))
+    variance = jnp.mean(jnp.square(x - mean), (0, 1, 2))
+    y = (x - mean) * jax.lax.rsqrt(variance + EPSILON) * gamma + beta
+    return y, mean, variance
+
+
+def _inputs(rng, dtype, offset):
+    x = rng.normal(offset, 3.0, size=(4, 5, 6, 8)).astype(np.float32)
+    gamma = rng.normal(1.0, 0.5, size=8).astype(np.float32)
+    beta = rng.normal(0.0, 0.5, size=8).astype(np.float32)
+    return jnp.asarray(x, dtype), jnp.asarray(gamma), jnp.asarray(beta)
+
+
+@pytest.mark.parametrize("offset", [0.0, 50.0])
+def test_forward_and_vjp_match_autodiff(offset):
+    rng = np.random.default_rng(1)
+    x, gamma, beta = _inputs(rng, jnp.float32, offset)
+    shift = jnp.asarray(rng.normal(offset, 1.0, size=8), jnp.float32)
+    ours, ours_vjp = jax.vjp(
+        lambda x, g, b: jax_ops.batch_norm_train(x, g, b, shift, EPSILON), x, gamma, beta
+    )
+    ref, ref_vjp = jax.vjp(reference, x, gamma, beta)
+    # Random cotangents on all three outputs, the statistics included.
+    cotangents = tuple(jnp.asarray(rng.normal(size=r.shape), jnp.float32) for r in ref)
+    for a, b in zip(ours, ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * (1 + offset))
+    for a, b in zip(ours_vjp(cotangents), ref_vjp(cotangents), strict=True):
+        np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-4)
+
+
+def test_shift_keeps_large_means_accurate():
+    """With the moving mean as shift, one-pass variance stays exact for |mean| >> std."""
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.normal(1000.0, 0.01, size=(8, 4, 4, 3)), jnp.float32)
+    ones, zeros = jnp.ones(3), jnp.zeros(3)
+    _, _, variance = jax_ops.batch_norm_train(x, ones, zeros, jnp.full(3, 1000.0), EPSILON)
+    expected = np.var(np.asarray(x, np.float64), axis=(0, 1, 2))
+    np.testing.assert_allclose(variance, expected, rtol=1e-3)
+
+
+def test_bfloat16_input_keeps_dtype_and_float32_statistics():
+    rng = np.random.default_rng(3)
+    x, gamma, beta = _inputs(rng, jnp.bfloat16, 2.0)
+    y, mean, variance = jax_ops.batch_norm_train(x, gamma, beta, jnp.zeros(8), EPSILON)
+    assert y.dtype == jnp.bfloat16 and mean.dtype == variance.dtype == jnp.float32
+    ref_y, ref_mean, ref_variance = reference(x, gamma, beta)
+    np.testing.assert_allclose(mean, ref_mean, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(variance, ref_variance, rtol=1e-4)
+    np.testing.assert_allclose(np.asarray(y, np.float32), ref_y, rtol=2e-2, atol=2e-2)
+    dx = jax.grad(lambda x: jnp.sum(jax_ops.batch_norm_train(x, gamma, beta, 0.0, EPSILON)[0]))(x)
+    assert dx.dtype == jnp.bfloat16
