@@ -12,8 +12,8 @@ each row to every peer. The pipeline suite runs benchmarks/input_pipeline.py (tf
 crop-decode modes) and benchmarks/torch_input_pipeline.py on one folder of JPEGs (generated
 500x375 photos unless --data_dir). Model configuration tokens (joined with "+"):
   ours:  split | grouped | auto, then any of fold (BN folded, TF), xla (jit_compile=true),
-         nojit (jit_compile=false), nconv / nbn (what-if: benchmarks/tf_native_ops.py),
-         jbn / m<K> (what-if: benchmarks/jax_whatif.py, fused BN / K groups merged)
+         nojit (jit_compile=false), jbn / m<K> (what-if: benchmarks/jax_whatif.py, fused BN /
+         K groups merged)
   peers: eager | compiled, then cl (channels_last)
 """
 
@@ -31,18 +31,13 @@ from resnext_tf.benchmark import JSON_PREFIX
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUR_FLAGS = {"fold": "--fold_bn", "xla": "--jit_compile=true", "nojit": "--jit_compile=false"}
-# What-if tokens: benchmarks/tf_native_ops.py with TF-native grouped conv / fused BN.
-NATIVE_OPS = {"nconv": "conv", "nbn": "bn"}
 PEER_FLAGS = {"eager": None, "compiled": "--compile", "cl": "--channels_last"}
 
 
 def our_command(token, common, backend):
     impl, *extras = token.split("+")
     flags = [f"--conv_impl={impl}"] + [OUR_FLAGS[e] for e in extras if e in OUR_FLAGS]
-    native = [NATIVE_OPS[e] for e in extras if e in NATIVE_OPS]
-    if native:
-        script = [os.path.join(HERE, "tf_native_ops.py"), f"--native={','.join(native)}"]
-    elif "jbn" in extras or any(re.fullmatch(r"m\d+", e) for e in extras):
+    if "jbn" in extras or any(re.fullmatch(r"m\d+", e) for e in extras):
         merge = next((e[1:] for e in extras if re.fullmatch(r"m\d+", e)), "1")
         bn = "fused" if "jbn" in extras else "keras"
         script = [os.path.join(HERE, "jax_whatif.py"), f"--bn={bn}", f"--merge_groups={merge}"]

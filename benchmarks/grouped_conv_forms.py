@@ -6,9 +6,9 @@
 Forms (all take the GroupedConv2D kernel layout (3, 3, in / groups, out)):
   split      slice channels, one convolution a group, concatenate (conv_impl="split")
   xla        Keras ops.conv with groups, which Keras compiles with XLA on TensorFlow
-             (conv_impl="grouped")
-  native     one tf.nn.conv2d with the grouped kernel, no XLA (oneDNN; not reachable from
-             keras.ops, see benchmarks/tf_native_ops.py)
+             (conv_impl="grouped" where TensorFlow has no native grouped gradient)
+  native     one tf.nn.conv2d with the grouped kernel, no XLA (oneDNN, cuDNN;
+             resnext_tf.tf_ops.grouped_conv2d, conv_impl="grouped" on TensorFlow)
   depthwise  depthwise convolution with channel multiplier in/groups, then a sum over the
              group's inputs (pure keras.ops)
   blockdiagK merge K (2 or 4) groups into one convolution with a block-diagonal kernel (pure
@@ -25,6 +25,8 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from resnext_tf import tf_ops
+
 # ResNeXt-50 32x4d: cardinality, and (grouped width, spatial division) of the four stages.
 GROUPS = 32
 STAGES = ((128, 4), (256, 8), (512, 16), (1024, 32))
@@ -40,7 +42,7 @@ def xla(x, kernel):
 
 
 def native(x, kernel):
-    return tf.nn.conv2d(x, kernel, 1, "SAME")
+    return tf_ops.grouped_conv2d(x, kernel, 1, "SAME")
 
 
 def depthwise(x, kernel):
