@@ -2,21 +2,24 @@
 
 Without --data_dir it writes --num_images JPEGs of --photo_size (default 500x375, the size of a
 typical ImageNet photo; quality 90, smooth gradients with texture and noise) into a temporary
-folder first.
+folder first. --stages also times the pipeline's parts without the unreadable-file handling:
+the per-image transform alone, then with the per-batch colour maps.
 
     python benchmarks/input_pipeline.py --num_images 512 --batch_size 64 --epochs 3
 """
 
 import argparse
+import glob
 import os
 import shutil
 import tempfile
 
 import numpy as np
+import tensorflow as tf
 from epoch_timing import images_per_second
 from PIL import Image
 
-from resnext_tf.data import DataConfig, build_dataset, dataset_spec
+from resnext_tf.data import DataConfig, build_dataset, dataset_spec, transforms
 
 # Typical ImageNet photo size (width x height) and JPEG quality of the generated images.
 PHOTO_SIZE = "500x375"
@@ -39,6 +42,28 @@ def write_jpegs(root, count, width, height, seed=0):
         image.save(os.path.join(folder, f"{i}.JPEG"), quality=JPEG_QUALITY)
 
 
+def stage(cfg, batch_size, colour):
+    """epoch -> batches of transforms.imagenet_train over the train files in a plain parallel
+    map, with apply_colour per batch when `colour`."""
+    paths = sorted(glob.glob(os.path.join(cfg.data_dir, "train", "*", "*")))
+    autotune = tf.data.AUTOTUNE
+
+    def example(path, seed):
+        return transforms.imagenet_train(tf.io.read_file(path), seed, cfg), 0
+
+    def finish(out, labels):
+        return (transforms.apply_colour(*out) if colour else out[0]), labels
+
+    def make_epoch(epoch):
+        seeds = tf.random.experimental.stateless_split([cfg.seed, epoch], len(paths))
+        ds = tf.data.Dataset.from_tensor_slices((paths, seeds)).shuffle(len(paths), epoch)
+        ds = ds.map(example, num_parallel_calls=autotune, deterministic=True)
+        ds = ds.batch(batch_size, drop_remainder=True)
+        return ds.map(finish, num_parallel_calls=autotune, deterministic=True).prefetch(autotune)
+
+    return make_epoch
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data_dir", help="ImageNet folder with train/; default: generated JPEGs")
@@ -47,6 +72,7 @@ def main():
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--image_size", type=int, default=224)
+    parser.add_argument("--stages", action="store_true", help="also time the parts")
     args = parser.parse_args()
 
     data_dir = args.data_dir or tempfile.mkdtemp(prefix="resnext_tf_jpegs_")
@@ -67,6 +93,10 @@ def main():
             )
             print(f"fused_crop={fused}: {rates[fused]:.1f} images/s")
         print(f"fused / full decode: {rates[True] / rates[False]:.2f}x")
+        for colour in (False, True) if args.stages else ():
+            rate = images_per_second(stage(cfg, args.batch_size, colour), args.epochs)
+            parts = "imagenet_train" + (" + apply_colour" if colour else "")
+            print(f"stage {parts}: {rate:.1f} images/s")
     finally:
         if not args.data_dir:
             shutil.rmtree(data_dir)
