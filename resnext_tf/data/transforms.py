@@ -196,9 +196,10 @@ def lighting_shift(seed, alphastd):
 def colour_map(channel_mean, coefficients, shift):
     """The affine colour map of one image: jitter, then lighting, then normalization.
 
-    For a 0-255 image x, the training recipe computes, per pixel and on x / 255,
-    (p * x + q * grey(x) + r * mean(grey(x)) + shift - MEAN) / STD with grey(x) = x @ GREY_WEIGHTS.
-    With mean(grey(x)) = channel_mean @ GREY_WEIGHTS this is x @ matrix + bias.
+    For a 0-255 image x and u = x / 255, the training recipe computes per pixel
+    (p * u + q * grey(u) + r * mean(grey(u)) + shift - MEAN) / STD, grey(u) = u @ GREY_WEIGHTS,
+    with no clamping between the steps (REFERENCE.md "Data"). As mean(grey(u)) =
+    channel_mean @ GREY_WEIGHTS / 255, this is x @ matrix + bias, exactly.
 
     Args:
         channel_mean: float32 [3], the mean of each channel of the 0-255 image.
