@@ -11,9 +11,8 @@ over all configurations; the table shows the median of the per-run medians and t
 each row to every peer. The pipeline suite runs benchmarks/input_pipeline.py (tf.data, both
 crop-decode modes) and benchmarks/torch_input_pipeline.py on one folder of JPEGs (generated
 500x375 photos unless --data_dir). Model configuration tokens (joined with "+"):
-  ours:  split | grouped | auto, then any of fold (BN folded, TF), xla (jit_compile=true),
-         nojit (jit_compile=false), jbn / m<K> (what-if: benchmarks/jax_whatif.py, fused BN /
-         K groups merged)
+  ours:  auto | grouped | split | block_diagonal, then any of fold (BN folded, TF),
+         xla (jit_compile=true), nojit (jit_compile=false)
   peers: eager | compiled, then cl (channels_last)
 """
 
@@ -37,13 +36,8 @@ PEER_FLAGS = {"eager": None, "compiled": "--compile", "cl": "--channels_last"}
 def our_command(token, common, backend):
     impl, *extras = token.split("+")
     flags = [f"--conv_impl={impl}"] + [OUR_FLAGS[e] for e in extras if e in OUR_FLAGS]
-    if "jbn" in extras or any(re.fullmatch(r"m\d+", e) for e in extras):
-        merge = next((e[1:] for e in extras if re.fullmatch(r"m\d+", e)), "1")
-        bn = "fused" if "jbn" in extras else "keras"
-        script = [os.path.join(HERE, "jax_whatif.py"), f"--bn={bn}", f"--merge_groups={merge}"]
-    else:
-        script = ["-m", "resnext_tf.benchmark"]
-    return f"resnext_tf[{backend}] {token}", [sys.executable, *script, *common, *flags]
+    command = [sys.executable, "-m", "resnext_tf.benchmark", *common, *flags]
+    return f"resnext_tf[{backend}] {token}", command
 
 
 def peer_command(token, common):

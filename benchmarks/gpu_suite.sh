@@ -3,7 +3,8 @@
 # on Keras' JAX backend against torchvision (channels_last, autocast bf16) eager and compiled.
 #   bash benchmarks/gpu_suite.sh [OUT_DIR]
 # Writes train.log and infer.log (each ends with compare.py's table) to OUT_DIR (default
-# ./gpu_results). Environment: OURS (default "grouped,grouped+jbn"), PEERS (default
+# ./gpu_results). Environment: OURS (default "auto,grouped": auto is block_diagonal on a GPU),
+# OURS_INFER (default the same), PEERS (default
 # "compiled+cl,eager+cl"), STEPS, WINDOWS, WARMUP, REPEATS, MODES (default "train infer").
 set -o pipefail
 out=${1:-gpu_results}
@@ -18,8 +19,8 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,memory.used,m
 'keras', keras.__version__, 'torch', torch.__version__, 'torchvision', torchvision.__version__)" \
     | tee -a "$out/gpu.txt"
 for mode in ${MODES:-train infer}; do
-    ours=${OURS:-grouped,grouped+jbn}
-    [ "$mode" = infer ] && ours=${OURS_INFER:-grouped}
+    ours=${OURS:-auto,grouped}
+    [ "$mode" = infer ] && ours=${OURS_INFER:-$ours}
     "$python" "$here/compare.py" --backend=jax --mode="$mode" --batch_size=256 --image_size=224 \
         --dtype=bfloat16 --steps="${STEPS:-20}" --windows="${WINDOWS:-3}" --warmup="${WARMUP:-3}" \
         --repeats="${REPEATS:-1}" --ours="$ours" --peers="${PEERS:-compiled+cl,eager+cl}" \

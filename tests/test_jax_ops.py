@@ -1,5 +1,10 @@
 """resnext_tf.jax_ops: the fused batch normalization against plain JAX autodiff."""
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 
@@ -65,3 +70,69 @@ def test_bfloat16_input_keeps_dtype_and_float32_statistics():
     np.testing.assert_allclose(np.asarray(y, np.float32), ref_y, rtol=2e-2, atol=2e-2)
     dx = jax.grad(lambda x: jnp.sum(jax_ops.batch_norm_train(x, gamma, beta, 0.0, EPSILON)[0]))(x)
     assert dx.dtype == jnp.bfloat16
+
+
+# The model layers on the JAX backend (a child process: this one runs TensorFlow's backend).
+JAX_LAYERS_CHILD = textwrap.dedent(
+    """
+    import jax, keras, numpy as np
+    from resnext_tf import build_resnext, layers
+
+    assert keras.backend.backend() == "jax"
+    TINY = dict(depth=11, stem="cifar", cardinality=8, base_width=4, input_shape=(8, 8, 3))
+    rng = np.random.default_rng(0)
+    images = rng.normal(1.0, 2.0, size=(4, 8, 8, 3)).astype("float32")
+    labels = rng.integers(0, 5, 4)
+
+    def run(conv_impl, policy="float32"):
+        keras.config.set_dtype_policy(policy)
+        keras.utils.set_random_seed(0)
+        model = build_resnext(**TINY, num_classes=5, conv_impl=conv_impl)
+        keras.config.set_dtype_policy("float32")
+        tv = [v.value for v in model.trainable_variables]
+        ntv = [v.value for v in model.non_trainable_variables]
+
+        def loss(tv):
+            logits, new_ntv = model.stateless_call(tv, ntv, images, training=True)
+            ce = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+            return keras.ops.mean(ce), (logits, new_ntv)
+
+        grads, (logits, new_ntv) = jax.jit(jax.grad(loss, has_aux=True))(tv)
+        infer = model.stateless_call(tv, new_ntv, images, training=False)[0]
+        return [np.asarray(t, np.float32) for t in (logits, infer, *grads, *new_ntv)]
+
+    def max_diff(a, b):
+        return max(float(np.max(np.abs(x - y))) for x, y in zip(a, b, strict=True))
+
+    keras_bn = layers.BatchNorm._fused_kernel
+    fused = run("grouped")
+    layers.BatchNorm._fused_kernel = lambda self, inputs, mask, training: None
+    stock = run("grouped")
+    stock_bf16 = run("grouped", "mixed_bfloat16")
+    layers.BatchNorm._fused_kernel = keras_bn
+    fused_bf16 = run("grouped", "mixed_bfloat16")
+    merged = run("block_diagonal")
+    print("fused_vs_keras", max_diff(fused, stock))
+    print("bf16_fused_vs_keras", max_diff(fused_bf16, stock_bf16))
+    print("block_diagonal_vs_grouped", max_diff(merged, fused))
+    print("changed", max_diff(fused, run("split")) < 1e-4, max_diff(stock, stock_bf16) > 1e-4)
+    """
+)
+
+
+def test_jax_layers_match_keras_batchnorm_and_grouped_conv():
+    """BatchNorm's JAX path against Keras' own BN, block_diagonal against grouped: logits,
+    inference logits, every gradient and the updated moving statistics."""
+    result = subprocess.run(
+        [sys.executable, "-c", JAX_LAYERS_CHILD],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = dict(line.split(" ", 1) for line in result.stdout.splitlines() if " " in line)
+    assert float(figures["fused_vs_keras"]) < 1e-4, figures
+    # Keras rounds the bf16 batch statistics to bf16; the fused path keeps them in float32.
+    assert float(figures["bf16_fused_vs_keras"]) < 0.1, figures
+    assert float(figures["block_diagonal_vs_grouped"]) < 1e-4, figures
+    assert figures["changed"] == "True True", figures

@@ -67,7 +67,7 @@ def traced_ops(fn, *specs):
     return [op.type for op in graph.get_operations()], xla
 
 
-@pytest.mark.parametrize("conv_impl", ["grouped", "split"])
+@pytest.mark.parametrize("conv_impl", ["grouped", "split", "block_diagonal"])
 @pytest.mark.parametrize("groups", [2, 4, 16])
 @pytest.mark.parametrize("stride,size", [(1, 6), (2, 7)])
 def test_grouped_conv_matches_numpy_forward_and_gradients(conv_impl, groups, stride, size):

@@ -7,12 +7,11 @@ dataset (REFERENCE.md: epochs, weight decay, learning-rate scaling, depth, class
 import dataclasses
 import os
 
+from resnext_tf.layers import BOTTLENECK_TYPES, CONV_IMPLS, SHORTCUT_TYPES
 from resnext_tf.training import schedules
 
-# Option sets of the original (REFERENCE.md) plus this project's additions.
-BOTTLENECK_TYPES = ("resnext_C", "resnext_B", "resnet")
-SHORTCUT_TYPES = ("A", "B", "C")
-CONV_IMPLS = ("auto", "grouped", "split")
+# Option sets of the original (REFERENCE.md) plus this project's additions; the model's own
+# (bottleneck, shortcut, convolution implementation) come from resnext_tf.layers.
 STRATEGIES = ("auto", "off", "one_device", "mirrored", "multi_worker_mirrored", "tpu")
 DTYPES = ("float32", "mixed_float16", "mixed_bfloat16")
 # Depth defaults: ResNeXt-50 on ImageNet, ResNeXt-29 on CIFAR (README recipes); ImageNet depths
