@@ -29,7 +29,9 @@ def test_learns_and_writes_logs_and_checkpoints(cifar_run):
     rows = csv_rows(model_dir)
     assert [r["epoch"] for r in rows] == [1, 2]
     assert rows[-1]["val_top1"] < 50.0  # chance is 90% error
-    assert rows[1]["train_loss"] < rows[0]["train_loss"]
+    # Error, not loss: in 20 steps a few confident mistakes can raise the mean loss of an epoch
+    # whose error fell (fp32 rounding alone moves this run's loss by 1e-2 from step 4 on).
+    assert rows[1]["train_top1"] < rows[0]["train_top1"] - 10.0
     assert [r["lr"] for r in rows] == pytest.approx([0.025, 0.0025])  # x0.1 at epoch/3 > 0.49
     assert " | Epoch: [1][5/10]" in out and " * Finished epoch # 2  top1:" in out
     assert len(glob.glob(os.path.join(model_dir, "tensorboard", "*", "events.out.tfevents.*"))) == 2
