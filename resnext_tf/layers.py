@@ -66,7 +66,7 @@ def resolve_conv_impl(conv_impl, dtype="float32"):
       * TensorFlow -> "grouped" where TensorFlow runs the grouped convolution natively, forward
         and gradients (`tf_native_grouped_conv`: oneDNN on x86 CPUs, cuDNN on GPUs): one
         convolution a layer instead of `cardinality` small ones plus the slicing and
-        concatenation, 1.1x a CPU training step and 1.3x CPU inference over "split". Else
+        concatenation, 1.2x a CPU training step and 1.26x CPU inference over "split". Else
         "split": Keras' own grouped convolution (the fallback of "grouped" there) runs on TF
         inside an XLA-compiled function, whose CPU gradient is ~30x slower than split
         convolutions and which a SavedModel then needs at serving time.
