@@ -1,8 +1,5 @@
 """resnext_tf.jax_ops: the fused batch normalization against plain JAX autodiff."""
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -10,6 +7,8 @@ import pytest
 
 jax = pytest.importorskip("jax", reason="jax_ops needs JAX (installed by .ci/run)")
 jnp = jax.numpy
+
+from child_process import run_jax_child  # noqa: E402
 
 from resnext_tf import jax_ops  # noqa: E402
 
@@ -123,14 +122,8 @@ JAX_LAYERS_CHILD = textwrap.dedent(
 def test_jax_layers_match_keras_batchnorm_and_grouped_conv():
     """BatchNorm's JAX path against Keras' own BN, block_diagonal against grouped: logits,
     inference logits, every gradient and the updated moving statistics."""
-    result = subprocess.run(
-        [sys.executable, "-c", JAX_LAYERS_CHILD],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    figures = dict(line.split(" ", 1) for line in result.stdout.splitlines() if " " in line)
+    out = run_jax_child(JAX_LAYERS_CHILD)
+    figures = dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
     assert float(figures["fused_vs_keras"]) < 1e-4, figures
     # Keras rounds the bf16 batch statistics to bf16; the fused path keeps them in float32.
     assert float(figures["bf16_fused_vs_keras"]) < 0.1, figures

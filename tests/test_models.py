@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from child_process import run_jax_child
 
 import resnext_tf
 from resnext_tf import Bottleneck, GroupedConv2D, build_resnext, create_model, list_models
@@ -336,18 +337,7 @@ JAX_CHILD = textwrap.dedent(
 
 
 def test_jax_backend_forward_and_train_step():
-    try:
-        import jax  # noqa: F401
-    except ImportError:
-        pytest.skip("jax is not installed; the JAX backend check needs `pip install jax`")
-    result = subprocess.run(
-        [sys.executable, "-c", JAX_CHILD],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "jax ok" in result.stdout
+    assert "jax ok" in run_jax_child(JAX_CHILD)
 
 
 @pytest.mark.parametrize(

@@ -1,14 +1,12 @@
 """TensorFlow kernels of the layers: native grouped convolution and fused batch normalization."""
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from child_process import run_child, run_jax_child
 from tensorflow.python.util import _pywrap_util_port
 
 from resnext_tf import build_resnext, tf_ops
@@ -155,14 +153,8 @@ WITHOUT_ONEDNN_CHILD = textwrap.dedent(
 
 
 def test_without_onednn_grouped_trains_through_the_fallback():
-    result = subprocess.run(
-        [sys.executable, "-c", WITHOUT_ONEDNN_CHILD],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "TF_ENABLE_ONEDNN_OPTS": "0", "TF_CPP_MIN_LOG_LEVEL": "3"},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "fallback ok" in result.stdout
+    out = run_child(WITHOUT_ONEDNN_CHILD, TF_ENABLE_ONEDNN_OPTS="0", TF_CPP_MIN_LOG_LEVEL="3")
+    assert "fallback ok" in out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -313,12 +305,4 @@ NO_TENSORFLOW_CHILD = textwrap.dedent(
 
 
 def test_model_under_jax_never_imports_tensorflow():
-    pytest.importorskip("jax", reason="the JAX backend check needs `pip install jax`")
-    result = subprocess.run(
-        [sys.executable, "-c", NO_TENSORFLOW_CHILD],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "no tensorflow" in result.stdout
+    assert "no tensorflow" in run_jax_child(NO_TENSORFLOW_CHILD)
