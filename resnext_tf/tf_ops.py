@@ -115,30 +115,21 @@ def fused_batch_norm(inputs, gamma, beta, mean, variance, epsilon, training):
       (outputs in the dtype of `inputs`, mean, variance): in training the batch mean and the
       biased batch variance (as Keras averages it), otherwise `mean` and `variance`.
     """
-    if not training:
-        outputs = tf.raw_ops.FusedBatchNormV3(
-            x=inputs,
-            scale=gamma,
-            offset=beta,
-            mean=mean,
-            variance=variance,
-            epsilon=epsilon,
-            data_format="NHWC",
-            is_training=False,
-        )[0]
-        return outputs, mean, variance
-    # The raw op, not tf.compat.v1.nn.fused_batch_norm, which raises epsilon to 1.001e-5.
+    # The raw op, not tf.compat.v1.nn.fused_batch_norm, which raises epsilon to 1.001e-5. In
+    # training the kernel takes empty statistics and returns the batch's.
     empty = tf.zeros((0,), tf.float32)
     outputs, batch_mean, batch_variance = tf.raw_ops.FusedBatchNormV3(
         x=inputs,
         scale=gamma,
         offset=beta,
-        mean=empty,
-        variance=empty,
+        mean=empty if training else mean,
+        variance=empty if training else variance,
         epsilon=epsilon,
         data_format="NHWC",
-        is_training=True,
+        is_training=training,
     )[:3]
+    if not training:
+        return outputs, mean, variance
     # The kernel returns the Bessel-corrected variance, n / (n - 1) times the biased one.
     count = tf.cast(tf.reduce_prod(tf.shape(inputs)[:-1]), tf.float32)
     return outputs, batch_mean, batch_variance * ((count - 1.0) / count)
