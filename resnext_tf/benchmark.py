@@ -59,7 +59,8 @@ class BenchmarkConfig:
       batch_size: Images per step.
       image_size: Side of the square synthetic images (ignored with `data_dir`'s own size).
       dtype: "float32", "bfloat16" or "float16" (mixed precision for the last two).
-      conv_impl: Grouped convolution implementation: "auto", "grouped" or "split".
+      conv_impl: Grouped convolution implementation: "auto", "grouped", "split" or
+        "block_diagonal" (resnext_tf.layers.CONV_IMPLS).
       jit_compile: "auto" (XLA on TensorFlow only with a GPU, as Keras decides), "true" or
         "false". JAX always compiles; PyTorch runs eagerly.
       fold_bn: Inference only, TensorFlow backend: run a graph with every BatchNormalization
