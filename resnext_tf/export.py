@@ -59,8 +59,8 @@ MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 # library's native path, `resnext_tf.layers.tf_native_grouped_conv`; needs a TensorFlow that runs
 # it natively where the export is made: oneDNN on x86 CPUs, on by default, or cuDNN), or
 # "split", one convolution a group. serving_default of resnext50_32x4d on one 224x224 JPEG, idle
-# 2-core CPU, median of 40: grouped 74 ms, split 96 ms with oneDNN (TF's default on x86); equal
-# without it. See docs/export.md.
+# 2-core CPU, median of 40: grouped 67.8 ms, split 82.1 ms with oneDNN (TF's default on x86);
+# equal without it. See docs/export.md.
 SERVING_CONV_IMPLS = ("grouped", "split")
 
 
