@@ -23,6 +23,13 @@ PROBE_INPUT_SHAPE = (1, 5, 5, 4)
 PROBE_KERNEL_SHAPE = (3, 3, 2, 4)
 PROBE_FORMS = ((1, "SAME"), (2, "VALID"))
 PROBE_TOLERANCE = 0.25
+# A 1x1 convolution runs as one matrix product (`pointwise_conv2d`) on CPUs where its kernel
+# holds at least this many elements per element of its input and output. oneDNN's convolution
+# reorders the kernel into its blocked layout at every call (forward, and both gradients),
+# which costs most where the kernel is large against the activations: resnext50_32x4d's last
+# stage at 7x7 and batch 16 runs 1.25x faster as a matrix product forward and backward, while
+# at 56x56 the convolution is 1.1x faster (benchmarks/pointwise_conv.py).
+POINTWISE_MATMUL_MIN_RATIO = 0.25
 
 
 def grouped_conv2d(inputs, kernel, strides, padding):
@@ -39,6 +46,51 @@ def grouped_conv2d(inputs, kernel, strides, padding):
       The NHWC output tensor.
     """
     return tf.nn.conv2d(inputs, kernel, strides, padding)
+
+
+@functools.cache
+def _gpu_visible():
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def pointwise_as_matmul(input_shape, strides, filters):
+    """Whether a 1x1 convolution of this shape runs as `pointwise_conv2d`.
+
+    True on CPU-only processes where the kernel has at least POINTWISE_MATMUL_MIN_RATIO
+    elements per element of the input (after the stride) and output. An unknown batch size
+    counts as 1 (serving); unknown height or width keeps the convolution. Where a GPU is
+    visible the convolution (cuDNN) is kept: the matrix product was measured on CPUs only.
+
+    Args:
+      input_shape: NHWC shape, entries None where unknown.
+      strides: Square stride of the convolution.
+      filters: Output channels.
+    """
+    batch, height, width, channels = input_shape
+    if height is None or width is None or channels is None or _gpu_visible():
+        return False
+    positions = (batch or 1) * -(-height // strides) * -(-width // strides)
+    kernel = channels * filters
+    return kernel >= POINTWISE_MATMUL_MIN_RATIO * positions * (channels + filters)
+
+
+def pointwise_conv2d(inputs, kernel, strides):
+    """A 1x1 convolution without padding, as one matrix product.
+
+    Args:
+      inputs: NHWC tensor.
+      kernel: (1, 1, in_channels, filters).
+      strides: Square stride; the output keeps every `strides`-th row and column from the
+        first, as the convolution does.
+
+    Returns:
+      The NHWC output tensor.
+    """
+    if strides > 1:
+        inputs = inputs[:, ::strides, ::strides, :]
+    shape = tf.shape(inputs)
+    outputs = tf.matmul(tf.reshape(inputs, [-1, shape[-1]]), kernel[0, 0])
+    return tf.reshape(outputs, tf.concat([shape[:-1], tf.shape(kernel)[-1:]], 0))
 
 
 def _conv_and_gradients(inputs, kernel, strides, padding):

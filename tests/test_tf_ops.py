@@ -129,6 +129,80 @@ def test_grouped_falls_back_to_keras_when_unsupported(monkeypatch):
     np.testing.assert_allclose(conv(x).numpy(), expected, rtol=1e-4, atol=1e-4)
 
 
+# ----------------------------------------------------------------------------------------------
+# 1x1 convolutions as matrix products
+
+
+@pytest.mark.parametrize("stride,size", [(1, 5), (2, 5), (2, 6)])
+def test_pointwise_matmul_matches_numpy_forward_and_gradients(stride, size, monkeypatch):
+    # A threshold of 0 sends every 1x1 convolution to the matrix product.
+    monkeypatch.setattr(tf_ops, "POINTWISE_MATMUL_MIN_RATIO", 0.0)
+    conv = GroupedConv2D(12, 1, strides=stride, padding=0)
+    conv.build((None, size, size, 8))
+    op_types, _ = traced_ops(conv, tf.TensorSpec((2, size, size, 8)))
+    assert "MatMul" in op_types and "Conv2D" not in op_types, op_types
+    x = RNG.standard_normal((2, size, size, 8)).astype("float32")
+    out_size = (size - 1) // stride + 1
+    upstream = RNG.standard_normal((2, out_size, out_size, 12)).astype("float32")
+    expected = numpy_grouped_conv(x, conv.kernel.numpy(), stride, 0, 1, upstream)
+    for compile_fn in (False, True):
+        got = conv_outputs_and_gradients(conv, x, upstream, compile_fn)
+        for name, a, b in zip(("output", "d_input", "d_kernel"), got, expected, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4, err_msg=name)
+
+
+@pytest.mark.parametrize(
+    "shape,strides,filters,expected",
+    [
+        ((16, 7, 7, 2048), 1, 1024, True),  # resnext50 stage 4 at 224px: kernel 2.1M, act. 2.4M
+        ((16, 14, 14, 1024), 2, 2048, True),  # its strided shortcut, 7x7 after the stride
+        ((16, 14, 14, 1024), 1, 512, False),  # stage 3: kernel 0.5M, activations 4.8M
+        ((16, 56, 56, 256), 1, 128, False),
+        ((None, 14, 14, 1024), 1, 512, True),  # unknown batch counts as 1 (serving)
+        ((16, None, None, 2048), 1, 1024, False),  # unknown spatial size keeps the convolution
+    ],
+)
+def test_pointwise_as_matmul_where_the_kernel_outweighs_the_activations(
+    shape, strides, filters, expected
+):
+    assert tf_ops.pointwise_as_matmul(shape, strides, filters) is expected
+
+
+def test_pointwise_keeps_the_convolution_where_a_gpu_is_visible(monkeypatch):
+    monkeypatch.setattr(tf_ops, "_gpu_visible", lambda: True)
+    assert not tf_ops.pointwise_as_matmul((1, 7, 7, 2048), 1, 1024)
+
+
+def test_model_runs_its_later_stages_as_matrix_products(monkeypatch):
+    model = build_resnext(**TINY, num_classes=5)
+    x = RNG.standard_normal((2, 8, 8, 3)).astype("float32")
+
+    def trace_and_grads():
+        def loss(x):
+            return tf.reduce_sum(model(x, training=True) ** 2)
+
+        op_types, _ = traced_ops(loss, tf.TensorSpec((2, 8, 8, 3)))
+
+        @tf.function
+        def grads(x):
+            with tf.GradientTape() as tape:
+                value = loss(x)
+            return [value, *tape.gradient(value, model.trainable_variables)]
+
+        return op_types, [g.numpy() for g in grads(tf.constant(x))]
+
+    op_types, got = trace_and_grads()
+    monkeypatch.setattr(tf_ops, "POINTWISE_MATMUL_MIN_RATIO", float("inf"))
+    conv_op_types, expected = trace_and_grads()
+    # Without the matrix products the only MatMul is the classifier's. Stage 1 (8x8, batch 2)
+    # keeps its 1x1 convolutions; the later stages, whose kernels outweigh their activations,
+    # run theirs as matrix products, with the same loss and gradients.
+    assert conv_op_types.count("MatMul") == 1, conv_op_types
+    assert op_types.count("MatMul") > 1 and "Conv2D" in op_types, op_types
+    for a, b in zip(got, expected, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
 WITHOUT_ONEDNN_CHILD = textwrap.dedent(
     """
     import numpy as np, keras, tensorflow as tf
