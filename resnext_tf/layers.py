@@ -131,7 +131,9 @@ class GroupedConv2D(keras.layers.Layer):
 
     The kernel has Keras Conv2D(groups) layout, (kh, kw, in_channels // groups, filters), with
     output channels ordered group by group, as Torch's weight transposed. Both implementations use
-    this one variable, so weights move between them unchanged.
+    this one variable, so weights move between them unchanged. On TensorFlow a 1x1 convolution
+    without padding runs as one matrix product where that is faster on the CPU
+    (`resnext_tf.tf_ops.pointwise_as_matmul`: the later stages of ImageNet models).
 
     Args:
       filters: Output channels; divisible by `groups`.
