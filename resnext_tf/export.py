@@ -58,9 +58,8 @@ MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 # Grouped convolutions in the exported graph: "grouped", one tf.nn.conv2d a layer (the
 # library's native path, `resnext_tf.layers.tf_native_grouped_conv`; needs a TensorFlow that runs
 # it natively where the export is made: oneDNN on x86 CPUs, on by default, or cuDNN), or
-# "split", one convolution a group. serving_default of resnext50_32x4d on one 224x224 JPEG, idle
-# 2-core CPU, median of 40: grouped 67.8 ms, split 82.1 ms with oneDNN (TF's default on x86);
-# equal without it. See docs/export.md.
+# "split", one convolution a group. "grouped" serves one JPEG about 1.2-1.3x faster with oneDNN
+# (TF's default on x86) and as fast without it; the measurements are in docs/export.md.
 SERVING_CONV_IMPLS = ("grouped", "split")
 
 

@@ -213,10 +213,15 @@ class GroupedConv2D(keras.layers.Layer):
             inputs = symmetric_pad(inputs, self.padding)
         padding = "same" if same else "valid"
         if self.groups == 1:
-            if self._pointwise_as_matmul(inputs):
+            if (
+                self.kernel_size == 1
+                and self.padding == 0
+                and keras.backend.backend() == "tensorflow"
+            ):
                 from resnext_tf import tf_ops
 
-                return tf_ops.pointwise_conv2d(inputs, kernel, self.strides)
+                if tf_ops.pointwise_as_matmul(tuple(inputs.shape), self.strides, self.filters):
+                    return tf_ops.pointwise_conv2d(inputs, kernel, self.strides)
             return ops.conv(inputs, kernel, strides=self.strides, padding=padding)
         impl = resolve_conv_impl(self.conv_impl, self.compute_dtype)
         if impl == "block_diagonal":
@@ -235,16 +240,6 @@ class GroupedConv2D(keras.layers.Layer):
 
             return tf_ops.grouped_conv2d(inputs, kernel, self.strides, padding.upper())
         return ops.conv(inputs, kernel, strides=self.strides, padding=padding)
-
-    def _pointwise_as_matmul(self, inputs):
-        """Whether this call runs as TensorFlow's matrix product (`tf_ops.pointwise_as_matmul`)."""
-        if not (
-            self.kernel_size == 1 and self.padding == 0 and keras.backend.backend() == "tensorflow"
-        ):
-            return False
-        from resnext_tf import tf_ops
-
-        return tf_ops.pointwise_as_matmul(tuple(inputs.shape), self.strides, self.filters)
 
     def compute_output_shape(self, input_shape):
         def out(size):

@@ -90,7 +90,7 @@ def pointwise_conv2d(inputs, kernel, strides):
         inputs = inputs[:, ::strides, ::strides, :]
     shape = tf.shape(inputs)
     outputs = tf.matmul(tf.reshape(inputs, [-1, shape[-1]]), kernel[0, 0])
-    return tf.reshape(outputs, tf.concat([shape[:-1], tf.shape(kernel)[-1:]], 0))
+    return tf.reshape(outputs, tf.concat([shape[:-1], [kernel.shape[-1]]], 0))
 
 
 def _conv_and_gradients(inputs, kernel, strides, padding):

@@ -1,15 +1,13 @@
 """Tests of the throughput harness: timing arithmetic, flags, BN folding, one end-to-end run."""
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from child_process import JAX_CPU, run_child
 
 from resnext_tf import benchmark, build_resnext
 
@@ -169,10 +167,6 @@ def test_train_step_of_every_backend_fits_a_batch(backend):
     # checks that the backend's step really updates the weights it reads next time (the JAX
     # step donates and threads its state).
     code = f"TINY = {TINY!r}\n" + BACKEND_STEP_CHILD
-    env = dict(os.environ, KERAS_BACKEND=backend)
-    proc = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    losses = json.loads(proc.stdout.strip().splitlines()[-1])
+    env = JAX_CPU if backend == "jax" else {"KERAS_BACKEND": backend}
+    losses = json.loads(run_child(code, **env).strip().splitlines()[-1])
     assert losses[0] > 1.0 and min(losses[-3:]) < 0.5 * losses[0], losses
