@@ -12,15 +12,22 @@ Forms (both take the GroupedConv2D kernel layout (1, 1, in, out)):
 runs them (TensorFlow fuses them into the convolution, not into the matrix product); "train"
 times forward + gradients for input and kernel. The last column is the form that
 resnext_tf.tf_ops.pointwise_as_matmul picks for the shape, which GroupedConv2D follows.
+
+    python benchmarks/pointwise_conv.py --whole_model --mode=train --image_size=112
+
+times the whole resnext50_32x4d step of resnext_tf.benchmark instead, twice in one process:
+with the library's rule and with every 1x1 as a convolution, the two steps called in turn so
+that the machine's drift falls on both alike.
 """
 
 import argparse
+import time
 
 import numpy as np
 import tensorflow as tf
 from grouped_conv_forms import compiled, timed
 
-from resnext_tf import tf_ops
+from resnext_tf import benchmark, tf_ops
 
 # ResNeXt-50 32x4d: (grouped width, output channels, spatial division) of the four stages.
 STAGES = ((128, 256, 4), (256, 512, 8), (512, 1024, 16), (1024, 2048, 32))
@@ -72,13 +79,49 @@ def shapes(image_size):
         previous = out
 
 
+def whole_model(args):
+    """Median step times of the model with the library's rule and with convolutions only."""
+    cfg = benchmark.BenchmarkConfig(
+        mode=args.mode, batch_size=args.batch_size, image_size=args.image_size
+    )
+    images, labels = next(benchmark._batches(cfg))
+    rule = tf_ops.POINTWISE_MATMUL_MIN_RATIO
+    steps = {}
+    for name, ratio in (("as picked", rule), ("all conv", float("inf"))):
+        # The rule is read when a step is traced: trace each step under its own setting.
+        tf_ops.POINTWISE_MATMUL_MIN_RATIO = ratio
+        model = benchmark.create_model(
+            "resnext50_32x4d", input_shape=(args.image_size, args.image_size, 3)
+        )
+        step, sync, _ = benchmark._tensorflow_steps(model, cfg)
+        for _ in range(2):
+            sync(step(images, labels))
+        steps[name] = step, sync
+    tf_ops.POINTWISE_MATMUL_MIN_RATIO = rule
+    seconds = {name: [] for name in steps}
+    for _ in range(args.repeats):
+        for name, (step, sync) in steps.items():
+            start = time.perf_counter()
+            sync(step(images, labels))
+            seconds[name].append(time.perf_counter() - start)
+    ms = {name: 1e3 * float(np.median(s)) for name, s in seconds.items()}
+    print(
+        f"{args.mode}, batch {args.batch_size}, {args.image_size}px, median of {args.repeats} "
+        f"steps: as picked {ms['as picked']:.1f} ms, all conv {ms['all conv']:.1f} ms "
+        f"({ms['all conv'] / ms['as picked']:.3f}x)"
+    )
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--mode", choices=("infer", "train"), default="train")
     parser.add_argument("--image_size", type=int, default=112)
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--whole_model", action="store_true", help="time the whole model step")
     args = parser.parse_args(argv)
+    if args.whole_model:
+        return whole_model(args)
     rng = np.random.default_rng(0)
     print(f"{args.mode}, batch {args.batch_size}, {args.image_size}px: ms per convolution")
     print("| input | in -> out | stride | conv | matmul | conv / matmul | picked |")
