@@ -27,10 +27,25 @@ setup(
         "numpy",
     ],
     extras_require={
-        "test": ["pytest>=7", "pillow", "jax[cpu]", "safetensors", "ruff"],
         "plot": ["matplotlib"],
         "weights": ["safetensors", "torchfile"],
         # Writes the TF Serving warm-up requests next to an exported SavedModel.
         "serving": ["tensorflow-serving-api"],
+        # Everything the test suite exercises, so that README's two commands run every test:
+        # the optional extras above, the JAX backend, and torch/torchvision as the reference
+        # side of the weight-conversion tests (torch >= 2.10: .pth files are read with
+        # weights_only=True, which older releases let crafted files bypass).
+        "test": [
+            "pytest>=7",
+            "pillow",
+            "jax[cpu]",
+            "ruff",
+            "matplotlib",
+            "safetensors",
+            "torchfile",
+            "tensorflow-serving-api",
+            "torch>=2.10",
+            "torchvision",
+        ],
     },
 )
