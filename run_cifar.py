@@ -9,11 +9,13 @@ from absl import app, flags
 
 import flags as resnext_flags
 from resnext_tf import training
+from resnext_tf.errors import user_errors_exit
 
 for group in resnext_flags.define_flags(datasets=("cifar10", "cifar100")):
     flags.adopt_module_key_flags(group)  # --help lists them
 
 
+@user_errors_exit  # a bad data_dir, held lock or damaged checkpoint: one line, exit 2
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
