@@ -12,6 +12,7 @@ import os
 import numpy as np
 from keras import ops
 
+from resnext_tf.errors import WeightsError
 from resnext_tf.resnext import build_resnext
 from resnext_tf.weights.pretrained import IMAGENET, PRETRAINED
 
@@ -26,7 +27,16 @@ CLASS_INDEX_PATH = os.path.join(
 PRETRAINED_NAMES = (IMAGENET, *sorted({tag for tags in PRETRAINED.values() for tag in tags}))
 
 
-def _check_weights(weights, include_top, classes, stem):
+def _input_channels(input_shape, input_tensor, in_channels):
+    """The channel count the model will have (build_resnext checks that the sources agree)."""
+    if input_shape is not None and len(tuple(input_shape)):
+        return tuple(input_shape)[-1]
+    if input_tensor is not None and hasattr(input_tensor, "shape"):
+        return input_tensor.shape[-1]
+    return 3 if in_channels is None else in_channels
+
+
+def _check_weights(weights, include_top, classes, stem, channels):
     if weights is None or (isinstance(weights, str) and os.path.exists(weights)):
         return
     if weights not in PRETRAINED_NAMES:
@@ -46,6 +56,15 @@ def _check_weights(weights, include_top, classes, stem):
             f"If using `weights={weights!r}` with `include_top=True`, `classes` should be "
             f"1000. Received classes={classes}"
         )
+    if channels != 3:
+        # keras.applications' rule (imagenet_utils.obtain_input_shape): published weights are
+        # RGB, so the input must have 3 channels. A file path is loaded as it is, and
+        # resnext_tf.weights.load_weights adapts RGB weights to other counts.
+        raise WeightsError(
+            f"The input must have 3 channels with weights={weights!r}; received {channels} "
+            "input channels. Use weights=None and resnext_tf.weights.load_weights(model, "
+            f"{weights!r}), which adapts the RGB stem to {channels} channels."
+        )
 
 
 def _constructor(depth, stem, default_classes, default_cardinality, default_base_width, doc):
@@ -64,7 +83,8 @@ def _constructor(depth, stem, default_classes, default_cardinality, default_base
         base_width=default_base_width,
         **kwargs,
     ):
-        _check_weights(weights, include_top, classes, stem)
+        channels = _input_channels(input_shape, input_tensor, kwargs.get("in_channels"))
+        _check_weights(weights, include_top, classes, stem, channels)
         model = build_resnext(
             depth,
             cardinality=cardinality,
@@ -98,8 +118,9 @@ _ARGS_DOC = """
       weights: None (random initialization), "imagenet", or the path to a weights file
         (.weights.h5, or a torchvision/timm/Torch7 file that `resnext_tf.weights` converts).
       input_tensor: Optional Keras tensor to use as image input.
-      input_shape: Optional (height, width, 3), at least 32x32 (8x8 for ResNeXt29); 224x224
-        (32x32) by default.
+      input_shape: Optional (height, width, channels), at least 32x32 (8x8 for ResNeXt29);
+        224x224x3 (32x32x3) by default. Any channel count with weights=None or a weights file;
+        3 with published weights ("imagenet", ...), as keras.applications requires.
       pooling: Without the top: None, "avg" or "max".
       classes: Number of classes when `include_top`.
       classifier_activation: Activation of the top layer; None returns logits.
@@ -107,7 +128,7 @@ _ARGS_DOC = """
       cardinality: Groups C.
       base_width: Width of one group in the first stage.
       **kwargs: Further `build_resnext` arguments (bottleneck_type, shortcut_type, conv_impl,
-        zero_init_residual, sync_bn).
+        zero_init_residual, sync_bn, in_channels).
 
     Returns:
       A `keras.Model`.

@@ -45,7 +45,8 @@ def count_flops(model, input_shape=None):
 
     Args:
       model: A model from `create_model`/`build_resnext`, or a registered name.
-      input_shape: (height, width, 3) when `model` is a name; defaults to the variant's size.
+      input_shape: (height, width, channels) when `model` is a name; defaults to the variant's
+        size with 3 channels. The stem's count follows the model's input channels.
 
     Returns:
       Multiply-adds of the convolutions and the classifier, as an int.

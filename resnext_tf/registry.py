@@ -55,9 +55,11 @@ def create_model(name, **overrides):
     Args:
       name: One of `list_models()`.
       **overrides: Other `build_resnext` arguments (num_classes, shortcut_type, conv_impl,
-        input_shape, include_top, pooling, ...). "resnext_B" may replace "resnext_C" (the same
-        function). Overrides of the architecture (stem, depth, cardinality, base_width) must
-        agree with the variant.
+        input_shape, in_channels, include_top, pooling, ...). `in_channels` (or the last entry
+        of `input_shape`) sets the number of input channels, 3 by default; `load_weights` adapts
+        RGB weights to other counts (`resnext_tf.weights.stem`). "resnext_B" may replace
+        "resnext_C" (the same function). Overrides of the architecture (stem, depth,
+        cardinality, base_width) must agree with the variant.
 
     Returns:
       A `keras.Model`.

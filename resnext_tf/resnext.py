@@ -1,5 +1,7 @@
 """The ResNeXt / ResNet network builder (pure Keras 3)."""
 
+import numbers
+
 import keras
 
 from resnext_tf.layers import (
@@ -60,28 +62,52 @@ def stage_blocks(stem, depth):
     return ((depth - 2) // 9,) * 3
 
 
-def check_input_shape(input_shape, stem, include_top):
-    """Validates an (H, W, 3) input shape for a stem, keras.applications style.
+def check_input_shape(input_shape, stem, include_top, in_channels=None):
+    """Validates an (H, W, C) input shape for a stem, keras.applications style.
+
+    Any number of channels is accepted (grayscale, RGB-D, multispectral). Published weights are
+    RGB: `resnext_tf.weights.load_weights` adapts their stem to other counts, while the
+    keras.applications-style constructors refuse weights="imagenet" with them, as Keras does.
 
     Args:
       input_shape: A tuple (height, width, channels); height/width may be None without the top.
       stem: "imagenet" or "cifar".
       include_top: Whether the classifier is attached.
+      in_channels: Optional channel count; must agree with `input_shape` when both are given.
 
     Returns:
-      The input shape as a tuple; the stem's default size when `input_shape` is None.
+      The input shape as a tuple; the stem's default size (with `in_channels`, else 3 channels)
+      when `input_shape` is None.
 
     Raises:
-      ValueError: for a channel count other than 3 or a side below the stem's minimum.
+      ValueError: for a channel count below 1, one that contradicts `in_channels`, or a side
+        below the stem's minimum.
     """
+    if in_channels is not None and (
+        isinstance(in_channels, bool)
+        or not isinstance(in_channels, numbers.Integral)
+        or in_channels < 1
+    ):
+        raise ValueError(
+            f"in_channels must be an integer >= 1; received in_channels={in_channels!r}."
+        )
     if input_shape is None:
         size = DEFAULT_INPUT_SIZE[stem]
-        return (size, size, 3)
+        return (size, size, in_channels or 3)
     input_shape = tuple(input_shape)
-    if len(input_shape) != 3 or input_shape[-1] != 3:
+    if (
+        len(input_shape) != 3
+        or not isinstance(input_shape[-1], numbers.Integral)
+        or input_shape[-1] < 1
+    ):
         raise ValueError(
-            f"input_shape must be (height, width, 3) (channels_last); received "
-            f"input_shape={input_shape}."
+            f"input_shape must be (height, width, channels) (channels_last) with channels >= 1; "
+            f"received input_shape={input_shape}."
+        )
+    if in_channels is not None and input_shape[-1] != in_channels:
+        raise ValueError(
+            f"input_shape has {input_shape[-1]} channels, which contradicts in_channels="
+            f"{in_channels}; received input_shape={input_shape}."
         )
     min_size = MIN_INPUT_SIZE[stem]
     for side in input_shape[:2]:
@@ -143,6 +169,7 @@ def build_resnext(
     input_tensor=None,
     classifier_activation=None,
     name=None,
+    in_channels=None,
 ):
     """Builds a ResNeXt (or ResNet) as a functional Keras model.
 
@@ -162,10 +189,14 @@ def build_resnext(
       sync_bn: Synchronized BatchNormalization across replicas (TensorFlow backend only).
       include_top: Attach global average pooling and the classifier.
       pooling: Without the top: None (4D features), "avg" or "max".
-      input_shape: (height, width, 3); defaults to 224x224 (ImageNet) or 32x32 (CIFAR).
+      input_shape: (height, width, channels), any number of channels; defaults to 224x224
+        (ImageNet) or 32x32 (CIFAR) with `in_channels` channels.
       input_tensor: Optional Keras tensor to use as the model input.
       classifier_activation: None for logits (the default here), or e.g. "softmax".
       name: Model name; derived from the architecture by default.
+      in_channels: Input channels (default 3, RGB); an alternative to spelling them in
+        `input_shape`. Weights trained on RGB are adapted to other counts by
+        `resnext_tf.weights.load_weights` (see `resnext_tf.weights.stem`).
 
     Returns:
       A `keras.Model`.
@@ -196,7 +227,7 @@ def build_resnext(
         )
     if input_tensor is not None and input_shape is None:
         input_shape = tuple(input_tensor.shape[1:])
-    input_shape = check_input_shape(input_shape, stem, include_top)
+    input_shape = check_input_shape(input_shape, stem, include_top, in_channels)
     inputs = input_tensor if input_tensor is not None else keras.Input(input_shape, name="images")
 
     x = _stem(inputs, stem, conv_impl, sync_bn)

@@ -15,6 +15,7 @@ from resnext_tf.applications import (
     decode_predictions,
     preprocess_input,
 )
+from resnext_tf.errors import WeightsError
 
 SMALL = dict(cardinality=2, base_width=4)
 
@@ -108,3 +109,41 @@ def test_class_index_has_sorted_wnids():
     index = applications._class_index()
     wnids = [index[str(i)][0] for i in range(1000)]
     assert len(set(wnids)) == 1000 and wnids == sorted(wnids)
+
+
+@pytest.mark.parametrize("channels", [1, 4])
+def test_other_channel_counts_without_published_weights(channels):
+    # keras.applications.ResNet50(weights=None, include_top=False, input_shape=(None, None, 1))
+    # builds; so do ours.
+    model = ResNeXt50(
+        weights=None, include_top=False, input_shape=(None, None, channels), pooling="avg", **SMALL
+    )
+    assert tuple(model.input.shape) == (None, None, None, channels)
+    assert model(np.zeros((1, 64, 64, channels), "float32")).shape == (1, 2048)
+    tensor = keras.Input((32, 32, channels))
+    assert ResNeXt29(input_tensor=tensor, **SMALL).inputs[0] is tensor
+    assert ResNeXt29(in_channels=channels, **SMALL).input.shape[-1] == channels
+
+
+@pytest.mark.parametrize("weights", ["imagenet", "torchvision_v2"])
+def test_published_weights_need_three_channels(weights):
+    # keras' rule (imagenet_utils.obtain_input_shape): weights='imagenet' needs 3 channels.
+    with pytest.raises(WeightsError, match=r"must have 3 channels.*received 1 input channels"):
+        ResNeXt50(weights=weights, include_top=False, input_shape=(None, None, 1))
+    with pytest.raises(WeightsError, match=r"received 4 input channels"):
+        ResNeXt50(weights=weights, input_tensor=keras.Input((64, 64, 4)))
+    with pytest.raises(WeightsError, match=r"received 2 input channels"):
+        ResNeXt50(weights=weights, in_channels=2)
+
+
+def test_rgb_weights_file_into_a_grey_model(tmp_path):
+    source = ResNeXt29(input_shape=(8, 8, 3), **SMALL)
+    path = str(tmp_path / "rgb.weights.h5")
+    source.save_weights(path)
+    grey = ResNeXt29(input_shape=(8, 8, 1), weights=path, **SMALL)
+    rgb_kernel = keras.ops.convert_to_numpy(source.get_layer("stem_conv").kernel)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(grey.get_layer("stem_conv").kernel),
+        rgb_kernel.sum(axis=2, keepdims=True),
+        rtol=1e-6,
+    )

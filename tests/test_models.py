@@ -353,7 +353,9 @@ def test_jax_backend_forward_and_train_step():
         (dict(depth=50, conv_impl="fast"), r"conv_impl='fast'"),
         (dict(depth=50, input_shape=(16, 16, 3)), r"at least 32x32.*\(16, 16, 3\)"),
         (dict(depth=29, stem="cifar", input_shape=(4, 4, 3)), r"at least 8x8"),
-        (dict(depth=50, input_shape=(64, 64, 1)), r"\(64, 64, 1\)"),
+        (dict(depth=50, input_shape=(64, 64, 0)), r"channels >= 1.*\(64, 64, 0\)"),
+        (dict(depth=50, in_channels=0), r"in_channels=0"),
+        (dict(depth=50, input_shape=(64, 64, 1), in_channels=3), r"1 channels.*in_channels=3"),
         (dict(depth=50, bottleneck_type="resnet", cardinality=32), r"cardinality=32"),
         (dict(depth=50, pooling="sum", include_top=False), r"pooling='sum'"),
     ],
@@ -388,3 +390,39 @@ def test_registry_overrides():
         create_model("resnet50", bottleneck_type="resnext_C")
     with pytest.raises(ValueError, match=r"name='resnext51'"):
         create_model("resnext51")
+
+
+@pytest.mark.parametrize("in_channels", [1, 3, 4])
+def test_any_number_of_input_channels(in_channels):
+    by_shape = build_resnext(**{**TINY, "input_shape": (8, 8, in_channels)})
+    by_count = build_resnext(**{**TINY, "input_shape": None}, in_channels=in_channels)
+    assert tuple(by_count.input.shape) == (None, 32, 32, in_channels)
+    for model in (by_shape, by_count):
+        assert tuple(model.get_layer("stem_conv").kernel.shape) == (3, 3, in_channels, 64)
+    x = RNG.standard_normal((2, 8, 8, in_channels)).astype("float32")
+    assert by_shape(x).shape == (2, 1000)
+
+
+def test_create_model_in_channels_override():
+    model = create_model(
+        "resnext50_32x4d", in_channels=1, include_top=False, input_shape=(None, None, 1)
+    )
+    assert tuple(model.input.shape) == (None, None, None, 1)
+    assert tuple(model.get_layer("stem_conv").kernel.shape) == (7, 7, 1, 64)
+    assert model(np.zeros((1, 64, 48, 1), "float32")).shape == (1, 2, 2, 2048)
+    with pytest.raises(ValueError, match=r"contradicts in_channels=4"):
+        create_model("resnext29_8x64d", in_channels=4, input_shape=(32, 32, 3))
+
+
+@pytest.mark.parametrize("stem,depth,size,kernel", [("cifar", 11, 8, 3), ("imagenet", 50, 64, 7)])
+def test_flops_follow_the_input_channels(stem, depth, size, kernel):
+    def flops(channels):
+        model = build_resnext(
+            depth, cardinality=2, base_width=4, stem=stem, input_shape=(size, size, channels)
+        )
+        return resnext_tf.count_flops(model)
+
+    stem_side = size if stem == "cifar" else size // 2  # the ImageNet stem conv has stride 2
+    per_channel = stem_side * stem_side * 64 * kernel * kernel
+    assert flops(4) - flops(3) == per_channel
+    assert flops(3) - flops(1) == 2 * per_channel
