@@ -10,6 +10,7 @@ from resnext_tf.registry import MODEL_SPECS
 from resnext_tf.resnext import stage_blocks
 from resnext_tf.weights import pretrained, torch7
 from resnext_tf.weights.state_dict import BLOCK_NAME, assign_state_dict, read_state_dict
+from resnext_tf.weights.stem import adapt_state_dict, load_keras_weights
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def convert(src, model, out, skip_classifier=False):
       out: Output path ending in .weights.h5.
       skip_classifier: Keep the model's classifier (see `assign_state_dict`).
     """
-    assign_state_dict(model, read_source(src), skip_classifier)
+    assign_state_dict(model, adapt_state_dict(model, read_source(src), src), skip_classifier)
     save_weights_atomic(model, out)
 
 
@@ -118,13 +119,14 @@ def load_weights(model, weights, *, skip_classifier=False):
                 f"skip_classifier applies to Torch files; received {path!r}, which Keras "
                 "loads as a whole."
             )
-        model.load_weights(path)
+        load_keras_weights(model, path)  # model.load_weights, stem adapted if needed
         return
     cached = converted_path(path, model, skip_classifier)
     if os.path.exists(cached):
         _load_keeping_classifier(model, cached, skip_classifier)
         return
-    assign_state_dict(model, read_source(path), skip_classifier)
+    # Weights for another number of input channels get their stem adapted (weights/stem.py).
+    assign_state_dict(model, adapt_state_dict(model, read_source(path), path), skip_classifier)
     try:
         save_weights_atomic(model, cached)
     except OSError as e:  # a read-only cache costs a conversion next time, nothing more
