@@ -390,6 +390,12 @@ def export_saved_model(
     if os.path.exists(final) and not overwrite:
         raise FileExistsError(f"{final} exists; pass overwrite=True to replace it.")
 
+    if model.input_shape[-1] != 3:
+        # serving_default decodes images to RGB; predict_images alone could take C channels.
+        raise ValueError(
+            f"Export serves images decoded to RGB and needs a 3-channel model; received a model "
+            f"with {model.input_shape[-1]} input channels (input {model.input_shape[1:]})."
+        )
     served = serving_model(model, conv_impl)
     data_config = data_config or default_data_config(model)
     if served.input_shape[1:] != (data_config.crop_size, data_config.crop_size, 3):
