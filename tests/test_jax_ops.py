@@ -2,15 +2,14 @@
 
 import textwrap
 
+import jax
 import numpy as np
 import pytest
+from child_process import run_jax_child
 
-jax = pytest.importorskip("jax", reason="jax_ops needs JAX (installed by .ci/run)")
+from resnext_tf import jax_ops
+
 jnp = jax.numpy
-
-from child_process import run_jax_child  # noqa: E402
-
-from resnext_tf import jax_ops  # noqa: E402
 
 EPSILON = 1e-5
 
