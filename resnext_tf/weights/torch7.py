@@ -18,9 +18,13 @@ Every module that holds parameters must be consumed exactly once; a module the w
 expect, or one it leaves unused, raises an error naming its position in the tree.
 """
 
+import math
+
 import numpy as np
 
+from resnext_tf.errors import WeightsError, one_line
 from resnext_tf.layers import BN_EPSILON
+from resnext_tf.weights.t7file import MAX_DEPTH, T7FormatError, T7Object, read_t7_file
 
 # Torch7 class names without their package (nn., cudnn., fbnn., cunn.).
 CONVOLUTIONS = ("SpatialConvolution", "SpatialConvolutionMM")
@@ -48,10 +52,14 @@ WRAPPERS = ("DataParallelTable",)
 # Fields that hold a module's parameters in Torch7.
 PARAMETER_FIELDS = ("weight", "bias", "running_mean", "running_var", "running_std")
 RESIDUAL_LAYERS = ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3")
+CONV_FIELDS = ("nOutputPlane", "nInputPlane", "kH", "kW")
 
 
 def read_t7(path):
     """Reads a Torch7 ResNeXt/ResNet model file into a torchvision-style state dict.
+
+    The file is read by `resnext_tf.weights.t7file`, which checks every length, tensor view and
+    storage against the file before building anything.
 
     Args:
       path: A .t7 file written by Torch7's torch.save (binary format), holding the nn model.
@@ -61,64 +69,89 @@ def read_t7(path):
       ...) to float32 arrays in Torch layout.
 
     Raises:
-      ImportError: without the torchfile package.
-      ValueError: when the module tree is not a ResNeXt/ResNet of models/resnext.lua.
+      WeightsError: naming the file, when it is not a well-formed Torch7 file or its module tree
+        is not a ResNeXt/ResNet of models/resnext.lua.
     """
     try:
-        import torchfile
-    except ImportError as e:
-        raise ImportError(
-            f"Reading {path} needs the torchfile package: pip install torchfile"
-        ) from e
-    return t7_state_dict(torchfile.load(str(path)))
+        root, storage_values = read_t7_file(path)
+    except T7FormatError as e:
+        raise WeightsError(f"{path} is not a readable Torch7 file: {e}.") from e
+    except OSError as e:
+        raise WeightsError(f"Cannot read {path}: {one_line(e)}") from e
+    try:
+        return t7_state_dict(root, max_values=storage_values)
+    except RecursionError as e:
+        raise WeightsError(f"{path}: the module tree refers to itself.") from e
+    except (ValueError, TypeError) as e:
+        raise WeightsError(f"{path}: {one_line(e)}") from e
 
 
-def t7_state_dict(root):
-    """Converts a module tree read by torchfile into a torchvision-style state dict.
+def t7_state_dict(root, max_values=None):
+    """Converts a module tree read from a .t7 file into a torchvision-style state dict.
 
     Args:
-      root: The model object returned by `torchfile.load`.
+      root: The model object of the file (see `resnext_tf.weights.t7file.read_t7_file`).
+      max_values: When given, the most values the parameters may hold together: the size of
+        the file's storages. Parameters are disjoint views of them, so more means tensors
+        shared between modules, which would let a small file expand into large copies.
 
     Returns:
       See `read_t7`.
+
+    Raises:
+      ValueError: when the module tree is not a ResNeXt/ResNet of models/resnext.lua.
     """
-    return _Walker().walk(root)
+    return _Walker(max_values).walk(root)
 
 
 def class_name(module):
     """The Torch7 class of `module` without its package, e.g. "SpatialConvolution"."""
-    typename = getattr(module, "torch_typename", None)
-    if typename is None:
+    if not isinstance(module, T7Object):
         return type(module).__name__
-    name = typename()
-    name = name.decode() if isinstance(name, bytes) else name
-    return name.rpartition(".")[2]
+    return str(module.torch_typename()).rpartition(".")[2]
 
 
 def _children(module):
-    return list(module.modules or [])
+    children = module.modules if isinstance(module, T7Object) else None
+    if children is None:
+        return []
+    if not isinstance(children, list):
+        raise ValueError(f"The modules of a {class_name(module)} are not a list.")
+    return children
+
+
+def _array(module, field):
+    """The non-empty array in a module's field, or None; not copied."""
+    value = module[field] if isinstance(module, T7Object) else None
+    if not isinstance(value, np.ndarray) or value.size == 0:
+        return None
+    return value
 
 
 def _has_parameters(module):
-    return any(_tensor(module, field) is not None for field in PARAMETER_FIELDS)
+    return any(_array(module, field) is not None for field in PARAMETER_FIELDS)
 
 
-def _tensor(module, field):
+def _whole(module, field, path, minimum):
     value = module[field]
-    if value is None or not isinstance(value, np.ndarray) or value.size == 0:
-        return None
-    return np.array(value, dtype=np.float32)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"The {class_name(module)} at {path} has {field}={value!r}.")
+    return value
 
 
 class _Walker:
     """One walk over a module tree; remembers which parameter modules it consumed."""
 
-    def __init__(self):
+    def __init__(self, max_values=None):
         self.state = {}
         self.consumed = set()
+        self.max_values = max_values
+        self.values = 0
 
     def walk(self, root):
-        while class_name(root) in WRAPPERS and len(_children(root)) == 1:
+        for _ in range(MAX_DEPTH):
+            if class_name(root) not in WRAPPERS or len(_children(root)) != 1:
+                break
             root = _children(root)[0]
         top = self._expect(root, "model", (SEQUENTIAL,))
         kinds = [(path, m, self._kind(m, path)) for path, m in self._indexed(top, "model")]
@@ -253,15 +286,16 @@ class _Walker:
         return parts
 
     def _conv(self, module, path, name=None):
-        groups = module.groups or 1
-        shape = (module.nOutputPlane, module.nInputPlane // groups, module.kH, module.kW)
-        weight = _tensor(module, "weight")
-        if weight is None or weight.size != np.prod(shape):
+        out, inp, kh, kw = (_whole(module, field, path, 1) for field in CONV_FIELDS)
+        groups = 1 if module.groups is None else _whole(module, "groups", path, 1)
+        shape = (out, inp // groups, kh, kw)
+        weight = self._param(module, "weight", path)
+        if weight is None or weight.size != math.prod(shape):
             size = None if weight is None else weight.size
             raise ValueError(
                 f"The convolution at {path} has a weight of {size} values; expected {shape}."
             )
-        bias = _tensor(module, "bias")
+        bias = self._param(module, "bias", path)
         if bias is not None and np.any(bias):
             raise ValueError(
                 f"The convolution at {path} has a non-zero bias; resnext_tf convolutions are "
@@ -270,12 +304,16 @@ class _Walker:
         return self._take(module, path, name, {"weight": weight.reshape(shape)})
 
     def _bn(self, module, path, name=None):
-        weight, bias, mean = (_tensor(module, f) for f in ("weight", "bias", "running_mean"))
+        weight, bias, mean, var = (
+            self._param(module, f, path) for f in ("weight", "bias", "running_mean", "running_var")
+        )
         eps = module.eps if module.eps is not None else BN_EPSILON
-        var = _tensor(module, "running_var")
-        if var is None and _tensor(module, "running_std") is not None:
+        if isinstance(eps, bool) or not isinstance(eps, int | float) or not 0 <= eps < 1:
+            raise ValueError(f"The batch norm at {path} has eps={eps!r}.")
+        if var is None:
             # nn before mid-2016 stored the running 1 / sqrt(var + eps).
-            var = 1.0 / np.square(_tensor(module, "running_std")) - eps
+            std = self._param(module, "running_std", path)
+            var = None if std is None else 1.0 / np.square(std) - eps
         if any(t is None for t in (weight, bias, mean, var)):
             raise ValueError(
                 f"The batch norm at {path} lacks affine parameters or running statistics."
@@ -286,16 +324,34 @@ class _Walker:
         return self._take(module, path, name, parts)
 
     def _linear(self, module, path, name):
-        weight, bias = _tensor(module, "weight"), _tensor(module, "bias")
+        weight, bias = self._param(module, "weight", path), self._param(module, "bias", path)
         if weight is None or bias is None:
             raise ValueError(f"The nn.Linear at {path} lacks its weight or bias.")
         self._take(module, path, name, {"weight": weight, "bias": bias})
 
-    def _check_all_consumed(self, module, path):
+    def _check_all_consumed(self, module, path, seen=None):
+        seen = set() if seen is None else seen
+        if id(module) in seen:
+            return
+        seen.add(id(module))
         if _has_parameters(module) and id(module) not in self.consumed:
             raise ValueError(
                 f"The {class_name(module)} at {path} holds parameters that the ResNeXt "
                 "structure does not use."
             )
         for child_path, child in self._indexed(module, path):
-            self._check_all_consumed(child, child_path)
+            self._check_all_consumed(child, child_path, seen)
+
+    def _param(self, module, field, path):
+        """A copy of a parameter as float32, or None; counts its values against the bound."""
+        value = _array(module, field)
+        if value is None:
+            return None
+        self.values += value.size
+        if self.max_values is not None and self.values > self.max_values:
+            raise ValueError(
+                f"The parameters up to the {class_name(module)} at {path} hold {self.values} "
+                f"values, more than the file's storages ({self.max_values}): modules share "
+                "tensors."
+            )
+        return np.array(value, dtype=np.float32)

@@ -8,8 +8,6 @@ from torch_files import Obj
 import resnext_tf
 from resnext_tf.weights import assign_state_dict, load_weights, read_t7
 
-pytest.importorskip("torchfile", reason="the .t7 reader needs the torchfile package")
-
 # A tiny CIFAR ResNeXt of models/resnext.lua: depth 11 (one block a stage), 2x4d.
 BLOCKS, CARDINALITY, BASE_WIDTH, CLASSES = (1, 1, 1), 2, 4, 10
 

@@ -65,12 +65,64 @@ class Obj:
         self.fields = fields
 
 
-class T7Writer:
-    """Writes Lua values, Torch7 objects and FloatTensors in Torch7's binary format."""
+class RawTensor:
+    """A FloatTensor written with the given header, whatever it declares (crafted files).
 
-    def __init__(self, f):
+    `storage_size` is the size the storage declares (by default the number of values).
+    """
+
+    def __init__(self, values, sizes, strides, offset=1, storage_size=None):
+        self.values = np.asarray(values, np.float32).ravel()
+        self.sizes, self.strides, self.offset = sizes, strides, offset
+        self.storage_size = len(self.values) if storage_size is None else storage_size
+
+
+class T7Writer:
+    """Writes Lua values, Torch7 objects and FloatTensors in Torch7's binary format.
+
+    With `share`, an Obj or array met again is written as a reference to the first, as Torch
+    does for shared objects. With `flat`, every array is a view of one FloatStorage holding
+    them all one after the other, as after Torch7's `model:getParameters()`.
+    """
+
+    def __init__(self, f, share=False, flat=False):
         self.f = f
         self.index = 0
+        self.share = share
+        self.memo = {}
+        self.flat = None
+        self.offsets = {}
+        self.flat_written = None
+        if flat:
+            self.flat = []
+
+    def prepare(self, obj):
+        """Collects the arrays of `obj` for the flat storage (call before `write`)."""
+        if self.flat is None:
+            return
+        if isinstance(obj, np.ndarray):
+            if id(obj) not in self.offsets:
+                self.offsets[id(obj)] = sum(a.size for a in self.flat)
+                self.flat.append(np.ascontiguousarray(obj, np.float32))
+        elif isinstance(obj, Obj):
+            self.prepare(obj.fields)
+        elif isinstance(obj, list):
+            for value in obj:
+                self.prepare(value)
+        elif isinstance(obj, dict):
+            for value in obj.values():
+                self.prepare(value)
+
+    def _shared(self, obj):
+        """Writes a reference when `obj` was written before (with `share`); True if so."""
+        if not self.share:
+            return False
+        if id(obj) in self.memo:
+            self._int(TORCH)
+            self._int(self.memo[id(obj)])
+            return True
+        self.memo[id(obj)] = self.index + 1
+        return False
 
     def _int(self, v):
         self.f.write(struct.pack("<i", v))
@@ -102,11 +154,15 @@ class T7Writer:
         elif isinstance(obj, str):
             self._int(STRING)
             self._string(obj)
+        elif isinstance(obj, RawTensor):
+            self._raw_tensor(obj)
         elif isinstance(obj, np.ndarray):
-            self._tensor(obj)
+            if not self._shared(obj):
+                self._tensor(obj)
         elif isinstance(obj, Obj):
-            self._header(obj.typename)
-            self.write(obj.fields)
+            if not self._shared(obj):
+                self._header(obj.typename)
+                self.write(obj.fields)
         elif isinstance(obj, list):
             self.write({i: v for i, v in enumerate(obj, 1)})
         elif isinstance(obj, dict):
@@ -121,6 +177,7 @@ class T7Writer:
             raise TypeError(type(obj))
 
     def _tensor(self, array):
+        offset = self.offsets.get(id(array), 0)
         array = np.ascontiguousarray(array, np.float32)
         self._header("torch.FloatTensor")
         self._int(array.ndim)
@@ -128,15 +185,38 @@ class T7Writer:
             self._long(size)
         for stride in array.strides:
             self._long(stride // array.itemsize)
-        self._long(1)  # storage offset, 1-based
+        self._long(offset + 1)  # storage offset, 1-based
+        if self.flat is None:
+            self._storage(array.size, array)
+        elif self.flat_written is not None:
+            self._int(TORCH)  # a reference to the one storage
+            self._int(self.flat_written)
+        else:
+            self.flat_written = self.index + 1
+            values = np.concatenate([a.ravel() for a in self.flat])
+            self._storage(values.size, values)
+
+    def _storage(self, size, values):
         self._header("torch.FloatStorage")
-        self._long(array.size)
-        self.f.write(array.tobytes())
+        self._long(size)
+        self.f.write(np.asarray(values, np.float32).tobytes())
+
+    def _raw_tensor(self, tensor):
+        self._header("torch.FloatTensor")
+        self._int(len(tensor.sizes))
+        for size in tensor.sizes:
+            self._long(size)
+        for stride in tensor.strides:
+            self._long(stride)
+        self._long(tensor.offset)
+        self._storage(tensor.storage_size, tensor.values)
 
 
-def write_t7(path, obj):
+def write_t7(path, obj, share=False, flat=False):
     with open(path, "wb") as f:
-        T7Writer(f).write(obj)
+        writer = T7Writer(f, share=share, flat=flat)
+        writer.prepare(obj)
+        writer.write(obj)
 
 
 def seq(*modules):
