@@ -29,7 +29,8 @@ class DataConfig:
     Attributes:
         dataset: "cifar10", "cifar100" or "imagenet".
         data_dir: None (TFDS default folder), a path (CIFAR python-version folder or .tar.gz,
-            ImageNet train/ val/ folders, or a TFDS data_dir) or "synthetic".
+            ImageNet train/ val/ folders, or a TFDS data_dir) or "synthetic". CIFAR files under
+            the official names must have the official MD5 (resnext_tf.data.cifar explains).
         image_size: Side of the square model input; None gives 224 (ImageNet) or 32 (CIFAR).
         eval_resize: ImageNet evaluation resizes the shorter side to this before the centre crop.
         seed: Seed of the shuffling order and of every augmentation draw.

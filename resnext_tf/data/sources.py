@@ -2,9 +2,11 @@
 
 import dataclasses
 import functools
+import os
 
 from resnext_tf.data import cifar, imagenet
 from resnext_tf.data.config import SYNTHETIC, DataConfig, DatasetSpec
+from resnext_tf.errors import DataError
 
 # Official (train, eval) sizes, reported for synthetic data.
 OFFICIAL_COUNTS = {
@@ -40,14 +42,32 @@ def _imagenet_folders(data_dir):
     return Source(len(classes), splits)
 
 
+def _check_imagenet_dir(data_dir):
+    """An ImageNet data_dir must be an existing folder (remote TFDS paths are left to TFDS)."""
+    if data_dir is None or "://" in data_dir or os.path.isdir(data_dir):
+        return
+    what = "is not a folder" if os.path.exists(data_dir) else "does not exist"
+    error = DataError if os.path.exists(data_dir) else cifar.DataNotFoundError
+    raise error(
+        f"ImageNet data_dir={data_dir!r} {what}; expected a folder with train/<wnid>/*.JPEG and "
+        "val/<wnid>/*.JPEG, or a TFDS data_dir where imagenet2012 is prepared."
+    )
+
+
 @functools.lru_cache(maxsize=8)
 def load_source(dataset, data_dir):
-    """Opens (once per process) the source that DataConfig(dataset, data_dir) selects."""
+    """Opens (once per process) the source that DataConfig(dataset, data_dir) selects.
+
+    Raises:
+        DataError: data_dir is missing, damaged or not in a supported layout (for ImageNet, a
+            folder without train/ or val/ is taken as a TFDS data_dir and fails if unprepared).
+    """
     if data_dir == SYNTHETIC:
         counts = dict(zip(("train", "eval"), OFFICIAL_COUNTS[dataset], strict=True))
         return Source(NUM_CLASSES[dataset], {s: SyntheticSplit(n) for s, n in counts.items()})
     if dataset != "imagenet":
         return Source(NUM_CLASSES[dataset], cifar.load_cifar(dataset, data_dir))
+    _check_imagenet_dir(data_dir)
     if data_dir is not None and imagenet.is_folder_layout(data_dir):
         return _imagenet_folders(data_dir)
     return Source(NUM_CLASSES[dataset], imagenet.load_tfds_splits(data_dir))
