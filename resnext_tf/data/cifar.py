@@ -1,13 +1,44 @@
-"""CIFAR-10/100 readers: the official "python version" (folder or .tar.gz) and TFDS."""
+"""CIFAR-10/100 readers: the official "python version" (folder or .tar.gz) and TFDS.
+
+Safety. The batch files are pickles, and a pickle may name any Python callable to run while it
+loads, so a crafted "CIFAR" file could run code. `_BatchUnpickler` accepts only what CIFAR batch
+files hold (dicts, lists, bytes, str, ints and numpy arrays) and refuses every other global with
+a DataError naming the file and the global. Sizes are checked before reading (MAX_BATCH_BYTES per
+batch file, MAX_ARCHIVE_MEMBERS and MAX_ARCHIVE_BYTES for what is scanned in an archive), only
+regular files are read, and the loaded arrays and labels are checked.
+
+Integrity. A file under an official name must be the official file: the archives
+cifar-10-python.tar.gz and cifar-100-python.tar.gz (ARCHIVE_MD5), and the batch files in a folder
+named cifar-10-batches-py or cifar-100-python (BATCH_MD5), must have the published MD5. Your own
+data in the CIFAR format loads from any other name: an archive such as my-cifar.tar.gz holding
+cifar-10-batches-py/data_batch_1..5 and test_batch, or a folder such as my-cifar/ holding those
+files, passed as data_dir. Setting the environment variable SKIP_MD5_ENV to 1 (or passing
+verify_md5=False to load_cifar) reads such data under the official names too. Either way the
+files still go through the restricted unpickler and the checks above.
+"""
 
 import dataclasses
+import hashlib
+import io
+import lzma
+import math
 import os
 import pickle
 import socket
 import tarfile
 import urllib.parse
+import zlib
 
 import numpy as np
+
+from resnext_tf.errors import DataError
+
+try:
+    from numpy._core import multiarray as _multiarray
+    from numpy._core import numeric as _numeric
+except ImportError:  # numpy 1.x
+    from numpy.core import multiarray as _multiarray
+    from numpy.core import numeric as _numeric
 
 
 @dataclasses.dataclass(frozen=True)
@@ -16,6 +47,7 @@ class _Layout:
     train_files: tuple[str, ...]
     test_files: tuple[str, ...]
     label_key: bytes
+    num_classes: int
     url: str
 
 
@@ -26,6 +58,7 @@ LAYOUTS = {
         train_files=tuple(f"data_batch_{i}" for i in range(1, 6)),
         test_files=("test_batch",),
         label_key=b"labels",
+        num_classes=10,
         url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
     ),
     "cifar100": _Layout(
@@ -33,16 +66,43 @@ LAYOUTS = {
         train_files=("train",),
         test_files=("test",),
         label_key=b"fine_labels",
+        num_classes=100,
         url="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
     ),
 }
+# Published MD5 of the official archives, by file name (the name alone claims the contents).
+ARCHIVE_MD5 = {
+    "cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a",
+    "cifar-100-python.tar.gz": "eb9058c3a382ffc7106e4002c42a8d85",
+}
+# MD5 of the files the official archives extract to, by (folder name, file name).
+BATCH_MD5 = {
+    ("cifar-10-batches-py", "data_batch_1"): "c99cafc152244af753f735de768cd75f",
+    ("cifar-10-batches-py", "data_batch_2"): "d4bba439e000b95fd0a9bffe97cbabec",
+    ("cifar-10-batches-py", "data_batch_3"): "54ebc095f3ab1f0389bbae665268c751",
+    ("cifar-10-batches-py", "data_batch_4"): "634d18415352ddfa80567beed471001a",
+    ("cifar-10-batches-py", "data_batch_5"): "482c414d41f54cd18b22e5b47cb7c3cb",
+    ("cifar-10-batches-py", "test_batch"): "40351d587109b95175f43aff81a1287e",
+    ("cifar-100-python", "train"): "16019d7e3df5f24257cddd939b257f8d",
+    ("cifar-100-python", "test"): "f0ef6b0ae62326f3e7ffdfab6717acfc",
+}
+# Set to 1 to read your own CIFAR-format data under the official names without the MD5 check.
+SKIP_MD5_ENV = "RESNEXT_TF_SKIP_CIFAR_MD5"
+# Largest batch file read into memory; the biggest official one (cifar-100 train) is ~150 MiB.
+MAX_BATCH_BYTES = 256 * 2**20
+# An archive is scanned for the batch files at most this far: the official ones hold under ten
+# entries and ~180 MiB, and the bound keeps a crafted archive from decompressing without end.
+MAX_ARCHIVE_MEMBERS = 100
+MAX_ARCHIVE_BYTES = 2 * 2**30
 # Seconds to wait for the download host before declaring the machine offline.
 REACH_TIMEOUT_S = 5
 # Examples per read when collecting a TFDS split into memory.
 TFDS_READ_BATCH = 10000
+# Values per CIFAR image: 3 channels of 32 x 32.
+IMAGE_VALUES = 3 * 32 * 32
 
 
-class DataNotFoundError(FileNotFoundError):
+class DataNotFoundError(DataError, FileNotFoundError):
     """The dataset is neither on disk nor downloadable; the message says what to fetch."""
 
 
@@ -69,16 +129,195 @@ class CifarArrays:
         return len(self.labels)
 
 
-def _parse_batch(blob, label_key):
-    batch = pickle.loads(blob, encoding="bytes")
+# --- Restricted unpickling ------------------------------------------------------------------
+
+
+class _NdarrayType:
+    """Stands for numpy.ndarray in a batch file: numpy's pickles pass the class to _reconstruct,
+    and nothing else may call it (numpy.ndarray(shape) would allocate any size asked for)."""
+
+
+def _reconstruct(subtype, shape, dtype):
+    # numpy pickles an array as _reconstruct(ndarray, (0,), ...) and then sets its shape, dtype
+    # and data from the file (BUILD); only that empty plain-array form is accepted.
+    if subtype is not _NdarrayType or math.prod(shape) != 0:
+        raise pickle.UnpicklingError(f"unexpected array construction {shape!r}")
+    return _multiarray._reconstruct(np.ndarray, shape, dtype)
+
+
+def _latin1_bytes(text, encoding):
+    # Python 3 pickles of protocol 0-2 write bytes as _codecs.encode(str, "latin1").
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"unexpected encoding {encoding!r}")
+    return text.encode("latin1")
+
+
+def _allowed_globals():
+    """(module, name) -> object for everything a CIFAR batch file may name: numpy arrays, dtypes
+    and scalars as numpy 1.x (numpy.core) and 2.x (numpy._core) pickle them; the official files
+    (Python 2 cPickle) name numpy.core.multiarray._reconstruct, numpy.ndarray and numpy.dtype."""
+    allowed = {
+        ("numpy", "ndarray"): _NdarrayType,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): _latin1_bytes,
+    }
+    for package in ("numpy.core", "numpy._core"):
+        allowed[(f"{package}.multiarray", "_reconstruct")] = _reconstruct
+        allowed[(f"{package}.multiarray", "scalar")] = _multiarray.scalar
+        # Protocol 5 pickles of contiguous arrays: frombuffer over bytes from the file.
+        allowed[(f"{package}.numeric", "_frombuffer")] = _numeric._frombuffer
+    return allowed
+
+
+ALLOWED_GLOBALS = _allowed_globals()
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles a CIFAR batch file; refuses every global outside ALLOWED_GLOBALS."""
+
+    def __init__(self, file, where):
+        # encoding="bytes": the official files come from Python 2, whose str values are bytes.
+        super().__init__(file, encoding="bytes")
+        self._where = where
+
+    def find_class(self, module, name):
+        allowed = ALLOWED_GLOBALS.get((module, name))
+        if allowed is None:
+            raise DataError(
+                f"{self._where} refers to the Python global {module}.{name}, which a CIFAR batch "
+                "file never holds (it may be crafted to run code); refused. CIFAR batch files "
+                "hold only dicts, lists, bytes, str, ints and numpy arrays."
+            )
+        return allowed
+
+
+def _first_line(exc):
+    return (str(exc).strip().splitlines() or [""])[0]
+
+
+def _unpickle(blob, where):
+    try:
+        return _BatchUnpickler(io.BytesIO(blob), where).load()
+    except DataError:
+        raise
+    except Exception as exc:  # a damaged or foreign file fails in many exception types
+        raise DataError(
+            f"{where} is not a readable CIFAR batch file ({type(exc).__name__}: "
+            f"{_first_line(exc)}); it is damaged, truncated or in another format."
+        ) from None
+
+
+# --- Checks of the loaded batch -------------------------------------------------------------
+
+
+def _describe(value):
+    if isinstance(value, np.ndarray):
+        return f"a {value.dtype} array of shape {value.shape}"
+    return f"a {type(value).__name__}"
+
+
+def _entry(batch, key, where):
+    # Official files have bytes keys (Python 2 str); accept str keys from Python 3 writers too.
+    for k in (key, key.decode()):
+        if k in batch:
+            return batch[k]
+    raise DataError(f"{where} has no {key!r} entry; a CIFAR batch is a dict with b'data' and it.")
+
+
+def _check_images(data, where):
+    if not (
+        isinstance(data, np.ndarray)
+        and data.dtype == np.uint8
+        and data.ndim == 2
+        and data.shape[1] == IMAGE_VALUES
+        and data.shape[0] > 0
+    ):
+        raise DataError(
+            f"{where}: b'data' is {_describe(data)}; expected a uint8 array of shape "
+            f"(N, {IMAGE_VALUES}) with N >= 1 (each row one 3 x 32 x 32 image)."
+        )
+
+
+def _check_labels(values, count, where, layout):
+    """Returns the labels as int32 [count] after checking type, length and range."""
+    key = layout.label_key
+    if isinstance(values, list):
+        if not all(isinstance(v, int | np.integer) and not isinstance(v, bool) for v in values):
+            raise DataError(f"{where}: {key!r} holds a non-integer; expected a list of ints.")
+        low, high = (min(values), max(values)) if values else (0, 0)
+    elif isinstance(values, np.ndarray) and values.dtype.kind in "iu" and values.ndim == 1:
+        low, high = (values.min(), values.max()) if len(values) else (0, 0)
+    else:
+        raise DataError(
+            f"{where}: {key!r} is {_describe(values)}; expected a list or 1-D array of ints."
+        )
+    if len(values) != count:
+        raise DataError(
+            f"{where}: {len(values)} labels in {key!r} for {count} images; expected one each."
+        )
+    if low < 0 or high >= layout.num_classes:
+        bad = low if low < 0 else high
+        raise DataError(
+            f"{where}: label {int(bad)} in {key!r} is outside [0, {layout.num_classes}); "
+            f"expected class ids of the {layout.num_classes}-class dataset."
+        )
+    return np.asarray(values, np.int32)
+
+
+def _parse_batch(blob, where, layout):
+    batch = _unpickle(blob, where)
+    if not isinstance(batch, dict):
+        raise DataError(
+            f"{where} holds {_describe(batch)}; expected a CIFAR batch: a dict with b'data' and "
+            f"{layout.label_key!r}."
+        )
+    data = _entry(batch, b"data", where)
+    _check_images(data, where)
+    labels = _check_labels(_entry(batch, layout.label_key, where), len(data), where, layout)
     # Rows hold 1024 R, then 1024 G, then 1024 B values of a row-major 32x32 image.
-    images = np.asarray(batch[b"data"], np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-    return images, np.asarray(batch[label_key], np.int32)
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
 
 
 def _join(batches):
     images, labels = zip(*batches, strict=True)
     return CifarArrays(np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels))
+
+
+# --- Sizes and hashes -----------------------------------------------------------------------
+
+
+def _check_batch_size(size, where):
+    if size > MAX_BATCH_BYTES:
+        raise DataError(
+            f"{where} is {size} bytes, over the {MAX_BATCH_BYTES}-byte limit of a CIFAR batch "
+            "file (resnext_tf.data.cifar.MAX_BATCH_BYTES); expected an official-size batch."
+        )
+
+
+def _verify_md5(verify_md5):
+    if verify_md5 is not None:
+        return verify_md5
+    return os.environ.get(SKIP_MD5_ENV, "").strip().lower() not in ("1", "true", "yes", "on")
+
+
+def _check_md5(where, actual, expected, layout, rename):
+    if actual != expected:
+        raise DataError(
+            f"{where} has MD5 {actual}, not the official {expected}: the file is damaged or "
+            f"incomplete (download {layout.url} again), or it is your own data in the CIFAR "
+            f"format, which must not use the official name ({rename}) or needs {SKIP_MD5_ENV}=1."
+        )
+
+
+def _file_md5(path):
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(2**20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# --- Folders and archives -------------------------------------------------------------------
 
 
 def _find_folder(data_dir, layout):
@@ -89,32 +328,86 @@ def _find_folder(data_dir, layout):
     return None
 
 
-def _read_folder(folder, layout):
-    def read(names):
-        batches = []
-        for name in names:
-            with open(os.path.join(folder, name), "rb") as f:
-                batches.append(_parse_batch(f.read(), layout.label_key))
-        return _join(batches)
+def _read_folder(folder, layout, verify):
+    folder_name = os.path.basename(os.path.normpath(os.path.abspath(folder)))
 
-    return {"train": read(layout.train_files), "eval": read(layout.test_files)}
+    def read(name):
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            raise DataError(
+                f"{path} is missing or not a regular file; the CIFAR folder {folder} needs "
+                f"{', '.join(layout.train_files + layout.test_files)}."
+            )
+        _check_batch_size(os.path.getsize(path), path)
+        with open(path, "rb") as f:
+            blob = f.read(MAX_BATCH_BYTES + 1)  # bounded even if the file grew since the stat
+        _check_batch_size(len(blob), path)
+        expected = BATCH_MD5.get((folder_name, name)) if verify else None
+        if expected:
+            actual = hashlib.md5(blob, usedforsecurity=False).hexdigest()
+            rename = f"rename the folder {folder_name} and pass it as data_dir"
+            _check_md5(path, actual, expected, layout, rename)
+        return _parse_batch(blob, path, layout)
+
+    return {
+        "train": _join(read(n) for n in layout.train_files),
+        "eval": _join(read(n) for n in layout.test_files),
+    }
 
 
-def _read_tarball(path, layout):
-    with tarfile.open(path, "r:*") as tar:
-        members = {m.name: m for m in tar.getmembers() if m.isfile()}
+def _scan_archive(tar, path, layout):
+    """Parses the batch members of an open archive, reading no other member's data."""
+    wanted = {f"{layout.folder}/{n}" for n in layout.train_files + layout.test_files}
+    parsed, scanned = {}, 0
+    for count, member in enumerate(tar, 1):
+        scanned += member.size
+        if count > MAX_ARCHIVE_MEMBERS or scanned > MAX_ARCHIVE_BYTES:
+            raise DataError(
+                f"{path} holds more than {MAX_ARCHIVE_MEMBERS} entries or {MAX_ARCHIVE_BYTES} "
+                "bytes before its CIFAR batch files (limits MAX_ARCHIVE_MEMBERS and "
+                f"MAX_ARCHIVE_BYTES of resnext_tf.data.cifar); expected the official {layout.url}."
+            )
+        if member.name not in wanted or member.name in parsed:
+            continue
+        where = f"{path} member {member.name}"
+        if not member.isfile():
+            raise DataError(f"{where} is not a regular file; expected a CIFAR batch file.")
+        _check_batch_size(member.size, where)
+        blob = tar.extractfile(member).read(member.size)
+        parsed[member.name] = _parse_batch(blob, where, layout)
+        if len(parsed) == len(wanted):
+            break
+    missing = sorted(wanted - set(parsed))
+    if missing:
+        raise DataError(
+            f"{path} lacks {missing}; expected the official archive {layout.url} or one of the "
+            "same layout."
+        )
+    return parsed
 
-        def read(names):
-            missing = [n for n in names if f"{layout.folder}/{n}" not in members]
-            if missing:
-                raise ValueError(
-                    f"{path!r} lacks {missing} under {layout.folder}/; expected the official "
-                    f"archive {layout.url}."
-                )
-            blobs = [tar.extractfile(members[f"{layout.folder}/{n}"]).read() for n in names]
-            return _join(_parse_batch(blob, layout.label_key) for blob in blobs)
 
-        return {"train": read(layout.train_files), "eval": read(layout.test_files)}
+def _read_tarball(path, layout, verify):
+    expected = ARCHIVE_MD5.get(os.path.basename(path)) if verify else None
+    try:
+        if expected:
+            rename = "rename the archive, e.g. to my-" + os.path.basename(path)
+            _check_md5(path, _file_md5(path), expected, layout, rename)
+        with tarfile.open(path, "r:*") as tar:
+            parsed = _scan_archive(tar, path, layout)
+    except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as exc:
+        raise DataError(
+            f"data_dir={path!r} is not a readable .tar.gz or .tar archive ({type(exc).__name__}: "
+            f"{_first_line(exc)}); pass the official {layout.url} (download it again if it is "
+            f"damaged or truncated), the folder it extracts to, or that folder's parent."
+        ) from None
+
+    def split(names):
+        return _join(parsed[f"{layout.folder}/{n}"] for n in names)
+
+    return {"train": split(layout.train_files), "eval": split(layout.test_files)}
+
+
+# --- TFDS -----------------------------------------------------------------------------------
 
 
 def _reachable(host):
@@ -137,8 +430,7 @@ def _read_tfds(dataset, data_dir):
     try:
         splits = tfds.load(dataset, split=["train", "test"], data_dir=data_dir, as_supervised=True)
     except Exception as exc:  # TFDS reports a missing download in many exception types.
-        first_line = (str(exc).strip().splitlines() or [""])[0]
-        cause = f"TFDS failed with {type(exc).__name__}: {first_line}"
+        cause = f"TFDS failed with {type(exc).__name__}: {_first_line(exc)}"
         raise DataNotFoundError(not_found_message(dataset, data_dir, cause)) from None
     arrays = {}
     for name, split in zip(("train", "eval"), splits, strict=True):
@@ -147,26 +439,35 @@ def _read_tfds(dataset, data_dir):
     return arrays
 
 
-def load_cifar(dataset, data_dir):
+def load_cifar(dataset, data_dir, verify_md5=None):
     """Reads both CIFAR splits into memory.
 
     Args:
         dataset: "cifar10" or "cifar100".
-        data_dir: The official .tar.gz, its extracted folder or that folder's parent; otherwise a
-            TFDS data_dir (None for the TFDS default), downloaded into when the network allows.
+        data_dir: The official .tar.gz, its extracted folder or that folder's parent, or an
+            archive or folder of your own in the same format; otherwise a TFDS data_dir (None
+            for the TFDS default), downloaded into when the network allows.
+        verify_md5: Check official names against the published MD5 (module docstring); None
+            checks unless the environment variable SKIP_MD5_ENV is 1.
 
     Returns:
         {"train": CifarArrays, "eval": CifarArrays}.
 
     Raises:
         DataNotFoundError: Nothing usable on disk and TFDS could not download.
+        DataError: A file is damaged, not in the CIFAR format, over a size limit, refused by the
+            restricted unpickler, or under an official name without the official MD5.
     """
     layout = LAYOUTS[dataset]
+    verify = _verify_md5(verify_md5)
     if data_dir is not None and os.path.isfile(data_dir):
-        return _read_tarball(data_dir, layout)
+        return _read_tarball(data_dir, layout, verify)
     if data_dir is not None and not os.path.isdir(data_dir):
-        raise DataNotFoundError(not_found_message(dataset, data_dir, "no such file or directory"))
+        cause = "not a regular file or folder" if os.path.exists(data_dir) else None
+        raise DataNotFoundError(
+            not_found_message(dataset, data_dir, cause or "no such file or directory")
+        )
     folder = data_dir and _find_folder(data_dir, layout)
     if folder:
-        return _read_folder(folder, layout)
+        return _read_folder(folder, layout, verify)
     return _read_tfds(dataset, data_dir)

@@ -11,25 +11,28 @@ from image_samples import WNIDS, encode, natural_image, write_cifar_batches
 
 @pytest.fixture(scope="session")
 def cifar10_dir(tmp_path_factory):
-    """Parent folder of cifar-10-batches-py with 5 x 12 train and 20 test images."""
-    root = tmp_path_factory.mktemp("cifar10")
-    folder = root / "cifar-10-batches-py"
+    """A folder of CIFAR-10 batch files with 5 x 12 train and 20 test images.
+
+    Not named cifar-10-batches-py: the reader checks official names against the official MD5.
+    """
+    folder = tmp_path_factory.mktemp("cifar10") / "my-cifar-10"
     train = write_cifar_batches(
         folder, [f"data_batch_{i}" for i in range(1, 6)], [12] * 5, b"labels", 1
     )
     test = write_cifar_batches(folder, ["test_batch"], [20], b"labels", 2)
     (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"c"] * 10}))
-    return root, train, test
+    return folder, train, test
 
 
 @pytest.fixture(scope="session")
 def cifar100_tarball(tmp_path_factory):
-    """cifar-100-python.tar.gz with 40 train and 16 test images (fine labels)."""
+    """my-cifar-100.tar.gz (the official layout, not the official name, so no MD5 check) with 40
+    train and 16 test images (fine labels)."""
     root = tmp_path_factory.mktemp("cifar100")
     folder = root / "cifar-100-python"
     train = write_cifar_batches(folder, ["train"], [40], b"fine_labels", 3)
     test = write_cifar_batches(folder, ["test"], [16], b"fine_labels", 4)
-    path = root / "cifar-100-python.tar.gz"
+    path = root / "my-cifar-100.tar.gz"
     with tarfile.open(path, "w:gz") as tar:
         tar.add(folder, arcname="cifar-100-python")
     return path, train, test

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from image_samples import requires_tfds_prepare
+from image_samples import requires_tfds_prepare, write_cifar_batches
 
 from resnext_tf.data import DataConfig, DataNotFoundError, build_dataset, cifar, dataset_spec
 from resnext_tf.data.cifar import load_cifar
@@ -19,10 +19,20 @@ def _check(splits, train, test):
         assert splits[name].images.dtype == np.uint8 and splits[name].labels.dtype == np.int32
 
 
-def test_reads_official_folder_and_its_parent(cifar10_dir):
-    root, train, test = cifar10_dir
-    _check(load_cifar("cifar10", str(root)), train, test)
-    _check(load_cifar("cifar10", str(root / "cifar-10-batches-py")), train, test)
+def test_reads_a_folder_of_batch_files(cifar10_dir):
+    folder, train, test = cifar10_dir
+    _check(load_cifar("cifar10", str(folder)), train, test)
+
+
+def test_reads_official_folder_and_its_parent_without_md5_check(tmp_path, monkeypatch):
+    folder = tmp_path / "cifar-10-batches-py"
+    train = write_cifar_batches(
+        folder, [f"data_batch_{i}" for i in range(1, 6)], [3] * 5, b"labels", 1
+    )
+    test = write_cifar_batches(folder, ["test_batch"], [4], b"labels", 2)
+    monkeypatch.setenv(cifar.SKIP_MD5_ENV, "1")  # fake contents under the official name
+    _check(load_cifar("cifar10", str(tmp_path)), train, test)
+    _check(load_cifar("cifar10", str(folder)), train, test)
 
 
 def test_reads_cifar100_fine_labels_from_tarball(cifar100_tarball):

@@ -1,0 +1,351 @@
+"""CIFAR files from an untrusted source: no code runs, sizes are bounded, contents and official
+names are checked, and every failure is a one-line DataError naming the file."""
+
+import io
+import os
+import pickle
+import struct
+import subprocess
+import sys
+import tarfile
+
+import numpy as np
+import pytest
+from image_samples import write_cifar_batches
+
+from resnext_tf.data import DataConfig, DataNotFoundError, cifar, dataset_spec
+from resnext_tf.data.cifar import load_cifar
+from resnext_tf.errors import DataError
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CIFAR10_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+
+
+class _RunsCommand:
+    """Pickles as a call of os.system: loading it with pickle.loads runs the command."""
+
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+def _payload(marker):
+    # A dict like a batch file, with the command where the labels should be.
+    return pickle.dumps(
+        {b"data": np.zeros((1, 3072), np.uint8), b"labels": _RunsCommand(f"touch {marker}")}
+    )
+
+
+def _batch(data=None, labels=None, protocol=pickle.DEFAULT_PROTOCOL):
+    data = np.zeros((2, 3072), np.uint8) if data is None else data
+    return pickle.dumps({b"data": data, b"labels": [1, 2] if labels is None else labels}, protocol)
+
+
+def _write_folder(folder, blobs):
+    os.makedirs(folder, exist_ok=True)
+    for name in CIFAR10_FILES:
+        (folder / name).write_bytes(blobs.get(name, _batch()))
+    return folder
+
+
+def _write_tarball(path, blobs, folder="cifar-10-batches-py"):
+    with tarfile.open(path, "w:gz") as tar:
+        for name, blob in blobs.items():
+            info = tarfile.TarInfo(f"{folder}/{name}")
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    return path
+
+
+def _all_files(**special):
+    return {name: special.get(name, _batch()) for name in CIFAR10_FILES}
+
+
+def _refused(error, where, name="posix.system"):
+    message = str(error)
+    assert str(where) in message and name in message and "refused" in message
+    assert "\n" not in message
+
+
+# --- No code runs ----------------------------------------------------------------------------
+
+
+def test_pickle_payload_in_an_archive_runs_nothing(tmp_path):
+    marker = tmp_path / "ran"
+    path = _write_tarball(tmp_path / "evil.tar.gz", _all_files(data_batch_1=_payload(marker)))
+    with pytest.raises(DataError) as info:
+        load_cifar("cifar10", str(path))
+    assert not marker.exists()
+    _refused(info.value, f"{path} member cifar-10-batches-py/data_batch_1")
+
+
+def test_pickle_payload_in_a_folder_runs_nothing(tmp_path):
+    marker = tmp_path / "ran"
+    folder = _write_folder(tmp_path / "mine", {"test_batch": _payload(marker)})
+    with pytest.raises(DataError) as info:
+        dataset_spec(DataConfig("cifar10", data_dir=folder))
+    assert not marker.exists()
+    _refused(info.value, folder / "test_batch")
+
+
+@pytest.mark.parametrize(
+    "blob, name",
+    [
+        (b"cbuiltins\neval\n(S'1'\ntR.", "builtins.eval"),
+        (b"c__builtin__\nopen\n(S'x'\ntR.", "__builtin__.open"),  # Python 2 spelling
+        (b"cnumpy\nload\n(S'x'\ntR.", "numpy.load"),
+        (b"csubprocess\nPopen\n.", "subprocess.Popen"),
+    ],
+    ids=lambda value: value if isinstance(value, str) else "",
+)
+def test_any_other_global_is_refused(tmp_path, blob, name):
+    folder = _write_folder(tmp_path / "mine", {"data_batch_2": blob})
+    with pytest.raises(DataError) as info:
+        load_cifar("cifar10", str(folder))
+    _refused(info.value, folder / "data_batch_2", name)
+
+
+def test_ndarray_class_cannot_be_called_to_allocate(tmp_path):
+    # numpy.ndarray((10**12,)) would ask for a terabyte; only numpy's own pickle form may use it.
+    blob = b"cnumpy\nndarray\n((I1000000000000\ntS'u1'\ntR."
+    folder = _write_folder(tmp_path / "mine", {"test_batch": blob})
+    with pytest.raises(DataError, match="not a readable CIFAR batch file"):
+        load_cifar("cifar10", str(folder))
+
+
+# --- What official and user-written files hold still loads ----------------------------------
+
+
+class _Python2Pickler(pickle._Pickler):
+    """Writes bytes as Python 2 str (BINSTRING), as the official cPickle-written files do."""
+
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def save_bytes(self, obj):
+        if len(obj) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
+        self.memoize(obj)
+
+    dispatch[bytes] = save_bytes
+
+
+def _python2_style(batch):
+    out = io.BytesIO()
+    _Python2Pickler(out, protocol=2).dump(batch)
+    # The official files name numpy 1.x's module; numpy 2 writes numpy._core.
+    return out.getvalue().replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
+
+
+def test_official_python2_format_loads(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = rng.integers(0, 256, (3, 3072), dtype=np.uint8)
+    batch = {
+        b"batch_label": b"testing batch 1 of 1",
+        b"labels": [0, 9, 4],
+        b"data": rows,
+        b"filenames": [b"a.png", b"b.png", b"c.png"],
+    }
+    blob = _python2_style(batch)
+    assert b"numpy.core.multiarray" in blob and b"_codecs" not in blob
+    folder = _write_folder(tmp_path / "mine", {"test_batch": blob})
+    splits = load_cifar("cifar10", str(folder))
+    np.testing.assert_array_equal(splits["eval"].labels, [0, 9, 4])
+    np.testing.assert_array_equal(splits["eval"].images[1, 0, 0], rows[1, [0, 1024, 2048]])
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_python3_pickles_of_every_protocol_load(tmp_path, protocol):
+    labels = [np.int64(3), 7]  # numpy scalars, as list(np.array(...)) gives
+    blob = _batch(np.full((2, 3072), 5, np.uint8), labels, protocol)
+    folder = _write_folder(tmp_path / "mine", {name: blob for name in CIFAR10_FILES})
+    splits = load_cifar("cifar10", str(folder))
+    assert splits["train"].labels.tolist() == [3, 7] * 5
+    assert splits["eval"].images.shape == (2, 32, 32, 3) and splits["eval"].images.max() == 5
+
+
+def test_label_array_and_str_keys_load(tmp_path):
+    blob = pickle.dumps({"data": np.zeros((2, 3072), np.uint8), "labels": np.array([0, 9])})
+    folder = _write_folder(tmp_path / "mine", {"test_batch": blob})
+    assert load_cifar("cifar10", str(folder))["eval"].labels.tolist() == [0, 9]
+
+
+# --- Contents are checked -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "blob, says",
+    [
+        (_batch(np.zeros((2, 3000), np.uint8)), "uint8 array of shape (N, 3072)"),
+        (_batch(np.zeros((2, 3072), np.float32)), "float32 array"),
+        (_batch(np.zeros((2, 32, 32, 3), np.uint8)), "shape (2, 32, 32, 3)"),
+        (_batch(labels=[1, 10]), "label 10 in b'labels' is outside [0, 10)"),
+        (_batch(labels=[-1, 0]), "label -1"),
+        (_batch(labels=[1, 2, 3]), "3 labels in b'labels' for 2 images"),
+        (_batch(labels=[1.0, 2.0]), "non-integer"),
+        (_batch(labels=np.array([[1, 2]])), "1-D array of ints"),
+        (pickle.dumps({b"data": np.zeros((2, 3072), np.uint8)}), "no b'labels' entry"),
+        (pickle.dumps([1, 2]), "holds a list"),
+        (_batch()[:40], "not a readable CIFAR batch file"),
+    ],
+    ids=lambda value: value if isinstance(value, str) else "",
+)
+def test_wrong_contents_name_the_file(tmp_path, blob, says):
+    folder = _write_folder(tmp_path / "mine", {"data_batch_3": blob})
+    with pytest.raises(DataError) as info:
+        load_cifar("cifar10", str(folder))
+    assert str(folder / "data_batch_3") in str(info.value) and says in str(info.value)
+
+
+def test_cifar100_labels_are_checked_against_100_classes(tmp_path):
+    blob = pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"fine_labels": [99, 100]})
+    path = _write_tarball(
+        tmp_path / "mine.tar.gz", {"train": blob, "test": blob}, "cifar-100-python"
+    )
+    with pytest.raises(DataError, match=r"member cifar-100-python/train: label 100 .* \[0, 100\)"):
+        load_cifar("cifar100", str(path))
+
+
+# --- Official names are checked against the official MD5 ------------------------------------
+
+
+def test_official_archive_name_with_other_contents_fails_md5(tmp_path, monkeypatch):
+    monkeypatch.delenv(cifar.SKIP_MD5_ENV, raising=False)
+    path = _write_tarball(tmp_path / "cifar-10-python.tar.gz", _all_files())
+    with pytest.raises(DataError) as info:
+        load_cifar("cifar10", str(path))
+    message = str(info.value)
+    assert str(path) in message and "c58f30108f718f92721af3b95e74349a" in message
+    assert "damaged" in message and "rename the archive" in message
+    monkeypatch.setenv(cifar.SKIP_MD5_ENV, "1")
+    assert load_cifar("cifar10", str(path))["train"].num_examples == 10
+
+
+def test_official_folder_name_with_other_contents_fails_md5(tmp_path, monkeypatch):
+    monkeypatch.delenv(cifar.SKIP_MD5_ENV, raising=False)
+    folder = tmp_path / "cifar-100-python"
+    write_cifar_batches(folder, ["train", "test"], [2, 2], b"fine_labels", 0)
+    with pytest.raises(DataError) as info:
+        load_cifar("cifar100", str(tmp_path))  # the parent: found under the official name
+    message = str(info.value)
+    assert str(folder / "train") in message and "16019d7e3df5f24257cddd939b257f8d" in message
+    assert f"{cifar.SKIP_MD5_ENV}=1" in message and "rename the folder" in message
+    assert load_cifar("cifar100", str(folder), verify_md5=False)["eval"].num_examples == 2
+
+
+def test_own_data_under_another_name_needs_no_md5(tmp_path, monkeypatch):
+    monkeypatch.delenv(cifar.SKIP_MD5_ENV, raising=False)
+    path = _write_tarball(tmp_path / "cifar-10-mine.tar.gz", _all_files())
+    assert load_cifar("cifar10", str(path))["eval"].num_examples == 2
+
+
+def test_md5_tables_match_the_published_values():
+    # Published with the archives (and listed in torchvision.datasets.CIFAR10/CIFAR100).
+    assert cifar.BATCH_MD5[("cifar-10-batches-py", "data_batch_1")] == (
+        "c99cafc152244af753f735de768cd75f"
+    )
+    assert cifar.ARCHIVE_MD5["cifar-100-python.tar.gz"] == "eb9058c3a382ffc7106e4002c42a8d85"
+    assert {folder for folder, _ in cifar.BATCH_MD5} == {
+        layout.folder for layout in cifar.LAYOUTS.values()
+    }
+
+
+# --- Sizes are bounded before reading -------------------------------------------------------
+
+
+def test_batch_file_over_the_limit_is_not_read(tmp_path, monkeypatch):
+    monkeypatch.setattr(cifar, "MAX_BATCH_BYTES", 1000)
+    folder = _write_folder(tmp_path / "mine", {})
+    with pytest.raises(DataError, match="over the 1000-byte limit.*MAX_BATCH_BYTES") as info:
+        load_cifar("cifar10", str(folder))
+    assert str(folder / "data_batch_1") in str(info.value)
+    path = _write_tarball(tmp_path / "mine.tar.gz", _all_files())
+    with pytest.raises(DataError, match="member cifar-10-batches-py/data_batch_1 is .* over"):
+        load_cifar("cifar10", str(path))
+
+
+def test_archive_scan_is_bounded(tmp_path, monkeypatch):
+    monkeypatch.setattr(cifar, "MAX_ARCHIVE_MEMBERS", 3)
+    path = _write_tarball(tmp_path / "mine.tar.gz", _all_files())
+    with pytest.raises(DataError, match="more than 3 entries"):
+        load_cifar("cifar10", str(path))
+
+
+def test_archive_member_must_be_a_regular_file(tmp_path):
+    path = tmp_path / "links.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        info = tarfile.TarInfo("cifar-10-batches-py/data_batch_1")
+        info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(info)
+    with pytest.raises(DataError, match="data_batch_1 is not a regular file"):
+        load_cifar("cifar10", str(path))
+
+
+def test_archive_missing_batches_names_them(tmp_path):
+    path = _write_tarball(tmp_path / "mine.tar.gz", {"test_batch": _batch()})
+    with pytest.raises(DataError, match="lacks .*cifar-10-batches-py/data_batch_1"):
+        load_cifar("cifar10", str(path))
+
+
+# --- Wrong data_dir values ------------------------------------------------------------------
+
+
+def test_file_that_is_not_an_archive(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("not an archive")
+    with pytest.raises(DataError, match="is not a readable .tar.gz or .tar archive") as info:
+        load_cifar("cifar10", str(path))
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_truncated_archive(tmp_path):
+    whole = _write_tarball(tmp_path / "whole.tar.gz", _all_files()).read_bytes()
+    path = tmp_path / "cut.tar.gz"
+    path.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(DataError, match="cut.tar.gz.*not a readable .*damaged or truncated"):
+        load_cifar("cifar10", str(path))
+
+
+def test_missing_data_dir_is_a_data_error(tmp_path):
+    with pytest.raises(DataNotFoundError) as info:
+        dataset_spec(DataConfig("cifar100", data_dir=tmp_path / "nowhere"))
+    assert isinstance(info.value, DataError) and isinstance(info.value, FileNotFoundError)
+    assert "nowhere" in str(info.value)
+
+
+def test_missing_batch_file_in_a_folder(tmp_path):
+    folder = _write_folder(tmp_path / "mine", {})
+    (folder / "data_batch_4").unlink()
+    with pytest.raises(DataError, match="data_batch_4 is missing"):
+        load_cifar("cifar10", str(folder))
+
+
+@pytest.mark.parametrize("kind", ["missing", "file"])
+def test_imagenet_data_dir_that_is_not_a_folder(tmp_path, kind):
+    path = tmp_path / "imagenet"
+    if kind == "file":
+        path.write_bytes(b"x")
+    with pytest.raises(DataError, match="ImageNet data_dir=.*imagenet.*train/<wnid>"):
+        dataset_spec(DataConfig("imagenet", data_dir=path))
+
+
+# --- Through the entry point ----------------------------------------------------------------
+
+
+def test_run_cifar_with_a_crafted_archive_runs_nothing(tmp_path):
+    marker = tmp_path / "ran"
+    path = _write_tarball(tmp_path / "evil.tar.gz", _all_files(data_batch_1=_payload(marker)))
+    env = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    result = subprocess.run(
+        [sys.executable, "run_cifar.py", f"--data_dir={path}", f"--model_dir={tmp_path / 'm'}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert not marker.exists()
+    assert result.returncode != 0 and "posix.system" in result.stderr
