@@ -69,3 +69,76 @@ def learning_rate(base_lr, dataset, epoch, num_epochs):
         base_lr * 0.1 ** decay_count(...).
     """
     return base_lr * math.pow(DECAY_FACTOR, decay_count(dataset, epoch, num_epochs))
+
+
+# Shapes of the per-step schedule: "step" is the original's (above), "cosine" decays to zero over
+# the steps after the warmup.
+LR_SCHEDULES = ("step", "cosine")
+
+
+def warmup_steps(warmup_epochs, steps_per_epoch):
+    """Steps of a `warmup_epochs` (fractional) warmup: at least one when the warmup is on."""
+    if warmup_epochs <= 0:
+        return 0
+    return max(1, round(warmup_epochs * steps_per_epoch))
+
+
+class StepSchedule:
+    """Learning rate of every training step: optional linear warmup, then the step or cosine
+    schedule.
+
+    Steps are counted from the start of the run (0-based `global_step`: the step taken after
+    `global_step` earlier ones), so a resumed run continues the same values. Without warmup,
+    the step schedule returns `learning_rate(...)` of the step's epoch unchanged, i.e. the
+    original recipe bit for bit.
+
+    During the first W = warmup_steps(...) steps the scheduled rate is multiplied by
+    (global_step + 1) / W: a linear ramp from base/W to the full rate at step W - 1, as the
+    gradual warmup of Goyal et al. (2017), which ramps the rate per iteration. Cosine decays
+    base * (1 + cos(pi * t)) / 2 with t = (global_step - W) / (total - W) going from 0 after
+    the warmup towards 1 at the end of the run.
+
+    Args:
+        base_lr: the (linearly scaled) learning rate that warmup reaches.
+        dataset: "imagenet", "cifar10" or "cifar100" (decay points of the step schedule).
+        num_epochs: epochs of the run.
+        steps_per_epoch: training steps per epoch.
+        kind: one of LR_SCHEDULES.
+        warmup_epochs: warmup length in epochs, fractions allowed; 0 turns warmup off.
+    """
+
+    def __init__(
+        self, base_lr, dataset, num_epochs, steps_per_epoch, kind="step", warmup_epochs=0.0
+    ):
+        _check_dataset(dataset)
+        if kind not in LR_SCHEDULES:
+            raise ValueError(
+                f"Unknown lr_schedule; received lr_schedule={kind!r}; expected one of "
+                f"{LR_SCHEDULES}."
+            )
+        self.base_lr = base_lr
+        self.dataset = dataset
+        self.num_epochs = num_epochs
+        self.steps_per_epoch = steps_per_epoch
+        self.kind = kind
+        self.total_steps = num_epochs * steps_per_epoch
+        self.warmup_steps = warmup_steps(warmup_epochs, steps_per_epoch)
+
+    def __call__(self, global_step):
+        """Learning rate of the step with 0-based index `global_step` of the run."""
+        if self.kind == "step":
+            epoch = global_step // self.steps_per_epoch + 1
+            lr = learning_rate(self.base_lr, self.dataset, epoch, self.num_epochs)
+        elif global_step < self.warmup_steps:
+            lr = self.base_lr
+        else:
+            decay_steps = max(1, self.total_steps - self.warmup_steps)
+            progress = min(1.0, (global_step - self.warmup_steps) / decay_steps)
+            lr = self.base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+        if global_step < self.warmup_steps:
+            lr = lr * (global_step + 1) / self.warmup_steps
+        return lr
+
+    def epoch_lr(self, epoch):
+        """Learning rate of the last step of `epoch` (1-based), the value the logs report."""
+        return self(epoch * self.steps_per_epoch - 1)
