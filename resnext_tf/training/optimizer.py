@@ -5,7 +5,7 @@ TensorFlow, JAX and PyTorch backends.
 
 Torch's rule (dampening 0, REFERENCE.md "Optimisation"):
 
-    g = grad + weight_decay * w          # coupled L2 on every parameter
+    g = grad + weight_decay * w          # coupled L2 on every parameter (by default)
     v = momentum * v + g                 # the velocity does not carry the learning rate
     w = w - lr * (g + momentum * v)      # Nesterov
     w = w - lr * v                       # classical momentum
@@ -20,6 +20,41 @@ from keras import ops
 # fb.resnet.torch defaults (REFERENCE.md): momentum 0.9, Nesterov, weight decay 1e-4 (ImageNet).
 DEFAULT_MOMENTUM = 0.9
 DEFAULT_WEIGHT_DECAY = 1e-4
+# Kinds of variables that can be exempted from weight decay (--no_weight_decay_on).
+NO_DECAY_KINDS = ("bn", "bias")
+
+
+def no_decay_variables(model, kinds):
+    """The trainable variables of `model` that `kinds` exempt from weight decay.
+
+    Args:
+        model: a Keras model.
+        kinds: subset of NO_DECAY_KINDS. "bn": gamma and beta of every BatchNormalization
+            layer (nested ones included); "bias": every variable named "bias" (in ResNeXt only
+            the classifier's, as the convolutions have none).
+
+    Returns:
+        The variables, in the order of `model.trainable_variables`.
+
+    Raises:
+        ValueError: for an unknown kind.
+    """
+    unknown = [kind for kind in kinds if kind not in NO_DECAY_KINDS]
+    if unknown:
+        raise ValueError(
+            f"Unknown no_weight_decay_on kind; received {unknown[0]!r}; expected a subset of "
+            f"{NO_DECAY_KINDS}."
+        )
+    chosen = set()
+    if "bn" in kinds:
+        # _flatten_layers walks nested layers (the blocks hold their BatchNorms).
+        for layer in model._flatten_layers(include_self=False):
+            if isinstance(layer, keras.layers.BatchNormalization):
+                chosen.update(id(v) for v in (layer.gamma, layer.beta) if v is not None)
+    variables = model.trainable_variables
+    if "bias" in kinds:
+        chosen.update(id(v) for v in variables if v.name == "bias")
+    return [v for v in variables if id(v) in chosen]
 
 
 @keras.saving.register_keras_serializable(package="resnext_tf")
@@ -31,7 +66,8 @@ class TorchSGD(keras.optimizers.Optimizer):
         momentum: momentum factor in [0, 1).
         nesterov: use Nesterov momentum (the fb.resnet.torch setting).
         weight_decay: coupled L2 factor added to the gradient of every trainable variable
-            (convolutions, BatchNorm gamma/beta, Dense kernel and bias).
+            (convolutions, BatchNorm gamma/beta, Dense kernel and bias); `exclude_from_l2`
+            turns it off for chosen variables.
         name: optimizer name.
         **kwargs: other `keras.optimizers.Optimizer` arguments (clipping, EMA, loss scale...).
 
@@ -65,6 +101,22 @@ class TorchSGD(keras.optimizers.Optimizer):
         self.momentum = float(momentum)
         self.nesterov = bool(nesterov)
         self.l2 = float(weight_decay)
+        self._no_l2_keys = set()
+        self._l2_mask = []
+
+    def exclude_from_l2(self, variables):
+        """Applies no weight decay to `variables` (e.g. BatchNorm gamma/beta and biases, as
+        timm and torchvision allow); the others keep the coupled L2 term exactly.
+
+        Raises:
+            ValueError: when called after `build` (the mask is fixed when the optimizer builds).
+        """
+        if self.built:
+            raise ValueError(
+                "exclude_from_l2 must be called before the optimizer is built; received a call "
+                "after build()."
+            )
+        self._no_l2_keys = {self._var_key(v) for v in variables}
 
     def build(self, variables):
         """Creates one zero velocity per trainable variable.
@@ -75,6 +127,8 @@ class TorchSGD(keras.optimizers.Optimizer):
         if self.built:
             return
         super().build(variables)
+        # Per variable index, as the velocities: whether the coupled L2 term applies.
+        self._l2_mask = [self._var_key(v) not in self._no_l2_keys for v in variables]
         self.velocities = []
         if self.momentum:
             self.velocities = self.add_optimizer_variables(variables, "velocity")
@@ -83,7 +137,7 @@ class TorchSGD(keras.optimizers.Optimizer):
         """Applies the Torch update to one variable."""
         lr = ops.cast(learning_rate, variable.dtype)
         g = ops.cast(gradient, variable.dtype)
-        if self.l2:
+        if self.l2 and self._l2_mask[self._get_variable_index(variable)]:
             g = ops.add(g, ops.multiply(ops.cast(self.l2, variable.dtype), variable))
         if not self.momentum:
             self.assign_sub(variable, ops.multiply(lr, g))
