@@ -6,9 +6,11 @@ dataset (REFERENCE.md: epochs, weight decay, learning-rate scaling, depth, class
 
 import dataclasses
 import os
+import warnings
 
 from resnext_tf.layers import BOTTLENECK_TYPES, CONV_IMPLS, SHORTCUT_TYPES
 from resnext_tf.training import schedules
+from resnext_tf.training.optimizer import NO_DECAY_KINDS
 
 # Option sets of the original (REFERENCE.md) plus this project's additions; the model's own
 # (bottleneck, shortcut, convolution implementation) come from resnext_tf.layers.
@@ -20,6 +22,10 @@ DEFAULT_DEPTH = {"imagenet": 50, "cifar10": 29, "cifar100": 29}
 IMAGENET_DEPTHS = (50, 101, 152)
 # Global batch of the README recipes (8 GPUs): 256 on ImageNet, 128 on CIFAR.
 DEFAULT_BATCH_SIZE = {"imagenet": 256, "cifar10": 128, "cifar100": 128}
+# Above this global batch, a linearly scaled LR without warmup draws a warning: Goyal et al.
+# (2017) lose accuracy from about batch 2k without warmup and keep the batch-256 error up to 8k
+# with 5 epochs of it.
+WARMUP_ADVISED_BATCH = 1024
 
 
 def _check_choice(name, value, allowed):
@@ -45,9 +51,15 @@ class TrainConfig:
     Optimisation: batch_size (global), lr (None: 0.1 * batch / reference batch), momentum,
     weight_decay, nesterov, epochs, epoch_number (1-based first epoch), seed, steps_per_epoch and
     train_steps (limits for smoke runs).
-    Run: model_dir (None: runs/<dataset>_resnext<depth>_<C>x<d>d), test_only, resume ("auto":
-    continue from model_dir when it holds a checkpoint; "none"; or a model_dir / checkpoint
-    directory), retrain (weights file), reset_classifier, export_dir.
+    Large-batch and modern options, off by default (the original recipe): lr_schedule ("step",
+    the original's, or "cosine"), warmup_epochs (linear per-step warmup, fractions allowed),
+    label_smoothing, no_weight_decay_on (kinds from optimizer.NO_DECAY_KINDS: "bn", "bias"),
+    ema_decay (0: off; else the EMA of the weights is validated, checkpointed and exported).
+    Run: model_dir (None: runs/<dataset>_resnext<depth>_<C>x<d>d; a local or network file
+    system path), test_only, resume ("auto": continue from model_dir when it holds a checkpoint;
+    "none"; or a model_dir / checkpoint directory), overwrite (a run that does not continue
+    model_dir's own checkpoints first removes them, train_log.csv and the TensorBoard events;
+    without it such a run is refused), retrain (weights file), reset_classifier, export_dir.
     Distribution: distribution_strategy, num_gpus (-1: all), tpu.
     Performance: dtype, jit_compile, deterministic.
     Checkpointing and logs: checkpoint_steps (0: end of epoch only), keep_checkpoints (0: all),
@@ -78,10 +90,16 @@ class TrainConfig:
     seed: int = 0
     steps_per_epoch: int | None = None
     train_steps: int | None = None
+    lr_schedule: str = "step"
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    no_weight_decay_on: tuple[str, ...] = ()
+    ema_decay: float = 0.0
 
     model_dir: str | None = None
     test_only: bool = False
     resume: str = "auto"
+    overwrite: bool = False
     retrain: str | None = None
     reset_classifier: bool = False
     export_dir: str | None = None
@@ -113,9 +131,20 @@ class TrainConfig:
             self.model_dir = os.path.join(
                 "runs", f"{self.dataset}_resnext{self.depth}_{self.cardinality}x{self.base_width}d"
             )
-        if self.lr is None:
+        if isinstance(self.no_weight_decay_on, str):
+            self.no_weight_decay_on = self.no_weight_decay_on.split(",")
+        self.no_weight_decay_on = tuple(k.strip() for k in self.no_weight_decay_on if k.strip())
+        scaled = self.lr is None
+        if scaled:
             self.lr = schedules.default_learning_rate(self.dataset, self.batch_size)
         self._validate()
+        if scaled and self.batch_size > WARMUP_ADVISED_BATCH and not self.warmup_epochs:
+            warnings.warn(
+                f"batch_size={self.batch_size} with the linearly scaled lr={self.lr:g} and no "
+                "warmup: large batches lose accuracy without a gradual warmup; consider "
+                "--warmup_epochs=5 (Goyal et al. 2017).",
+                stacklevel=3,
+            )
 
     @property
     def is_cifar(self):
@@ -144,10 +173,35 @@ class TrainConfig:
         _check_positive("log_steps", self.log_steps)
         if not 0.0 <= self.momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1); received momentum={self.momentum!r}.")
+        _check_choice("lr_schedule", self.lr_schedule, schedules.LR_SCHEDULES)
+        for kind in self.no_weight_decay_on:
+            _check_choice("no_weight_decay_on", kind, NO_DECAY_KINDS)
+        if not 0.0 <= self.warmup_epochs < self.epochs:
+            raise ValueError(
+                f"warmup_epochs must be >= 0 and < epochs; received "
+                f"warmup_epochs={self.warmup_epochs!r}, epochs={self.epochs!r}."
+            )
+        for name in ("label_smoothing", "ema_decay"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(
+                    f"{name} must be in [0, 1); received {name}={getattr(self, name)!r}."
+                )
         if self.epoch_number > self.epochs:
             raise ValueError(
                 f"epoch_number must be <= epochs; received epoch_number={self.epoch_number!r}, "
                 f"epochs={self.epochs!r}."
+            )
+        if "://" in self.model_dir:
+            raise ValueError(
+                f"model_dir must be a path of a local or network (NFS) file system: checkpoints "
+                f"rely on atomic renames and the run lock on flock, which object stores lack; "
+                f"received model_dir={self.model_dir!r}; expected e.g. /mnt/runs/r50."
+            )
+        if self.overwrite and (self.test_only or self.resume == "auto"):
+            raise ValueError(
+                f"overwrite removes model_dir's checkpoints before a fresh run and needs "
+                f"resume='none' (or a resume directory of another run), without test_only; "
+                f"received resume={self.resume!r}, test_only={self.test_only!r}."
             )
         if self.reset_classifier and self.num_classes is None:
             raise ValueError(

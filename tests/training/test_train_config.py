@@ -1,5 +1,7 @@
 """TrainConfig defaults per dataset, validation, and the absl flags that build it."""
 
+import warnings
+
 import pytest
 from absl import app
 from absl import flags as absl_flags
@@ -90,3 +92,60 @@ def test_every_config_field_has_a_flag():
     resnext_flags.define_flags(("cifar10",), flag_values)
     fields = set(TrainConfig.__dataclass_fields__)
     assert fields <= set(flag_values)
+
+
+def test_large_batch_options_default_to_the_original_recipe():
+    for datasets in (("cifar10",), ("imagenet",)):
+        config = parse([], datasets=datasets)
+        assert (config.lr_schedule, config.warmup_epochs, config.label_smoothing) == ("step", 0, 0)
+        assert (config.no_weight_decay_on, config.ema_decay) == ((), 0.0)
+
+
+@pytest.mark.parametrize("datasets", [("cifar10", "cifar100"), ("imagenet",)])
+def test_large_batch_options_parse_on_both_entry_points(datasets):
+    argv = ["--lr_schedule=cosine", "--warmup_epochs=2.5", "--label_smoothing=0.1"]
+    argv += ["--no_weight_decay_on=bn,bias", "--ema_decay=0.9999"]
+    config = parse(argv, datasets=datasets)
+    assert (config.lr_schedule, config.warmup_epochs, config.label_smoothing) == (
+        "cosine",
+        2.5,
+        0.1,
+    )
+    assert (config.no_weight_decay_on, config.ema_decay) == (("bn", "bias"), 0.9999)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["--epochs=3", "--warmup_epochs=3"],
+            r"warmup_epochs must be >= 0 and < epochs; received warmup_epochs=3.0, epochs=3",
+        ),
+        (["--label_smoothing=1"], r"label_smoothing must be in \[0, 1\); received "),
+        (["--ema_decay=1"], r"ema_decay must be in \[0, 1\); received ema_decay=1.0"),
+        (
+            ["--no_weight_decay_on=bn,gamma"],
+            r"received no_weight_decay_on='gamma'; expected one of \('bn', 'bias'\)",
+        ),
+    ],
+)
+def test_bad_large_batch_options_are_usage_errors(argv, message):
+    with pytest.raises(app.UsageError, match=message):
+        parse(argv)
+
+
+def test_unknown_schedule_and_negative_warmup_are_flag_errors():
+    with pytest.raises(absl_flags.IllegalFlagValueError, match="step|cosine"):
+        parse(["--lr_schedule=linear"])
+    with pytest.raises(absl_flags.IllegalFlagValueError, match="warmup_epochs"):
+        parse(["--warmup_epochs=-1"])
+
+
+def test_large_linearly_scaled_batch_without_warmup_warns():
+    with pytest.warns(UserWarning, match=r"batch_size=2048 .* --warmup_epochs=5"):
+        TrainConfig(dataset="imagenet", batch_size=2048)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        TrainConfig(dataset="imagenet", batch_size=1024)
+        TrainConfig(dataset="imagenet", batch_size=2048, warmup_epochs=5)
+        TrainConfig(dataset="imagenet", batch_size=2048, lr=0.1)
