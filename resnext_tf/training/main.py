@@ -45,6 +45,6 @@ def run(config):
             say(" * Preempted: checkpoint saved; rerun the same command to continue.")
             return EXIT_OK
     if export and trainer.is_chief:
-        path = export(trainer.model, config.export_dir, data_config=trainer.data_config)
+        path = export(trainer.export_model, config.export_dir, data_config=trainer.data_config)
         say(f" => Exported SavedModel to {path}")
     return EXIT_OK

@@ -29,6 +29,8 @@ CSV_FIELDS = (
     "epoch_seconds",
     "images_per_second",
 )
+# Columns of the weight EMA's validation (--ema_decay), present only in runs that keep one.
+EMA_CSV_FIELDS = ("val_ema_loss", "val_ema_top1", "val_ema_top5")
 
 
 def say(message):
@@ -73,7 +75,7 @@ class RunLogger:
         )
         self._scalars("train", global_step, {"batch/loss": errors.loss, "batch/top1": errors.top1})
 
-    def epoch(self, epoch, lr, train, val, seconds, images_per_second):
+    def epoch(self, epoch, lr, train, val, seconds, images_per_second, ema=None):
         """End-of-epoch lines, CSV row and TensorBoard scalars.
 
         Args:
@@ -83,13 +85,21 @@ class RunLogger:
             val: metrics.Errors of the evaluation pass.
             seconds: wall time of the training part of the epoch.
             images_per_second: training throughput of the epoch.
+            ema: metrics.Errors of the weight EMA's evaluation, or None without one; logged on
+                its own line ("val EMA"), as ema_* scalars of the val split and in the
+                val_ema_* CSV columns.
         """
-        for split, errors in (("train", train), ("val", val)):
+        for split, errors in (("train", train), ("val", val), ("val EMA", ema)):
+            if errors is None:
+                continue
             say(
                 f" * Finished epoch # {epoch}  top1: {errors.top1:7.3f}  top5: {errors.top5:7.3f}"
                 f"  ({split}, loss {errors.loss:.4f})"
             )
             values = {"loss": errors.loss, "top1_error": errors.top1, "top5_error": errors.top5}
+            if split == "val EMA":
+                self._scalars("val", epoch, {f"ema_{k}": v for k, v in values.items()})
+                continue
             if split == "train":
                 values.update(lr=lr, images_per_second=images_per_second)
             self._scalars(split, epoch, values)
@@ -97,6 +107,8 @@ class RunLogger:
         row.update(train_loss=train.loss, train_top1=train.top1, train_top5=train.top5)
         row.update(val_loss=val.loss, val_top1=val.top1, val_top5=val.top5)
         row.update(images_per_second=images_per_second)
+        if ema is not None:
+            row.update(val_ema_loss=ema.loss, val_ema_top1=ema.top1, val_ema_top5=ema.top5)
         self._csv_row(row)
 
     def _scalars(self, split, step, values):
@@ -116,7 +128,8 @@ class RunLogger:
         rows = [r for r in rows if r["epoch"] < row["epoch"]] + [row]
         tmp = self.csv_path + ".tmp"
         with open(tmp, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+            with_ema = any(name in r for r in rows for name in EMA_CSV_FIELDS)
+            writer = csv.DictWriter(f, fieldnames=CSV_FIELDS + EMA_CSV_FIELDS * with_ema)
             writer.writeheader()
             writer.writerows(rows)
         os.replace(tmp, self.csv_path)

@@ -7,6 +7,7 @@ continues with the next batch of the same epoch.
 """
 
 import dataclasses
+import functools
 import hashlib
 import signal
 import time
@@ -18,8 +19,9 @@ import tensorflow as tf
 
 from resnext_tf.data import DataConfig, build_dataset, dataset_spec
 from resnext_tf.training import checkpoint as ckpt_lib
-from resnext_tf.training import distribute, metrics, modeling, schedules
-from resnext_tf.training.optimizer import TorchSGD
+from resnext_tf.training import distribute, losses, metrics, modeling, schedules
+from resnext_tf.training import ema as ema_lib
+from resnext_tf.training.optimizer import TorchSGD, no_decay_variables
 from resnext_tf.training.run_log import RunLogger, say
 
 # ImageNet evaluation resizes the shorter side to 256 for 224 crops (REFERENCE.md "Data");
@@ -73,17 +75,30 @@ class Trainer:
             )
         with self.strategy.scope():
             self.model = self._build_model(self.num_classes)
-            self.optimizer = _build_optimizer(config)
+            self.optimizer = _build_optimizer(config, self.model)
             self.optimizer.build(self.model.trainable_variables)
+            self.ema = self._build_ema()
+        self.schedule = schedules.StepSchedule(
+            config.lr,
+            config.dataset,
+            config.epochs,
+            self.steps_per_epoch,
+            kind=config.lr_schedule,
+            warmup_epochs=config.warmup_epochs,
+        )
         self.checkpoints = ckpt_lib.CheckpointManager(
             config.model_dir,
-            {"model": self.model, "optimizer": self.optimizer},
+            {"model": self.model, "optimizer": self.optimizer, **self._ema_objects()},
             is_chief=self.is_chief,
             keep=config.keep_checkpoints,
         )
         self.logger = RunLogger(config.model_dir, write_files=self.is_chief)
         self._train_step = tf.function(self._distributed_train_step)
         self._eval_step = tf.function(self._distributed_eval_step)
+        if self.ema:
+            self._ema_eval_step = tf.function(
+                functools.partial(self._distributed_eval_step, model=self.ema.average)
+            )
         self._grads = self._replica_grads
         if config.jit_compile:
             # Only forward and backward: the optimizer's cross-replica update cannot be compiled.
@@ -95,6 +110,22 @@ class Trainer:
 
     def _build_model(self, num_classes):
         return modeling.build_model(self.config, self.spec.image_shape, num_classes)
+
+    def _build_ema(self):
+        """The weight EMA (a second model holding the averages), or None without ema_decay."""
+        if not self.config.ema_decay:
+            return None
+        average = self._build_model(self.num_classes)
+        return ema_lib.WeightEMA(self.model, average, self.config.ema_decay)
+
+    def _ema_objects(self):
+        # The average is checkpointed with the model, so a resumed run continues it exactly.
+        return {"ema": self.ema.average} if self.ema else {}
+
+    @property
+    def export_model(self):
+        """The model to export: the weight EMA when it is on, else the trained model."""
+        return self.ema.average if self.ema else self.model
 
     def _resume_source(self):
         """The checkpoint a run continues from, or None for a fresh start."""
@@ -124,6 +155,8 @@ class Trainer:
             )
         if self.config.retrain:
             self._load_pretrained()
+            if self.ema:
+                self.ema.reset()  # average from the loaded weights, not the random ones
         return Position(self.config.epoch_number, 0, _zeros())
 
     def _load_pretrained(self):
@@ -171,7 +204,7 @@ class Trainer:
         variables = self.model.trainable_variables
         with tf.GradientTape() as tape:
             logits = tf.cast(self.model(images, training=True), tf.float32)
-            per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+            per_example = losses.cross_entropy(labels, logits, self.config.label_smoothing)
             # Mean over the global batch: the optimizer sums the replicas' gradients.
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.config.batch_size)
             scaled = self.optimizer.scale_loss(loss)
@@ -180,26 +213,31 @@ class Trainer:
     def _replica_train_step(self, images, labels):
         grads, stats = self._grads(images, labels)
         self.optimizer.apply(grads, self.model.trainable_variables)
+        if self.ema:
+            self.ema.update()
         return stats
 
     def _distributed_train_step(self, batch):
         stats = self.strategy.run(self._replica_train_step, args=batch)
         return self.strategy.reduce(tf.distribute.ReduceOp.SUM, stats, axis=None)
 
-    def _replica_eval_step(self, images, labels):
-        return metrics.batch_stats(eval_logits(self.model, images, self.config.ten_crop), labels)
+    def _replica_eval_step(self, images, labels, model):
+        return metrics.batch_stats(eval_logits(model, images, self.config.ten_crop), labels)
 
-    def _distributed_eval_step(self, batch):
-        stats = self.strategy.run(self._replica_eval_step, args=batch)
+    def _distributed_eval_step(self, batch, model=None):
+        replica_step = functools.partial(self._replica_eval_step, model=model or self.model)
+        stats = self.strategy.run(replica_step, args=batch)
         return self.strategy.reduce(tf.distribute.ReduceOp.SUM, stats, axis=None)
 
     # ------------------------------------------------------------------------------- public
 
-    def evaluate(self):
-        """One pass over the evaluation split; returns metrics.Errors."""
+    def evaluate(self, ema=False):
+        """One pass over the evaluation split (of the weight EMA with `ema`); returns
+        metrics.Errors."""
+        step = self._ema_eval_step if ema else self._eval_step
         total = tf.zeros([metrics.NUM_STATS])
         for batch in self._distributed_dataset("eval"):
-            total += self._eval_step(batch)
+            total += step(batch)
         return metrics.Errors.from_sums(total.numpy())
 
     def test(self):
@@ -217,6 +255,9 @@ class Trainer:
             self.checkpoints.restore(source)
         errors = self.evaluate()
         say(f" * Results top1: {errors.top1:6.3f}  top5: {errors.top5:6.3f}")
+        if self.ema and not self.config.retrain:
+            averaged = self.evaluate(ema=True)
+            say(f" * Results EMA top1: {averaged.top1:6.3f}  top5: {averaged.top5:6.3f}")
         return errors
 
     def train(self):
@@ -251,12 +292,17 @@ class Trainer:
             None to go on with the next epoch, or "preempted" / "finished" to stop.
         """
         epoch, config = position.epoch, self.config
-        lr = schedules.learning_rate(config.lr, config.dataset, epoch, config.epochs)
-        self.optimizer.learning_rate = lr
+        lr = None
         iterator = iter(self._distributed_dataset("train", epoch=epoch, skip_batches=position.step))
         window = _Window(self, position, lr)
         start, first_step = time.perf_counter(), position.step
         while position.step < self.steps_per_epoch:
+            step_lr = self.schedule(self._global_step(position))
+            if step_lr != lr:
+                # Assigned when the schedule moves: once per epoch with the step schedule (as the
+                # original), every step during warmup and cosine decay.
+                lr = window.lr = step_lr
+                self.optimizer.learning_rate = lr
             tick = time.perf_counter()
             batch = next(iterator)
             data_seconds = time.perf_counter() - tick
@@ -279,13 +325,20 @@ class Trainer:
                 self._save(ckpt_lib.step_name(global_step), position, epoch_complete=False)
         seconds = time.perf_counter() - start
         train, val = metrics.Errors.from_sums(position.train_sums), self.evaluate()
-        is_best = position.best_top1 is None or val.top1 < position.best_top1
+        # With the EMA on, it is the model that is validated and exported, so it picks `best`.
+        val_ema = self.evaluate(ema=True) if self.ema else None
+        selected = val if val_ema is None else val_ema
+        is_best = position.best_top1 is None or selected.top1 < position.best_top1
         if is_best:
-            position.best_top1 = val.top1
+            position.best_top1 = selected.top1
         images_per_second = (position.step - first_step) * config.batch_size / max(seconds, 1e-9)
-        self.logger.epoch(epoch, lr, train, val, seconds, images_per_second)
-        val_record = {"loss": val.loss, "top1": val.top1, "top5": val.top5}
-        self._save(ckpt_lib.epoch_name(epoch), position, True, is_best=is_best, val=val_record)
+        epoch_lr = self.schedule.epoch_lr(epoch)
+        ema_log = {"ema": val_ema} if val_ema else {}
+        self.logger.epoch(epoch, epoch_lr, train, val, seconds, images_per_second, **ema_log)
+        records = {"val": {"loss": val.loss, "top1": val.top1, "top5": val.top5}}
+        if val_ema:
+            records["val_ema"] = {"loss": val_ema.loss, "top1": val_ema.top1, "top5": val_ema.top5}
+        self._save(ckpt_lib.epoch_name(epoch), position, True, is_best=is_best, **records)
         if epoch == config.epochs:
             return "finished"
         return self._stop_reason(self._global_step(position))
@@ -414,13 +467,15 @@ def _data_config(config):
     )
 
 
-def _build_optimizer(config):
+def _build_optimizer(config, model=None):
     optimizer = TorchSGD(
         learning_rate=config.lr,
         momentum=config.momentum,
         nesterov=config.nesterov,
         weight_decay=config.weight_decay,
     )
+    if config.no_weight_decay_on and model is not None:
+        optimizer.exclude_from_l2(no_decay_variables(model, config.no_weight_decay_on))
     if config.dtype == "mixed_float16":
         # float16 gradients underflow without dynamic loss scaling; bfloat16 does not need it.
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
