@@ -1,5 +1,6 @@
-"""Interrupted runs: SIGKILL mid-epoch then rerun (bit-identical in --deterministic mode),
-SIGTERM (checkpoint and clean exit), NaN loss (clear stop, last good checkpoint kept)."""
+"""Interrupted runs: SIGKILL mid-epoch then rerun (bit-identical in --deterministic mode, with
+the original recipe and with every large-batch option on), SIGTERM (checkpoint and clean exit),
+NaN loss (clear stop, last good checkpoint kept)."""
 
 import os
 import re
@@ -18,6 +19,14 @@ pytestmark = pytest.mark.slow
 
 # Two epochs of 10 steps, a checkpoint every 3 steps, one log line per step.
 ARGS = [*TINY_MODEL, "--batch_size=32", "--epochs=2", "--checkpoint_steps=3", "--log_steps=1"]
+# Every option of large-batch recipes; the kill at step 6 falls inside the 15-step warmup.
+ALL_OPTIONS = [
+    "--lr_schedule=cosine",
+    "--warmup_epochs=1.5",
+    "--label_smoothing=0.1",
+    "--no_weight_decay_on=bn,bias",
+    "--ema_decay=0.9",
+]
 
 
 def start(args):
@@ -48,8 +57,9 @@ def checkpoint_values(path):
     return {n: reader.get_tensor(n) for n in names}
 
 
-def test_sigkill_mid_epoch_then_rerun_is_bit_identical(cifar_dir, tmp_path):
-    args = [*ARGS, f"--data_dir={cifar_dir}", "--deterministic"]
+@pytest.mark.parametrize("options", [[], ALL_OPTIONS], ids=["original", "all_options"])
+def test_sigkill_mid_epoch_then_rerun_is_bit_identical(cifar_dir, tmp_path, options):
+    args = [*ARGS, *options, f"--data_dir={cifar_dir}", "--deterministic"]
     whole, resumed = str(tmp_path / "whole"), str(tmp_path / "resumed")
     reference = check_ok(run_script("run_cifar.py", [*args, f"--model_dir={whole}"]))
 
@@ -65,12 +75,14 @@ def test_sigkill_mid_epoch_then_rerun_is_bit_identical(cifar_dir, tmp_path):
     final = [os.path.join(d, "checkpoints", "epoch-0002") for d in (whole, resumed)]
     a, b = (checkpoint_values(path) for path in final)
     assert a.keys() == b.keys() and len(a) > 20  # model and optimizer variables
+    assert any(name.startswith("ema/") for name in a) == bool(options)  # the weight EMA
     for name in a:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
     assert csv_rows(whole) == [
         {**row, "epoch_seconds": r["epoch_seconds"], "images_per_second": r["images_per_second"]}
         for row, r in zip(csv_rows(resumed), csv_rows(whole), strict=True)
     ]
+    assert ("val_ema_top1" in csv_rows(whole)[-1]) == bool(options)
 
 
 def test_sigterm_saves_and_exits_cleanly(cifar_dir, tmp_path):
