@@ -1,15 +1,26 @@
 """Loading any supported weights into a resnext_tf model, with a cache of converted files."""
 
 import collections
+import contextlib
 import hashlib
 import logging
 import os
+import secrets
+import struct
+import zipfile
 
+from resnext_tf.errors import WeightsError, one_line
 from resnext_tf.layers import Bottleneck
 from resnext_tf.registry import MODEL_SPECS
 from resnext_tf.resnext import stage_blocks
 from resnext_tf.weights import pretrained, torch7
-from resnext_tf.weights.state_dict import BLOCK_NAME, assign_state_dict, read_state_dict
+from resnext_tf.weights.state_dict import (
+    BLOCK_NAME,
+    assign_state_dict,
+    quoted,
+    read_state_dict,
+    version_tuple,
+)
 from resnext_tf.weights.stem import adapt_state_dict, load_keras_weights
 
 logger = logging.getLogger(__name__)
@@ -18,6 +29,12 @@ logger = logging.getLogger(__name__)
 KERAS_SUFFIXES = (".weights.h5", ".h5", ".keras")
 TORCH7_SUFFIX = ".t7"
 WEIGHTS_SUFFIX = ".weights.h5"
+KERAS_ARCHIVE_SUFFIX = ".keras"
+# Keras before 3.11 has published ways for a crafted .keras file to run code despite safe mode.
+MIN_KERAS = (3, 11)
+# What reading a damaged or foreign weights file raises (h5py: OSError, KeyError, ValueError;
+# Keras: ValueError; zip archives: BadZipFile); reported as a WeightsError naming the file.
+READ_ERRORS = (OSError, KeyError, ValueError, TypeError, EOFError, zipfile.BadZipFile, struct.error)
 
 
 def architecture_name(model):
@@ -42,22 +59,79 @@ def architecture_name(model):
     return None
 
 
+@contextlib.contextmanager
+def naming_errors(path):
+    """Reports what goes wrong with the weights in `path` as a one-line WeightsError naming it."""
+    try:
+        yield
+    except WeightsError as e:
+        if str(path) in str(e):
+            raise
+        raise WeightsError(f"{path}: {one_line(e)}") from e
+    except READ_ERRORS as e:
+        raise WeightsError(f"Cannot load weights from {path}: {quoted(e)}") from e
+
+
+def check_keras_version(path):
+    """Refuses a .keras file under a Keras older than MIN_KERAS."""
+    import keras
+
+    if version_tuple(keras.__version__) < MIN_KERAS:
+        minimum = ".".join(map(str, MIN_KERAS))
+        raise WeightsError(
+            f"Refusing to load {path} with Keras {keras.__version__}: Keras before {minimum} has "
+            "published ways for a crafted .keras file to run code despite safe mode. Upgrade "
+            f"(pip install -U 'keras>={minimum}')."
+        )
+
+
+def load_keras_model(path):
+    """Loads a whole .keras model with `safe_mode=True` (and compile=False).
+
+    Safe mode refuses Python lambdas (Lambda layers) and classes outside Keras, so the file's
+    config cannot run code while it is read.
+
+    Raises:
+      WeightsError: naming the file, for Keras before MIN_KERAS, content safe mode refuses, or
+        a file Keras cannot read.
+    """
+    import keras
+
+    check_keras_version(path)
+    with naming_errors(path):
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+
+
 def read_source(path):
-    """Reads a Torch7 (.t7), safetensors or torch file into a torchvision-style state dict."""
-    if str(path).endswith(TORCH7_SUFFIX):
-        return torch7.read_t7(path)
-    return read_state_dict(path)
+    """Reads a Torch7 (.t7), safetensors or torch file into a torchvision-style state dict.
+
+    Raises:
+      WeightsError: naming the file, when it cannot be read as its suffix says.
+    """
+    with naming_errors(path):
+        if str(path).endswith(TORCH7_SUFFIX):
+            return torch7.read_t7(path)
+        return read_state_dict(path)
 
 
 def save_weights_atomic(model, path):
-    """Writes `model.save_weights` to a temporary file first, so `path` is never partial."""
+    """Writes `model.save_weights` so that `path` is never partial, even after a crash.
+
+    The weights go to a temporary file of this process in the same folder, which is flushed to
+    disk before it is renamed onto `path`.
+    """
     if not path.endswith(WEIGHTS_SUFFIX):
         raise ValueError(f"Keras weight files end in {WEIGHTS_SUFFIX}; received path={path!r}.")
     directory, name = os.path.split(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".tmp-{os.getpid()}-{name}")
+    tmp = os.path.join(directory, f".tmp-{os.getpid()}-{secrets.token_hex(4)}-{name}")
     try:
         model.save_weights(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -68,12 +142,17 @@ def convert(src, model, out, skip_classifier=False):
     """Converts a Torch weight file for `model` and writes it as a Keras .weights.h5 file.
 
     Args:
-      src: A .pth/.pt/.bin (needs torch), .safetensors or .t7 (needs torchfile) file.
+      src: A .pth/.pt/.bin (needs torch), .safetensors or .t7 file.
       model: The resnext_tf model the weights are for; its variables are set.
       out: Output path ending in .weights.h5.
       skip_classifier: Keep the model's classifier (see `assign_state_dict`).
+
+    Raises:
+      WeightsError: naming `src`, when it cannot be read or does not fit the model.
     """
-    assign_state_dict(model, adapt_state_dict(model, read_source(src), src), skip_classifier)
+    state = read_source(src)
+    with naming_errors(src):
+        assign_state_dict(model, adapt_state_dict(model, state, src), skip_classifier)
     save_weights_atomic(model, out)
 
 
@@ -99,44 +178,68 @@ def load_weights(model, weights, *, skip_classifier=False):
     Args:
       model: A resnext_tf model.
       weights: A known name ("imagenet", "torchvision_v2", "timm_a1h", ...; see
-        `list_pretrained`), or a file: .weights.h5 / .keras (loaded by Keras), .pth / .pt /
-        .bin (torchvision or timm state dict; needs torch), .safetensors, or .t7 (original
-        Torch7 model; needs torchfile).
+        `list_pretrained`; always the published file), or the path of a file: .weights.h5 /
+        .keras (only their weights are read, by Keras), .pth / .pt / .bin (torchvision or timm
+        state dict; needs torch), .safetensors, or .t7 (original Torch7 model). See
+        `pretrained.resolve_weights` for names and paths.
       skip_classifier: Keep the model's own classifier and load everything else (fine-tuning
         with a new number of classes, the original's -resetClassifier). Torch files only.
 
     Raises:
-      ValueError: for unknown names, or weights that do not fit the model (the message names
-        the tensors).
-      FileNotFoundError: when a known file is not available offline.
+      WeightsError: naming the file or name: unknown names, files that cannot be read, or
+        weights that do not fit the model (the message names the tensors).
+      pretrained.WeightsUnavailable: when a known file is not available offline.
     """
     path = pretrained.resolve_weights(weights, architecture_name(model))
     if path is None:
         return
     if path.endswith(KERAS_SUFFIXES):
         if skip_classifier:
-            raise ValueError(
+            raise WeightsError(
                 f"skip_classifier applies to Torch files; received {path!r}, which Keras "
                 "loads as a whole."
             )
-        load_keras_weights(model, path)  # model.load_weights, stem adapted if needed
+        if path.endswith(KERAS_ARCHIVE_SUFFIX):
+            check_keras_version(path)
+        with naming_errors(path):
+            # model.load_weights, stem adapted if needed; of a .keras archive it reads only the
+            # weights, never the config, so nothing in the file is deserialized as code.
+            load_keras_weights(model, path)
         return
     cached = converted_path(path, model, skip_classifier)
-    if os.path.exists(cached):
-        _load_keeping_classifier(model, cached, skip_classifier)
+    if os.path.exists(cached) and _load_cached(model, cached, skip_classifier):
         return
-    # Weights for another number of input channels get their stem adapted (weights/stem.py).
-    assign_state_dict(model, adapt_state_dict(model, read_source(path), path), skip_classifier)
+    state = read_source(path)
+    with naming_errors(path):
+        # Weights for another number of input channels get their stem adapted (weights/stem.py).
+        assign_state_dict(model, adapt_state_dict(model, state, path), skip_classifier)
     try:
         save_weights_atomic(model, cached)
     except OSError as e:  # a read-only cache costs a conversion next time, nothing more
         logger.warning("Could not cache the converted weights at %s: %s", cached, e)
 
 
-def _load_keeping_classifier(model, path, skip_classifier):
+def _load_cached(model, path, skip_classifier):
+    """Loads a cached conversion; False (the entry removed) when it cannot be read.
+
+    A cache entry can be damaged (a full disk, a copy cut short); it is then converted again
+    instead of failing on every later load.
+    """
     has_head = any(layer.name == "head" for layer in model.layers)
     head = model.get_layer("head").weights if skip_classifier and has_head else []
     kept = [v.numpy() for v in head]
-    model.load_weights(path)
-    for variable, value in zip(head, kept, strict=True):
-        variable.assign(value)
+    try:
+        model.load_weights(path)
+    except READ_ERRORS as e:
+        logger.warning(
+            "Removing the unreadable cached conversion %s (%s); converting again.",
+            path,
+            quoted(e),
+        )
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+        return False
+    finally:
+        for variable, value in zip(head, kept, strict=True):
+            variable.assign(value)
+    return True

@@ -1,9 +1,15 @@
 """Published weights by name: where they come from, their licence, download and local cache.
 
+Names and paths never mix: a known weight name (`KNOWN_NAMES`: "imagenet" and every tag of
+`PRETRAINED`) always means the published file, downloaded and hash-checked, whatever lies in
+the working directory; anything else (or any os.PathLike) is a path, so a local file that
+happens to be called "imagenet" is reached as "./imagenet".
+
 Files named in the torch hub convention (`name-<hash>.pth`) carry the first hex digits of their
-SHA-256; a download is accepted only when its hash starts with them. The original Torch7 models
-publish no checksum, so they are never downloaded automatically: the error says where to put
-the file.
+SHA-256. A download is streamed to a temporary file in the cache folder, hashed, and renamed
+into place only when its hash starts with them; a cached file is checked again on each use.
+The original Torch7 models publish no checksum, so their names are refused: the error says
+where to download the file, whose path the user then passes as a trust decision of their own.
 """
 
 import dataclasses
@@ -11,6 +17,10 @@ import hashlib
 import logging
 import os
 import re
+import secrets
+import urllib.request
+
+from resnext_tf.errors import WeightsError
 
 logger = logging.getLogger(__name__)
 
@@ -20,6 +30,10 @@ CACHE_ENV = "RESNEXT_TF_CACHE"
 DOWNLOADS, CONVERTED = "downloads", "converted"
 # torch hub convention: "-<first hex digits of the sha256>." in the file name.
 HASH_IN_NAME = re.compile(r"-([0-9a-f]{6,64})\.")
+# Downloads: the largest published file is below 0.4 GB; a server sending more is refused.
+MAX_DOWNLOAD_BYTES = 2 << 30
+DOWNLOAD_TIMEOUT_S = 60
+DOWNLOAD_SCHEMES = ("https://", "http://")
 
 BSD = "BSD-3-Clause (torchvision)"
 APACHE = "Apache-2.0 (timm)"
@@ -138,6 +152,12 @@ DEFAULT_TAG = {
     "resnet101": "torchvision_v1",
     "resnet152": "torchvision_v1",
 }
+# Strings that are weight names and never paths.
+KNOWN_NAMES = frozenset({IMAGENET, *(tag for tags in PRETRAINED.values() for tag in tags)})
+
+
+class WeightsUnavailable(WeightsError, FileNotFoundError):
+    """Published weights that are not in the cache and cannot be downloaded now."""
 
 
 def cache_dir(*parts):
@@ -184,26 +204,28 @@ def fetch(entry):
       The path of the verified file in the cache.
 
     Raises:
-      FileNotFoundError: when the file has no published checksum and is not in the cache yet,
-        or cannot be downloaded (offline); the message gives the URL and where to put it.
-      ValueError: when the file's SHA-256 does not start with the published prefix.
+      WeightsError: when the file has no published checksum (it is never used by name), or its
+        SHA-256 does not start with the published prefix (the file is removed).
+      WeightsUnavailable: when it cannot be downloaded (offline); the message gives the URL and
+        where to put the file.
     """
     path = os.path.join(cache_dir(DOWNLOADS), entry.filename)
     expected = entry.sha256_prefix
+    if expected is None:
+        raise WeightsError(
+            f"{entry.filename} has no published checksum, so it is not used by name: nothing "
+            f"could check that a file is the published one. Download {entry.url} yourself "
+            f"and pass the file's path as `weights`. Licence: {entry.licence}."
+        )
     manual = (
         f"Download {entry.url} yourself (e.g. curl -L -o {path} {entry.url}) and place it at "
         f"{path}, or pass the file's path as `weights`. Licence: {entry.licence}."
     )
     if not os.path.exists(path):
-        if expected is None:
-            raise FileNotFoundError(
-                f"{entry.filename} has no published checksum, so it is not downloaded "
-                f"automatically. {manual}"
-            )
         _download(entry, path, manual)
-    if expected is not None and not sha256_of(path).startswith(expected):
+    elif not sha256_of(path).startswith(expected):
         os.remove(path)
-        raise ValueError(
+        raise WeightsError(
             f"{path} does not match its published SHA-256 prefix {expected}; the file was "
             f"removed. {manual}"
         )
@@ -214,46 +236,121 @@ def fetch(entry):
 
 
 def _download(entry, path, manual):
-    import keras
+    """Downloads `entry` to `path`: only a complete file with the published hash arrives there.
 
+    The bytes go to a temporary file of this process in the same folder, hashed as they come and
+    bounded by MAX_DOWNLOAD_BYTES; it is flushed to disk and renamed onto `path` after the hash
+    matched, so a concurrent reader sees either no file or the whole verified one.
+    """
+    if not entry.url.startswith(DOWNLOAD_SCHEMES):
+        raise WeightsError(f"Refusing to download {entry.url}: expected an http(s) URL.")
+    folder = os.path.dirname(path)
+    tmp = os.path.join(folder, f".{entry.filename}.{os.getpid()}-{secrets.token_hex(4)}.part")
     logger.info("Downloading %s (licence: %s).", entry.url, entry.licence)
+    digest = hashlib.sha256()
     try:
-        keras.utils.get_file(
-            entry.filename,
-            origin=entry.url,
-            cache_dir=os.path.dirname(os.path.dirname(path)),
-            cache_subdir=DOWNLOADS,
-        )
-    except Exception as e:  # get_file raises a bare Exception for network errors
-        raise FileNotFoundError(f"Could not download {entry.filename}: {e}. {manual}") from e
+        with urllib.request.urlopen(entry.url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+            length = response.headers.get("Content-Length")
+            if length and length.isdigit() and int(length) > MAX_DOWNLOAD_BYTES:
+                raise WeightsError(_too_large(entry, f"announces {length} bytes, more"))
+            received = 0
+            with open(tmp, "xb") as out:
+                while chunk := response.read(1 << 20):
+                    received += len(chunk)
+                    if received > MAX_DOWNLOAD_BYTES:
+                        raise WeightsError(_too_large(entry, "sent more"))
+                    digest.update(chunk)
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+        if not digest.hexdigest().startswith(entry.sha256_prefix):
+            raise WeightsError(
+                f"The download of {entry.url} does not match its published SHA-256 prefix "
+                f"{entry.sha256_prefix} (received {received} bytes, SHA-256 "
+                f"{digest.hexdigest()[:16]}...); it was discarded. {manual}"
+            )
+        os.replace(tmp, path)
+        _fsync_folder(folder)
+    except WeightsError:
+        raise
+    except Exception as e:  # URLError, HTTPError, timeouts (OSErrors), malformed responses
+        raise WeightsUnavailable(f"Could not download {entry.filename}: {e}. {manual}") from e
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _too_large(entry, what):
+    return (
+        f"Refusing the download of {entry.url}: the server {what} than the "
+        f"{MAX_DOWNLOAD_BYTES} bytes any published weights file needs."
+    )
+
+
+def _fsync_folder(folder):
+    """Makes a rename in `folder` durable (POSIX; a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def resolve_weights(weights, model_name):
     """Turns a `weights` argument into a local file path.
 
+    A known name (`KNOWN_NAMES`) always means the published weights, never a file of that name
+    in the working directory; every other string, and any os.PathLike, is a path ("./imagenet"
+    for a local file called imagenet).
+
     Args:
-      weights: None; a path to an existing weights file; "imagenet" (the model's default
-        published ImageNet weights); or a tag of `list_pretrained(model_name)`, such as
-        "torchvision_v2" or "timm_a1h".
+      weights: None; "imagenet" (the model's default published ImageNet weights); another tag
+        of `list_pretrained(model_name)`, such as "torchvision_v2" or "timm_a1h"; or the path of
+        an existing weights file.
       model_name: Registry name of the architecture, e.g. "resnext50_32x4d".
 
     Returns:
       None for None, else the path of the file (downloaded and verified for known names).
 
     Raises:
-      ValueError: for a name that is neither a file nor a known name for this model.
-      FileNotFoundError: when a known file is not available offline (see `fetch`).
+      WeightsError: for a known name that this model has no weights for, a name without a
+        published checksum, a path that is not an existing file, or a hash mismatch.
+      WeightsUnavailable: when a known file is not available offline (see `fetch`).
     """
     if weights is None:
         return None
-    weights = os.fspath(weights)
-    if os.path.exists(os.path.expanduser(weights)):
-        return os.path.expanduser(weights)
-    entry = lookup(weights, model_name)
-    if entry is None:
-        raise ValueError(
-            f"Unknown weights for {model_name or 'this architecture'}; received "
-            f"weights={weights!r}; expected None, the path of an existing file, or one of "
-            f"{list_pretrained(model_name)}."
+    if isinstance(weights, os.PathLike):
+        return _existing_file(os.fspath(weights), model_name)
+    if not isinstance(weights, str):
+        raise WeightsError(
+            f"Expected weights=None, a weight name or a path; received a {type(weights).__name__}."
         )
-    return fetch(entry)
+    if weights in KNOWN_NAMES:
+        entry = lookup(weights, model_name)
+        if entry is None:
+            raise WeightsError(
+                f"Unknown weights for {model_name or 'this architecture'}; received "
+                f"weights={weights!r}, a published name that this architecture has no weights "
+                f"for; expected one of {list_pretrained(model_name)}, or a path (a local file "
+                f"of that name is ./{weights})."
+            )
+        return fetch(entry)
+    return _existing_file(weights, model_name)
+
+
+def _existing_file(weights, model_name):
+    path = os.path.expanduser(weights)
+    if os.path.isfile(path):
+        return path
+    if os.path.exists(path):
+        raise WeightsError(f"weights={weights!r} is not a file; expected a weights file.")
+    raise WeightsError(
+        f"Unknown weights for {model_name or 'this architecture'}; received "
+        f"weights={weights!r}, which is no existing file; expected None, the path of an "
+        f"existing file, or one of {list_pretrained(model_name)}."
+    )

@@ -12,6 +12,7 @@ import re
 
 import numpy as np
 
+from resnext_tf.errors import WeightsError, one_line
 from resnext_tf.layers import Bottleneck
 
 logger = logging.getLogger(__name__)
@@ -35,6 +36,35 @@ PROJECTION = (("shortcut_conv", "downsample.0"), ("shortcut_bn", "downsample.1")
 BLOCK_NAME = re.compile(r"stage(\d+)_block(\d+)")
 # How many names an error lists before it summarises the rest.
 MAX_LISTED = 12
+# torch.load(weights_only=True) is the only way torch files are read; earlier torch versions
+# have published ways for a crafted file to run code through it anyway.
+MIN_TORCH = (2, 10)
+# How much of a reader's own error message a WeightsError quotes.
+MAX_QUOTED = 300
+
+
+def version_tuple(version):
+    """(major, minor) of a version string such as "2.10.0+cpu"; (0, 0) when unreadable."""
+    match = re.match(r"(\d+)\.(\d+)", str(version))
+    return (int(match[1]), int(match[2])) if match else (0, 0)
+
+
+def quoted(error):
+    """An exception as one short line, for quoting inside a WeightsError."""
+    text = one_line(f"{type(error).__name__}: {error}")
+    return text if len(text) <= MAX_QUOTED else text[: MAX_QUOTED - 3] + "..."
+
+
+def check_torch_version(torch, path):
+    """Refuses to read `path` with a torch older than MIN_TORCH."""
+    if version_tuple(torch.__version__) < MIN_TORCH:
+        minimum = ".".join(map(str, MIN_TORCH))
+        raise WeightsError(
+            f"Refusing to read {path} with torch {torch.__version__}: torch.load(weights_only="
+            f"True) before torch {minimum} has published bypasses that let a crafted file run "
+            f"code. Upgrade (pip install -U 'torch>={minimum}'), or convert the file to "
+            ".safetensors on a machine you trust and load that."
+        )
 
 
 def read_state_dict(path):
@@ -53,16 +83,21 @@ def read_state_dict(path):
 
     Raises:
       ImportError: when the package needed for the format is not installed.
-      ValueError: when the file holds no state dict.
+      WeightsError: naming the file, when it cannot be read, holds no state dict, or torch is
+        older than `MIN_TORCH`.
     """
     if str(path).endswith(".safetensors"):
         try:
+            from safetensors import SafetensorError
             from safetensors.numpy import load_file
         except ImportError as e:
             raise ImportError(
                 f"Reading {path} needs the safetensors package: pip install safetensors"
             ) from e
-        return _strip_data_parallel(load_file(path))
+        try:
+            return _strip_data_parallel(load_file(path))
+        except (SafetensorError, OSError, ValueError, TypeError) as e:
+            raise WeightsError(f"Cannot read {path} as safetensors: {quoted(e)}") from e
     try:
         import torch
     except ImportError as e:
@@ -70,12 +105,19 @@ def read_state_dict(path):
             f"Reading {path} needs PyTorch (pip install torch), or convert it to .safetensors "
             "first, which needs only the safetensors package."
         ) from e
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    check_torch_version(torch, path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling, zip and storage errors of many kinds
+        raise WeightsError(
+            f"Cannot read {path} with torch.load(weights_only=True), which builds only "
+            f"tensors and plain containers: {quoted(e)}"
+        ) from e
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
     if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
-        raise ValueError(
+        raise WeightsError(
             f"{path} does not hold a state dict (a dict of tensors); received a "
             f"{type(obj).__name__}."
         )
@@ -183,7 +225,7 @@ def plan_assignment(model, state_dict, skip_classifier=False):
       A list of (Keras variable, float32 value in Keras layout).
 
     Raises:
-      ValueError: naming the missing tensors, the tensors of the wrong shape, the unused
+      WeightsError: naming the missing tensors, the tensors of the wrong shape, the unused
         tensors of the source and the model variables left without a value.
     """
     modules = torch_modules(model)
@@ -244,7 +286,7 @@ def _raise_on_problems(model, missing, mismatched, leftover, unassigned):
             " The classifiers differ in size: build the model with the source's number of "
             "classes, or pass skip_classifier=True to keep a new classifier."
         )
-    raise ValueError(
+    raise WeightsError(
         f"The state dict does not match model {model.name!r}; {'; '.join(problems)}.{hint}"
     )
 

@@ -9,6 +9,7 @@ import torch_files
 
 import resnext_tf
 from resnext_tf.applications import ResNeXt50
+from resnext_tf.errors import WeightsError
 from resnext_tf.weights import (
     architecture_name,
     convert,
@@ -86,9 +87,18 @@ def test_offline_error_says_what_to_fetch_and_where(tmp_path):
     assert "test licence" in message
 
 
-def test_torch7_originals_are_never_downloaded_unverified():
-    with pytest.raises(FileNotFoundError, match=r"no published checksum.*CC BY-NC 4\.0"):
+def test_torch7_originals_are_never_used_unverified(cache):
+    # Not downloaded, and not used by name even when a file of that name is in the cache:
+    # nothing could check it. The user passes the path of a file they chose to trust.
+    entry = pretrained.lookup("fb_torch7", "resnext101_64x4d")
+    placed = os.path.join(pretrained.cache_dir("downloads"), entry.filename)
+    with open(placed, "wb") as f:
+        f.write(b"anything")
+    with pytest.raises(
+        WeightsError, match=r"no published checksum.*pass the file's path.*CC BY-NC 4\.0"
+    ):
         resolve_weights("fb_torch7", "resnext101_64x4d")
+    assert resolve_weights(placed, "resnext101_64x4d") == placed
 
 
 @pytest.mark.parametrize(
