@@ -5,7 +5,6 @@ import importlib
 import os
 
 import h5py
-import keras
 
 from resnext_tf.resnext import build_resnext
 from resnext_tf.training import checkpoint
@@ -73,7 +72,7 @@ def load_weights(model, path):
     elif path.endswith(".weights.h5"):
         model.load_weights(path)
     elif path.endswith(".keras"):
-        copy_layer_weights(keras.saving.load_model(path, compile=False), model)
+        copy_layer_weights(_converter(path).load_keras_model(path), model)
     else:
         _converter(path).load_weights(model, path)
 
@@ -129,7 +128,7 @@ def initialise_from(model, path, reset_classifier, build_source):
         _converter(path).load_weights(model, path, skip_classifier=True)
         return
     if path.endswith(".keras"):
-        source = keras.saving.load_model(path, compile=False)
+        source = _converter(path).load_keras_model(path)
     else:
         source = build_source(source_num_classes(path, default=model.output_shape[-1]))
         load_weights(source, path)
