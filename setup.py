@@ -18,7 +18,7 @@ setup(
     package_data={"resnext_tf": ["data_files/*.json"]},
     install_requires=[
         "tensorflow>=2.20",
-        "keras>=3.10",
+        "keras>=3.11",  # earlier Keras has published safe_mode bypasses (.keras files)
         "tensorflow-datasets",
         # tensorflow-datasets 4.9 imports it to download or prepare any dataset but does not
         # declare it.
