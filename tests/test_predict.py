@@ -1,0 +1,321 @@
+"""python -m resnext_tf.predict: a folder of photos through a trained run, a SavedModel and a
+weights file; the formats parse, an unreadable file is reported and the others predicted."""
+
+import contextlib
+import csv
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from data.image_samples import encode, natural_image
+
+import resnext_tf
+from resnext_tf import export, predict, registry
+from resnext_tf.data import transforms
+from resnext_tf.data.config import DataConfig
+from resnext_tf.errors import EXIT_USER_ERROR
+from resnext_tf.training import checkpoint, modeling
+from resnext_tf.training.config import TrainConfig
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# A depth-11 CIFAR ResNeXt 2x4d, trained for two steps on synthetic CIFAR-10.
+TINY_RUN = [
+    "--data_dir=synthetic",
+    "--depth=11",
+    "--cardinality=2",
+    "--base_width=4",
+    "--shortcut_type=A",
+    "--batch_size=8",
+    "--train_steps=2",
+    "--epochs=1",
+]
+GOOD = ("a.jpg", os.path.join("sub", "b.PNG"), os.path.join("sub", "deeper", "c.bmp"))
+BAD = os.path.join("sub", "bad.jpg")
+
+
+def env():
+    return {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """A folder of photo-like images (a nested subfolder, mixed-case extensions), one file
+    named .jpg that is not an image, and a text file that is not looked at."""
+    root = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+    (root / "sub" / "deeper").mkdir(parents=True)
+    (root / GOOD[0]).write_bytes(encode(natural_image(rng, 90, 120)))
+    (root / GOOD[1]).write_bytes(encode(natural_image(rng, 64, 48), "PNG"))
+    (root / GOOD[2]).write_bytes(encode(natural_image(rng, 40, 40), "BMP"))
+    (root / BAD).write_bytes(b"this is not a JPEG")
+    (root / "notes.txt").write_text("not an image either, and not named like one")
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    model_dir = str(tmp_path_factory.mktemp("run") / "run")
+    result = subprocess.run(
+        [sys.executable, "run_cifar.py", *TINY_RUN, f"--model_dir={model_dir}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+        env=env(),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return model_dir
+
+
+@pytest.fixture(scope="module")
+def run_model(run_dir):
+    found = checkpoint.find_checkpoint(run_dir)
+    state = checkpoint.read_state(found)
+    config = TrainConfig(**{k: v for k, v in state["config"].items() if k in TRAIN_FIELDS})
+    model = modeling.build_model(config, (32, 32, 3), state["num_classes"])
+    checkpoint.restore_model_weights(model, found)
+    return model
+
+
+TRAIN_FIELDS = set(TrainConfig.__dataclass_fields__)
+
+
+@pytest.fixture(scope="module")
+def saved_model(run_model, tmp_path_factory):
+    base = tmp_path_factory.mktemp("serving")
+    return export.export_saved_model(run_model, base, "tiny", 1, warmup=False)
+
+
+def run_main(*argv):
+    """predict.main in this process: (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        # The one-line report of a user error goes to sys.stderr.
+        with contextlib.redirect_stderr(err):
+            code = predict.main(list(argv), stdout=out, stderr=err)
+    except SystemExit as e:
+        code = e.code
+    return code, out.getvalue(), err.getvalue()
+
+
+def good_paths(photos):
+    return [os.path.join(photos, name) for name in GOOD]
+
+
+def check_skipped_bad_file(err, photos):
+    """One line names the bad file and the decoder's reason (its wording is TensorFlow's)."""
+    lines = [line for line in err.splitlines() if line.startswith("skipped")]
+    assert len(lines) == 1, err
+    prefix = f"skipped {os.path.join(photos, BAD)}: not a decodable image: "
+    assert lines[0].startswith(prefix) and "Unknown image file format" in lines[0]
+
+
+def expected_probabilities(model, paths):
+    """The model's softmax on the export's evaluation transform of each file."""
+    transform = export.eval_transform(DataConfig("cifar10"))
+    images = np.stack([transform(tf.constant(open(p, "rb").read())).numpy() for p in paths])
+    return tf.nn.softmax(model(images, training=False)).numpy()
+
+
+def test_run_folder_as_json(run_dir, run_model, photos):
+    code, out, err = run_main(f"--model_dir={run_dir}", "--format=json", photos)
+    assert code == 1  # one file skipped
+    check_skipped_bad_file(err, photos)
+    rows = json.loads(out)
+    assert [row["image"] for row in rows] == sorted(good_paths(photos))
+    expected = expected_probabilities(run_model, [row["image"] for row in rows])
+    for row, probabilities in zip(rows, expected, strict=True):
+        predictions = row["predictions"]
+        assert [p["rank"] for p in predictions] == [1, 2, 3, 4, 5]
+        top = np.argsort(-probabilities, kind="stable")[:5]
+        assert [p["index"] for p in predictions] == top.tolist()
+        np.testing.assert_allclose(
+            [p["probability"] for p in predictions], probabilities[top], rtol=1e-5
+        )
+        # A CIFAR-10 run predicts CIFAR-10's names, not ImageNet's.
+        assert [p["label"] for p in predictions] == [predict.CIFAR10_NAMES[i] for i in top]
+        assert "wnid" not in predictions[0]
+
+
+def test_run_folder_as_csv_and_table(run_dir, photos):
+    code, out, err = run_main(f"--model_dir={run_dir}", "--format=csv", "--top_k=3", photos)
+    assert code == 1 and err.count("skipped") == 1
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert tuple(rows[0]) == predict.CSV_COLUMNS
+    assert len(rows) == 3 * len(GOOD)
+    assert {row["image"] for row in rows} == set(good_paths(photos))
+    assert [row["rank"] for row in rows[:3]] == ["1", "2", "3"]
+    assert all(row["label"] in predict.CIFAR10_NAMES for row in rows)
+    assert all(0 < float(row["probability"]) < 1 for row in rows)
+
+    code, table, _ = run_main(f"--model_dir={run_dir}", "--top_k=2", *good_paths(photos))
+    assert code == 0
+    lines = table.splitlines()
+    assert lines[0].split() == ["image", "rank", "probability", "index", "label"]
+    assert len(lines) == 1 + 2 * len(GOOD)
+    assert lines[1].startswith(good_paths(photos)[0]) and lines[2].split()[0] == "2"
+
+
+def test_saved_model_agrees_with_the_run(saved_model, run_dir, photos):
+    _, from_run, _ = run_main(f"--model_dir={run_dir}", "--format=json", photos)
+    base = os.path.dirname(saved_model)  # the TF Serving model base: its latest version is used
+    code, out, err = run_main(f"--saved_model={base}", "--format=json", "--batch_size=2", photos)
+    assert code == 1
+    check_skipped_bad_file(err, photos)
+    served, ran = json.loads(out), json.loads(from_run)
+    assert [row["image"] for row in served] == [row["image"] for row in ran]
+    for a, b in zip(served, ran, strict=True):
+        assert [p["index"] for p in a["predictions"]] == [p["index"] for p in b["predictions"]]
+        np.testing.assert_allclose(
+            [p["probability"] for p in a["predictions"]],
+            [p["probability"] for p in b["predictions"]],
+            rtol=1e-4,
+        )
+
+
+def test_command_line_on_a_saved_model(saved_model, photos):
+    result = subprocess.run(
+        [sys.executable, "-m", "resnext_tf.predict", f"--saved_model={saved_model}", photos],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+        env=env(),
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert sum(line.startswith("skipped") for line in result.stderr.splitlines()) == 1
+    assert BAD in result.stderr
+    assert all(path in result.stdout for path in good_paths(photos))
+
+
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["--saved_model={saved}", "--ten_crop"], r"--ten_crop does not apply to --saved_model"),
+        (["--saved_model={saved}", "--top_k=9"], r"top 5 classes; received --top_k=9"),
+        (["--model_dir={photos}"], r"No checkpoint in --model_dir"),
+        (["--model_dir={run}", "--ten_crop"], r"--ten_crop is an ImageNet evaluation"),
+        (["--model_dir={run}", "--model=resnext50_32x4d"], r"differs from the run"),
+        (["--model_dir={run}", "--labels={photos}/notes.txt"], r"names 1 classes.*has 10"),
+    ],
+)
+def test_user_errors_are_one_line(argv, match, saved_model, run_dir, photos):
+    argv = [a.format(saved=saved_model, photos=photos, run=run_dir) for a in argv]
+    code, out, err = run_main(*argv, photos)
+    assert code == EXIT_USER_ERROR and out == ""
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: ")
+    assert re.search(match, last), last
+
+
+def test_no_images_is_a_user_error(run_dir, tmp_path):
+    code, _, err = run_main(f"--model_dir={run_dir}", str(tmp_path))
+    assert code == EXIT_USER_ERROR and "No image files" in err
+
+
+def test_labels_file_names_the_classes(run_dir, photos, tmp_path):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("".join(f"class-{i}\n" for i in range(10)))
+    code, out, _ = run_main(
+        f"--model_dir={run_dir}", f"--labels={labels}", "--format=json", good_paths(photos)[0]
+    )
+    assert code == 0
+    predictions = json.loads(out)[0]["predictions"]
+    assert all(p["label"] == f"class-{p['index']}" for p in predictions)
+
+
+def test_weights_file_of_a_registered_model(photos, tmp_path, monkeypatch):
+    # A tiny variant registered for the test keeps the model small.
+    monkeypatch.setitem(
+        registry.MODEL_SPECS, "resnext11_2x4d", ("cifar", 11, 2, 4, "resnext_C", 10)
+    )
+    keras.utils.set_random_seed(0)
+    model = resnext_tf.create_model("resnext11_2x4d")
+    path = str(tmp_path / "tiny.weights.h5")
+    model.save_weights(path)
+    code, out, _ = run_main(
+        "--model=resnext11_2x4d", f"--weights={path}", "--format=json", good_paths(photos)[0]
+    )
+    assert code == 0
+    top = json.loads(out)[0]["predictions"]
+    expected = expected_probabilities(model, good_paths(photos)[:1])[0]
+    assert [p["index"] for p in top] == np.argsort(-expected, kind="stable")[:5].tolist()
+    assert top[0]["label"] in predict.CIFAR10_NAMES
+
+
+def test_ten_crop_averages_the_crop_probabilities(photos):
+    keras.utils.set_random_seed(1)
+    model = resnext_tf.build_resnext(50, cardinality=2, base_width=4, input_shape=(64, 64, 3))
+    data_config = export.default_data_config(model)
+    names = predict.ClassNames(labels=tuple(f"c{i}" for i in range(1000)))
+    predictor = predict.KerasPredictor(model, data_config, names, top_k=3, ten_crop=True)
+    paths = good_paths(photos)[:2]
+    items = [predictor.prepare(open(p, "rb").read()) for p in paths]
+    assert items[0].shape == (10, 64, 64, 3)
+    results = predictor.predict(items)
+    cfg = DataConfig("imagenet", image_size=64, eval_resize=data_config.eval_resize, ten_crop=True)
+    for path, top in zip(paths, results, strict=True):
+        crops = transforms.imagenet_eval(tf.constant(open(path, "rb").read()), cfg)
+        expected = tf.nn.softmax(model(crops, training=False)).numpy().mean(axis=0)
+        best = np.argsort(-expected, kind="stable")[:3]
+        assert [p.index for p in top] == best.tolist()
+        np.testing.assert_allclose([p.probability for p in top], expected[best], rtol=1e-4)
+        assert [p.label for p in top] == [f"c{i}" for i in best]
+    # Without ten crops: the export's one centre crop.
+    single = predict.KerasPredictor(model, data_config, names, top_k=3)
+    assert single.prepare(open(paths[0], "rb").read()).shape == (64, 64, 3)
+
+
+def test_class_names_of_an_imagenet_folder_run(tmp_path):
+    for wnid in ("n01443537", "n01440764", "my_own_class"):
+        (tmp_path / "train" / wnid).mkdir(parents=True)
+    names = predict.dataset_names("imagenet", 3, str(tmp_path))
+    assert names.wnids == ("my_own_class", "n01440764", "n01443537")
+    assert names.labels == ("my_own_class", "tench", "goldfish")
+    # Trained on ImageNet without the folders at hand: the 1000 classes of the class index.
+    assert predict.dataset_names("imagenet", 1000, None).labels[0] == "tench"
+    assert predict.dataset_names("imagenet", 3, None) == predict.ClassNames()
+    assert predict.dataset_names("cifar100", 100).labels[:2] == ("apple", "aquarium_fish")
+    assert len(predict.CIFAR100_NAMES) == 100 and len(set(predict.CIFAR100_NAMES)) == 100
+
+
+class Stream(io.StringIO):
+    def __init__(self, tty):
+        super().__init__()
+        self._tty = tty
+
+    def isatty(self):
+        return self._tty
+
+
+def test_progress_on_long_lists():
+    stream = Stream(tty=False)
+    progress = predict.Progress(5, stream)
+    progress.advance(5)
+    assert stream.getvalue() == ""  # short list, not a terminal: silent
+    progress = predict.Progress(60, stream)
+    for _ in range(60):
+        progress.advance()
+    progress.close()
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 10 and lines[-1] == "predict: 60/60 images (100%)"
+    tty = Stream(tty=True)
+    progress = predict.Progress(12, tty)
+    progress.advance(12)
+    progress.close()
+    assert tty.getvalue() == "\rpredict: 12/12 images (100%)\n"
+
+
+def test_export_refuses_a_model_without_three_channels(tmp_path):
+    grey = resnext_tf.build_resnext(
+        11, cardinality=2, base_width=4, stem="cifar", input_shape=(32, 32, 1)
+    )
+    with pytest.raises(ValueError, match=r"RGB and needs a 3-channel model.*1 input channels"):
+        export.export_saved_model(grey, tmp_path, "grey", warmup=False)
