@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 
+from resnext_tf.errors import CheckpointError
 from resnext_tf.training import checkpoint
 from resnext_tf.training.optimizer import TorchSGD
 
@@ -86,14 +87,55 @@ def test_crash_while_writing_leaves_latest_loadable(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk gone"):
         manager.save(checkpoint.epoch_name(2), {"epoch": 2})
     monkeypatch.undo()
-    assert os.path.isdir(os.path.join(manager.directory, ".tmp-epoch-0002"))
+    assert sorted(os.listdir(manager.directory)) == ["epoch-0001", "latest"]  # tmp removed
 
     restarted = make_objects(seed=3)
     manager = checkpoint.CheckpointManager(str(tmp_path), restarted)
-    assert not any(n.startswith(".tmp") for n in os.listdir(manager.directory))
     assert manager.latest() == first
     assert manager.restore(manager.latest()) == {"epoch": 1}
     assert_same(values(restarted), expected)
+
+
+def test_temporaries_of_killed_writers_are_removed_by_the_next_lock_holder(tmp_path):
+    manager = checkpoint.CheckpointManager(str(tmp_path), make_objects(seed=1))
+    manager.save(checkpoint.epoch_name(1), {})
+    leftovers = [
+        tmp_path / "checkpoints" / ".tmp-4242-0a1b2c3d-epoch-0002",
+        tmp_path / "checkpoints" / "latest.tmp-4242",  # the name older versions used
+        tmp_path / ".tmp-4242-0a1b2c3d-train_log.csv",
+        tmp_path / ".tmp-4242-0a1b2c3d-checkpoints",
+    ]
+    for path in leftovers:
+        path.mkdir() if "epoch" in path.name or path.name.endswith("checkpoints") else path.touch()
+    # Constructing a manager no longer touches anything: another run may be writing them.
+    checkpoint.CheckpointManager(str(tmp_path), make_objects(seed=2))
+    assert all(path.exists() for path in leftovers)
+    with checkpoint.ModelDirLock(str(tmp_path)):
+        manager.remove_temporaries()
+    assert not any(path.exists() for path in leftovers)
+    assert sorted(os.listdir(manager.directory)) == ["epoch-0001", "latest"]
+
+
+def test_temporary_names_are_private_to_the_process():
+    a, b = checkpoint.temp_name("epoch-0001"), checkpoint.temp_name("epoch-0001")
+    assert a != b and a.startswith(f".tmp-{os.getpid()}-") and a.endswith("-epoch-0001")
+
+
+def test_save_under_an_existing_name_replaces_it(tmp_path, monkeypatch):
+    objects = make_objects(seed=1)
+    manager = checkpoint.CheckpointManager(str(tmp_path), objects)
+    manager.save(checkpoint.epoch_name(1), {"epoch": 1, "run": "old"})
+    for exchange in (True, False):  # atomic swap, and the rename-aside fallback
+        if not exchange:
+            monkeypatch.setattr(checkpoint, "_exchange", lambda a, b: False)
+        objects = make_objects(seed=5 + exchange)
+        manager = checkpoint.CheckpointManager(str(tmp_path), objects)
+        path = manager.save(checkpoint.epoch_name(1), {"epoch": 1, "run": f"new{exchange}"})
+        restored = make_objects(seed=9)
+        state = checkpoint.CheckpointManager(str(tmp_path), restored).restore(path)
+        assert state["run"] == f"new{exchange}"
+        assert_same(values(restored), values(objects))
+        assert sorted(os.listdir(manager.directory)) == ["epoch-0001", "latest"]
 
 
 def test_crash_before_the_pointer_moves(tmp_path, monkeypatch):
@@ -128,3 +170,108 @@ def test_restoring_another_model_fails(tmp_path):
     objects["optimizer"].build(other.trainable_variables)
     with pytest.raises(ValueError, match="does not match"):
         checkpoint.CheckpointManager(str(tmp_path), objects).restore(path)
+
+
+# ---------------------------------------------------------------------- damaged checkpoints
+
+
+def two_epochs(tmp_path, seed=1):
+    """A run folder with epoch-0001 and epoch-0002 (latest); returns (manager, first, second)."""
+    manager = checkpoint.CheckpointManager(str(tmp_path), make_objects(seed))
+    first = manager.save(checkpoint.epoch_name(1), {"global_step": 10, "epoch_complete": True})
+    second = manager.save(checkpoint.epoch_name(2), {"global_step": 20, "epoch_complete": True})
+    return manager, first, second
+
+
+def data_file(path):
+    (name,) = [n for n in os.listdir(path) if n.startswith(f"{checkpoint.PREFIX}.data")]
+    return os.path.join(path, name)
+
+
+def truncate(path):
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+        f.truncate(size // 2)
+
+
+def test_truncated_newest_checkpoint_warns_and_falls_back(tmp_path):
+    manager, first, second = two_epochs(tmp_path)
+    truncate(data_file(second))
+    pattern = (
+        r"epoch-0002 \(latest; ckpt\.data-\S+ has \d+ bytes, expected \d+\).*Using .*epoch-0001"
+    )
+    for resolve in (manager.newest_valid, lambda: checkpoint.find_checkpoint(str(tmp_path))):
+        with pytest.warns(UserWarning, match=pattern):
+            assert resolve() == first
+    restored = make_objects(seed=4)
+    checkpoint.CheckpointManager(str(tmp_path), restored).restore(first)
+
+
+def test_a_flipped_byte_of_the_same_size_is_detected(tmp_path):
+    manager, first, second = two_epochs(tmp_path)
+    with open(data_file(second), "r+b") as f:
+        byte = f.read(1)
+        f.seek(0)
+        f.write(bytes([byte[0] ^ 1]))
+    with pytest.warns(UserWarning, match="does not match its sha256"):
+        assert manager.newest_valid() == first
+
+
+def test_checkpoint_without_manifest_is_checked_by_reading_its_tensors(tmp_path):
+    manager, first, second = two_epochs(tmp_path)
+    for path in (first, second):
+        os.remove(os.path.join(path, checkpoint.MANIFEST_FILE))
+    assert checkpoint.verify(second) is None
+    truncate(data_file(second))
+    with pytest.warns(UserWarning, match="epoch-0002.*tensors cannot be read"):
+        assert manager.newest_valid() == first
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        ("", r"latest \(is unreadable \(JSONDecodeError\)\)"),
+        ('{"name": "epoch-0009"}', "epoch-0009"),
+    ],
+)
+def test_damaged_latest_pointer_falls_back_to_the_newest_valid(tmp_path, content, problem):
+    manager, first, second = two_epochs(tmp_path)
+    with open(os.path.join(manager.directory, "latest"), "w") as f:
+        f.write(content)
+    with pytest.warns(UserWarning, match=problem + ".*Using .*epoch-0002"):
+        assert checkpoint.find_checkpoint(str(tmp_path)) == second
+    with pytest.warns(UserWarning, match=problem):
+        assert checkpoint.find_checkpoint(os.path.join(manager.directory, "latest")) == second
+
+
+def test_no_valid_checkpoint_is_a_one_line_checkpoint_error(tmp_path):
+    manager, first, second = two_epochs(tmp_path)
+    truncate(data_file(first))
+    with open(os.path.join(second, checkpoint.STATE_FILE), "w") as f:
+        f.write('{"epoch": ')
+    with pytest.raises(CheckpointError) as error:
+        manager.newest_valid()
+    message = str(error.value)
+    assert "\n" not in message
+    assert "epoch-0002" in message and "epoch-0001" in message and "Remove" in message
+
+
+def test_a_damaged_checkpoint_named_directly_is_not_replaced_by_another(tmp_path):
+    manager, first, second = two_epochs(tmp_path)
+    truncate(data_file(first))
+    with pytest.raises(CheckpointError, match="epoch-0001 .*damaged"):
+        checkpoint.find_checkpoint(first)
+    assert checkpoint.find_checkpoint(second) == second
+    with open(os.path.join(manager.directory, "best"), "w") as f:
+        f.write('{"name": "epoch-0001"}')
+    with pytest.raises(CheckpointError, match="named by .*best"):
+        checkpoint.find_checkpoint(os.path.join(manager.directory, "best"))
+
+
+def test_holds_checkpoints_sees_damaged_ones_too(tmp_path):
+    manager = checkpoint.CheckpointManager(str(tmp_path), make_objects(seed=1))
+    assert not manager.holds_checkpoints() and manager.newest_valid() is None
+    os.makedirs(os.path.join(manager.directory, "epoch-0003"))
+    assert manager.holds_checkpoints()
+    with pytest.raises(CheckpointError, match="latest \\(is missing\\).*epoch-0003"):
+        manager.newest_valid()
