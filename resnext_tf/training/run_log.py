@@ -5,9 +5,12 @@ Files in model_dir (chief only): train_log.csv and tensorboard/{train,val}/event
 
 import csv
 import os
+import shutil
 
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
+
+from resnext_tf.training import checkpoint
 
 CSV_FILE = "train_log.csv"
 TENSORBOARD_DIR = "tensorboard"
@@ -48,8 +51,19 @@ def read_csv(path):
     ]
 
 
+def remove_logs(model_dir):
+    """Deletes the train_log.csv and TensorBoard events of model_dir (for --overwrite)."""
+    path = os.path.join(model_dir, CSV_FILE)
+    if os.path.exists(path):
+        os.remove(path)
+    shutil.rmtree(os.path.join(model_dir, TENSORBOARD_DIR), ignore_errors=True)
+
+
 class RunLogger:
     """Writes the logs of a run.
+
+    Nothing is written into model_dir before the first log line, so that a run can take the
+    model_dir lock (and clear an old run's logs) after building its logger.
 
     Args:
         model_dir: run directory.
@@ -58,13 +72,15 @@ class RunLogger:
 
     def __init__(self, model_dir, write_files=True):
         self.write_files = write_files
+        self.model_dir = model_dir
         self.csv_path = os.path.join(model_dir, CSV_FILE)
         self._writers = {}
-        if write_files:
-            os.makedirs(model_dir, exist_ok=True)
-            for split in ("train", "val"):
-                logdir = os.path.join(model_dir, TENSORBOARD_DIR, split)
-                self._writers[split] = tf.summary.create_file_writer(logdir)
+
+    def _writer(self, split):
+        if split not in self._writers:
+            logdir = os.path.join(self.model_dir, TENSORBOARD_DIR, split)
+            self._writers[split] = tf.summary.create_file_writer(logdir)
+        return self._writers[split]
 
     def batch(self, epoch, step, steps, batch_time, data_time, errors, lr, global_step):
         """Per-batch line of fb.resnet.torch (averages over the last logging window)."""
@@ -114,10 +130,11 @@ class RunLogger:
     def _scalars(self, split, step, values):
         if not self.write_files:
             return
-        with self._writers[split].as_default(step=step):
+        writer = self._writer(split)
+        with writer.as_default(step=step):
             for name, value in values.items():
                 tf.summary.write(name, tf.constant(value, tf.float32), metadata=_SCALAR_METADATA)
-        self._writers[split].flush()
+        writer.flush()
 
     def _csv_row(self, row):
         if not self.write_files:
@@ -126,10 +143,14 @@ class RunLogger:
         # its last logged epoch must not leave duplicate rows.
         rows = read_csv(self.csv_path) if os.path.exists(self.csv_path) else []
         rows = [r for r in rows if r["epoch"] < row["epoch"]] + [row]
-        tmp = self.csv_path + ".tmp"
+        # A temporary name of this process only; synced before the rename that publishes it.
+        os.makedirs(self.model_dir, exist_ok=True)
+        tmp = os.path.join(self.model_dir, checkpoint.temp_name(CSV_FILE))
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             with_ema = any(name in r for r in rows for name in EMA_CSV_FIELDS)
             writer = csv.DictWriter(f, fieldnames=CSV_FIELDS + EMA_CSV_FIELDS * with_ema)
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(tmp, self.csv_path)
+            f.flush()
+            os.fsync(f.fileno())
+        checkpoint.replace_file(tmp, self.csv_path)
