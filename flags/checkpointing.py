@@ -4,8 +4,8 @@ from absl import flags
 
 
 def define_flags(flag_values):
-    """Defines model_dir, resume, retrain, checkpoint_steps, keep_checkpoints, export_dir and
-    log_steps."""
+    """Defines model_dir, resume, overwrite, retrain, checkpoint_steps, keep_checkpoints,
+    export_dir and log_steps."""
     flags.DEFINE_string(
         "model_dir",
         None,
@@ -18,6 +18,15 @@ def define_flags(flag_values):
         "auto",
         "auto: continue from model_dir's latest checkpoint when there is one; none: start "
         "fresh; or a model_dir / checkpoint directory to continue from.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_boolean(
+        "overwrite",
+        False,
+        "With --resume=none (or --resume=DIR of another run): first delete model_dir's "
+        "checkpoints, train_log.csv and TensorBoard events. Without it, such a run into a "
+        "model_dir that holds checkpoints is refused. Do not keep it in a command you rerun "
+        "to resume.",
         flag_values=flag_values,
     )
     flags.DEFINE_string(

@@ -55,9 +55,11 @@ class TrainConfig:
     the original's, or "cosine"), warmup_epochs (linear per-step warmup, fractions allowed),
     label_smoothing, no_weight_decay_on (kinds from optimizer.NO_DECAY_KINDS: "bn", "bias"),
     ema_decay (0: off; else the EMA of the weights is validated, checkpointed and exported).
-    Run: model_dir (None: runs/<dataset>_resnext<depth>_<C>x<d>d), test_only, resume ("auto":
-    continue from model_dir when it holds a checkpoint; "none"; or a model_dir / checkpoint
-    directory), retrain (weights file), reset_classifier, export_dir.
+    Run: model_dir (None: runs/<dataset>_resnext<depth>_<C>x<d>d; a local or network file
+    system path), test_only, resume ("auto": continue from model_dir when it holds a checkpoint;
+    "none"; or a model_dir / checkpoint directory), overwrite (a run that does not continue
+    model_dir's own checkpoints first removes them, train_log.csv and the TensorBoard events;
+    without it such a run is refused), retrain (weights file), reset_classifier, export_dir.
     Distribution: distribution_strategy, num_gpus (-1: all), tpu.
     Performance: dtype, jit_compile, deterministic.
     Checkpointing and logs: checkpoint_steps (0: end of epoch only), keep_checkpoints (0: all),
@@ -97,6 +99,7 @@ class TrainConfig:
     model_dir: str | None = None
     test_only: bool = False
     resume: str = "auto"
+    overwrite: bool = False
     retrain: str | None = None
     reset_classifier: bool = False
     export_dir: str | None = None
@@ -187,6 +190,18 @@ class TrainConfig:
             raise ValueError(
                 f"epoch_number must be <= epochs; received epoch_number={self.epoch_number!r}, "
                 f"epochs={self.epochs!r}."
+            )
+        if "://" in self.model_dir:
+            raise ValueError(
+                f"model_dir must be a path of a local or network (NFS) file system: checkpoints "
+                f"rely on atomic renames and the run lock on flock, which object stores lack; "
+                f"received model_dir={self.model_dir!r}; expected e.g. /mnt/runs/r50."
+            )
+        if self.overwrite and (self.test_only or self.resume == "auto"):
+            raise ValueError(
+                f"overwrite removes model_dir's checkpoints before a fresh run and needs "
+                f"resume='none' (or a resume directory of another run), without test_only; "
+                f"received resume={self.resume!r}, test_only={self.test_only!r}."
             )
         if self.reset_classifier and self.num_classes is None:
             raise ValueError(

@@ -51,6 +51,8 @@ def _converter(path):
 
 
 def _own_checkpoint(path):
+    # A model_dir, checkpoints/ folder or `latest` resolves to its newest checkpoint that
+    # verifies (a damaged one is skipped with a warning); see checkpoint.find_checkpoint.
     return checkpoint.find_checkpoint(path) if os.path.exists(path) else None
 
 
@@ -65,6 +67,8 @@ def load_weights(model, path):
 
     Raises:
         ValueError: when the weights cannot be read or do not fit the model.
+        CheckpointError: when `path` holds our checkpoints but none of them verifies (or the
+            checkpoint directory named is damaged).
     """
     found = _own_checkpoint(path)
     if found:

@@ -9,6 +9,7 @@ continues with the next batch of the same epoch.
 import dataclasses
 import functools
 import hashlib
+import os
 import signal
 import time
 import warnings
@@ -18,11 +19,12 @@ import numpy as np
 import tensorflow as tf
 
 from resnext_tf.data import DataConfig, build_dataset, dataset_spec
+from resnext_tf.errors import CheckpointError
 from resnext_tf.training import checkpoint as ckpt_lib
 from resnext_tf.training import distribute, losses, metrics, modeling, schedules
 from resnext_tf.training import ema as ema_lib
 from resnext_tf.training.optimizer import TorchSGD, no_decay_variables
-from resnext_tf.training.run_log import RunLogger, say
+from resnext_tf.training.run_log import RunLogger, remove_logs, say
 
 # ImageNet evaluation resizes the shorter side to 256 for 224 crops (REFERENCE.md "Data");
 # other crop sizes keep the same ratio.
@@ -133,7 +135,7 @@ class Trainer:
         if resume == "none":
             return None
         if resume == "auto":
-            return self.checkpoints.latest()
+            return self.checkpoints.newest_valid()
         found = ckpt_lib.find_checkpoint(resume)
         if found is None:
             raise ValueError(
@@ -145,6 +147,7 @@ class Trainer:
     def _initial_position(self):
         """Restores the latest checkpoint, or initialises a fresh run (with --retrain)."""
         source = self._resume_source()
+        self._prepare_model_dir(source)
         if source:
             state = self.checkpoints.restore(source)
             say(f" => Resuming from {source} (epoch {state['epoch']}, step {state['step']})")
@@ -158,6 +161,36 @@ class Trainer:
             if self.ema:
                 self.ema.reset()  # average from the loaded weights, not the random ones
         return Position(self.config.epoch_number, 0, _zeros())
+
+    def _prepare_model_dir(self, source):
+        """Clears what interrupted writes left, and refuses (or, with `overwrite`, clears) a
+        model_dir whose checkpoints this run would not continue: its saves would otherwise mix
+        two runs under one `latest`. Runs under the model_dir lock on the chief."""
+        config, own = self.config, os.path.realpath(self.checkpoints.directory)
+        if self.is_chief:
+            self.checkpoints.remove_temporaries()
+        continues_own = source is not None and os.path.dirname(os.path.realpath(source)) == own
+        if continues_own:
+            if config.overwrite:
+                raise CheckpointError(
+                    f"overwrite would delete the checkpoint {source} that resume="
+                    f"{config.resume!r} continues from; drop --overwrite to continue it."
+                )
+            return
+        if config.overwrite:
+            if self.is_chief:
+                say(f" => Overwrite: removing the checkpoints and logs in {config.model_dir}")
+                self.checkpoints.remove_all()
+                remove_logs(config.model_dir)
+            return
+        if self.checkpoints.holds_checkpoints():
+            held = self.checkpoints.latest() or self.checkpoints.directory
+            raise CheckpointError(
+                f"model_dir={config.model_dir!r} holds checkpoints ({held}) that "
+                f"resume={config.resume!r} would not continue; pass --overwrite to delete them "
+                "(with train_log.csv and the TensorBoard events) first, use another --model_dir, "
+                "or --resume=auto to continue them."
+            )
 
     def _load_pretrained(self):
         say(f" => Loading weights from {self.config.retrain}")
@@ -266,14 +299,21 @@ class Trainer:
         Raises:
             NonFiniteLossError: when the loss becomes NaN or infinite.
         """
-        position = self._initial_position()
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        # The chief alone writes model_dir, so it alone holds the lock; the other workers of a
+        # multi-worker run write nothing there.
+        lock = ckpt_lib.ModelDirLock(self.config.model_dir) if self.is_chief else None
         try:
+            if lock:
+                lock.acquire()
+            position = self._initial_position()
             outcome = None
             while outcome is None and position.epoch <= self.config.epochs:
                 outcome = self._run_epoch(position)
                 position = Position(position.epoch + 1, 0, _zeros(), position.best_top1)
         finally:
+            if lock:
+                lock.release()
             signal.signal(signal.SIGTERM, previous)
         say(f" * Weights sha256: {weights_digest(self.model)}")
         return outcome or "finished"

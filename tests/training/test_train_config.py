@@ -73,6 +73,9 @@ def test_bad_flag_values_name_value_and_choices(argv, words):
         (["--depth=30"], r"\(depth - 2\) % 9 == 0; received depth=30"),
         (["--reset_classifier"], "num_classes=None"),
         (["--epochs=10", "--epoch_number=11"], "epoch_number=11"),
+        (["--overwrite"], "needs resume='none'.*received resume='auto'"),
+        (["--overwrite", "--resume=none", "--test_only"], "test_only=True"),
+        (["--model_dir=gs://bucket/run"], "model_dir='gs://bucket/run'"),
     ],
 )
 def test_inconsistent_flags_are_usage_errors(argv, message):
@@ -149,3 +152,10 @@ def test_large_linearly_scaled_batch_without_warmup_warns():
         TrainConfig(dataset="imagenet", batch_size=1024)
         TrainConfig(dataset="imagenet", batch_size=2048, warmup_epochs=5)
         TrainConfig(dataset="imagenet", batch_size=2048, lr=0.1)
+
+
+def test_overwrite_is_off_by_default_and_goes_with_a_fresh_start():
+    assert parse([]).overwrite is False
+    config = parse(["--resume=none", "--overwrite"])
+    assert (config.resume, config.overwrite) == ("none", True)
+    assert parse(["--resume=/runs/other", "--overwrite"]).overwrite
