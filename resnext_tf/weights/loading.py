@@ -236,7 +236,7 @@ def _load_cached(model, path, skip_classifier):
             path,
             quoted(e),
         )
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):  # gone already, or not a file we can remove
             os.remove(path)
         return False
     finally:
