@@ -28,7 +28,7 @@ setup(
     ],
     extras_require={
         "plot": ["matplotlib"],
-        "weights": ["safetensors", "torchfile"],
+        "weights": ["safetensors"],
         # Writes the TF Serving warm-up requests next to an exported SavedModel.
         "serving": ["tensorflow-serving-api"],
         # Everything the test suite exercises, so that README's two commands run every test:
@@ -42,7 +42,6 @@ setup(
             "ruff",
             "matplotlib",
             "safetensors",
-            "torchfile",
             "tensorflow-serving-api",
             "torch>=2.10",
             "torchvision",
