@@ -149,6 +149,7 @@ class Trainer:
         source = self._resume_source()
         self._prepare_model_dir(source)
         if source:
+            self._check_ema_in(source)
             state = self.checkpoints.restore(source)
             say(f" => Resuming from {source} (epoch {state['epoch']}, step {state['step']})")
             if state["epoch_complete"]:
@@ -190,6 +191,19 @@ class Trainer:
                 f"resume={config.resume!r} would not continue; pass --overwrite to delete them "
                 "(with train_log.csv and the TensorBoard events) first, use another --model_dir, "
                 "or --resume=auto to continue them."
+            )
+
+    def _check_ema_in(self, source):
+        """Refuses to continue a checkpoint without a weight EMA when ema_decay asks for one
+        (the average cannot be recovered; starting it anew mid-run would not be the same run)."""
+        if not self.ema:
+            return
+        names = [name for name, _ in tf.train.list_variables(os.path.join(source, ckpt_lib.PREFIX))]
+        if not any(name.startswith("ema/") for name in names):
+            raise CheckpointError(
+                f"The checkpoint {source} holds no weight EMA, so ema_decay="
+                f"{self.config.ema_decay!r} cannot continue it; resume without --ema_decay, or "
+                "start a fresh run in another --model_dir."
             )
 
     def _load_pretrained(self):
@@ -285,6 +299,7 @@ class Trainer:
                     f"model_dir={self.config.model_dir!r} and received retrain=None; pass "
                     "--retrain=FILE or --resume=DIR."
                 )
+            self._check_ema_in(source)
             self.checkpoints.restore(source)
         errors = self.evaluate()
         say(f" * Results top1: {errors.top1:6.3f}  top5: {errors.top5:6.3f}")

@@ -1,6 +1,7 @@
 """Interrupted runs: SIGKILL mid-epoch then rerun (bit-identical in --deterministic mode, with
 the original recipe and with every large-batch option on), SIGTERM (checkpoint and clean exit),
-NaN loss (clear stop, last good checkpoint kept)."""
+NaN loss (clear stop, last good checkpoint kept), --ema_decay on a checkpoint without an EMA
+(refused in one line)."""
 
 import os
 import re
@@ -109,3 +110,11 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(cifar_d
     assert f"last good checkpoint is {latest}" in proc.stdout
     assert checkpoint.read_state(latest)["global_step"] == step - 1
     assert all(np.isfinite(v).all() for v in checkpoint_values(latest).values())
+
+
+def test_ema_cannot_continue_a_checkpoint_without_one(cifar_dir, tmp_path):
+    args = [*ARGS, f"--data_dir={cifar_dir}", f"--model_dir={tmp_path}", "--train_steps=3"]
+    check_ok(run_script("run_cifar.py", args))
+    proc = run_script("run_cifar.py", [*args, "--ema_decay=0.9"])
+    assert proc.returncode == 2, proc.stdout + proc.stderr[-3000:]
+    assert "holds no weight EMA, so ema_decay=0.9 cannot continue it" in proc.stderr
