@@ -23,8 +23,8 @@ IMAGENET_DEPTHS = (50, 101, 152)
 # Global batch of the README recipes (8 GPUs): 256 on ImageNet, 128 on CIFAR.
 DEFAULT_BATCH_SIZE = {"imagenet": 256, "cifar10": 128, "cifar100": 128}
 # Above this global batch, a linearly scaled LR without warmup draws a warning: Goyal et al.
-# (2017) lose accuracy from about batch 2k without warmup and keep the batch-256 error up to 8k
-# with 5 epochs of it.
+# (2017) keep the batch-256 error up to batch 8k with the linear rule only thanks to 5 epochs
+# of gradual warmup.
 WARMUP_ADVISED_BATCH = 1024
 
 
