@@ -133,7 +133,12 @@ def _tf_reason(error):
     """The decoder's own message in a TensorFlow error, without the graph and node details."""
     message = (getattr(error, "message", None) or str(error)).split("\n\t [[")[0]
     lines = [line.strip() for line in message.splitlines() if line.strip()]
-    return lines[-1].split(" [Op:")[0] if lines else type(error).__name__
+    reason = lines[-1].split(" [Op:")[0] if lines else type(error).__name__
+    # A failed tf.debugging.Assert prints its message as "assertion failed: [message]".
+    wrapped = "assertion failed: ["
+    if reason.startswith(wrapped) and reason.endswith("]"):
+        reason = reason[len(wrapped) : -1]
+    return reason
 
 
 # ----------------------------------------------------------------------------- progress
@@ -345,18 +350,19 @@ class SavedModelPredictor:
 
     def predict(self, items):
         """Lists of top-k Predictions; an image the signature rejects gives a SkippedImage."""
+        InvalidArgument = self._tf.errors.InvalidArgumentError
         try:
             return self._rows(self._call(items))
-        except self._tf.errors.InvalidArgumentError:
+        except InvalidArgument as e:
             if len(items) == 1:
-                raise
-        # One image of the batch cannot be decoded: find it, and keep the others.
+                return [_skipped_by_signature(e)]
+        # An image of the batch failed the whole request: find it, and keep the others.
         results = []
         for item in items:
             try:
                 results += self._rows(self._call([item]))
-            except self._tf.errors.InvalidArgumentError as e:
-                results.append(SkippedImage(f"not a decodable image: {_tf_reason(e)}"))
+            except InvalidArgument as e:
+                results.append(_skipped_by_signature(e))
         return results
 
     def _rows(self, outputs):
@@ -379,6 +385,12 @@ class SavedModelPredictor:
                 row.append(Prediction(j + 1, index, wnid, label, float(scores[i, j])))
             rows.append(row)
         return rows
+
+
+def _skipped_by_signature(error):
+    # The serving signature names a failed image by its index in the request.
+    reason = _tf_reason(error).removeprefix("image 0: ")
+    return SkippedImage(f"not a decodable image: {reason}")
 
 
 def _saved_model_version(path):
