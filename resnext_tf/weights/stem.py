@@ -14,7 +14,6 @@ kernel carries no colour to spread back over RGB.
 """
 
 import contextlib
-import io
 import logging
 import zipfile
 
@@ -118,9 +117,10 @@ def _open_h5(path):
             if KERAS_ARCHIVE_WEIGHTS not in archive.namelist():
                 yield None
                 return
-            data = io.BytesIO(archive.read(KERAS_ARCHIVE_WEIGHTS))
-        with h5py.File(data, "r") as f:
-            yield f
+            # Read in place (Keras stores the member uncompressed): only the stem's header is
+            # needed, not the whole weights file in memory.
+            with archive.open(KERAS_ARCHIVE_WEIGHTS) as member, h5py.File(member, "r") as f:
+                yield f
         return
     with h5py.File(path, "r") as f:
         yield f
