@@ -110,6 +110,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(cifar_d
     assert f"last good checkpoint is {latest}" in proc.stdout
     assert checkpoint.read_state(latest)["global_step"] == step - 1
     assert all(np.isfinite(v).all() for v in checkpoint_values(latest).values())
+    assert not os.path.exists(os.path.join(tmp_path, checkpoint.LOCK_FILE))  # released on error
 
 
 def test_ema_cannot_continue_a_checkpoint_without_one(cifar_dir, tmp_path):
