@@ -91,18 +91,36 @@ def _standin(cfg, train):
     return transforms.normalize(grey, transforms.IMAGENET_MEAN, transforms.IMAGENET_STD)
 
 
-def _transformed(slots, seeds, sources, labels, fetch, transform):
-    """Transforms the given candidates; returns (slots, outputs, labels) of those that decode.
+def map_ignoring_errors(elements, fn, num_parallel_calls=None):
+    """Applies `fn` to each element of `elements`, keeping the outputs of those it accepts.
 
-    The candidates run in a dataset of their own, whose ignore_errors() drops the ones
-    that fail to be read, decoded or transformed.
+    The elements (a tuple of tensors, sliced along their first axis) run in a dataset of their
+    own, whose ignore_errors() drops the ones on which `fn` raises: the way to survive a
+    damaged image inside a graph.
+
+    Returns:
+        One batch of the outputs of the elements that succeed, in order; the empty batch when
+        none does.
     """
-    ds = tf.data.Dataset.from_tensor_slices((slots, seeds, sources, labels))
-    ds = ds.map(lambda k, seed, source, y: (k, transform(fetch(source), seed), y)).ignore_errors()
-    # One batch of all that decoded; the empty batch when none did.
+    ds = tf.data.Dataset.from_tensor_slices(elements)
+    if num_parallel_calls is None:
+        ds = ds.map(fn)
+    else:
+        ds = ds.map(fn, num_parallel_calls=num_parallel_calls, deterministic=True)
+    ds = ds.ignore_errors()
     empty = tf.nest.map_structure(lambda s: tf.zeros([0, *s.shape], s.dtype), ds.element_spec)
-    ds = ds.batch(tf.maximum(tf.size(slots, tf.int64), 1))
+    count = tf.shape(tf.nest.flatten(elements)[0], out_type=tf.int64)[0]
+    ds = ds.batch(tf.maximum(count, 1))
     return ds.concatenate(tf.data.Dataset.from_tensors(empty)).take(1).get_single_element()
+
+
+def _transformed(slots, seeds, sources, labels, fetch, transform):
+    """Transforms the given candidates; returns (slots, outputs, labels) of those that decode,
+    dropping the ones that fail to be read, decoded or transformed."""
+    return map_ignoring_errors(
+        (slots, seeds, sources, labels),
+        lambda k, seed, source, y: (k, transform(fetch(source), seed), y),
+    )
 
 
 def _missing(size, found_slots):
@@ -112,16 +130,40 @@ def _missing(size, found_slots):
     return tf.cast(tf.where(count == 0)[:, 0], tf.int32)
 
 
-def _warning(names, slots, replacement):
+# Why a file was replaced when its header passes transforms.check_image.
+UNREADABLE = "cannot be read or decoded"
+
+
+def _reasons(size, slots, sources, fetch):
+    """Why the files `sources` of the given slots were refused, as a string [size] indexed by
+    slot: transforms.check_image's reason, else UNREADABLE."""
+    checked, reasons = map_ignoring_errors(
+        (slots, sources), lambda k, source: (k, transforms.check_image(fetch(source)))
+    )
+    reasons = tf.where(tf.equal(reasons, ""), UNREADABLE, reasons)
+    return tf.tensor_scatter_nd_update(tf.fill([size], UNREADABLE), checked[:, None], reasons)
+
+
+def _warning(names, slots, replacement, reasons):
     first = tf.gather(names[:, 0], slots)
-    return tf.strings.join(['resnext_tf.data WARNING: unreadable image "', first, replacement])
+    return tf.strings.join(
+        [
+            'resnext_tf.data WARNING: unreadable image "',
+            first,
+            replacement,
+            ": ",
+            tf.gather(reasons, slots),
+        ]
+    )
 
 
 def _replace_unreadable(batch, found, fetch, transform, standin, train):
     """Fills the slots of `batch` that `found` lacks: with the next candidate that decodes,
-    else with the stand-in; prints one warning line per replaced example."""
+    else with the stand-in; prints one warning line per replaced example, with the reason."""
     seeds, names, sources, labels = batch
     size = tf.shape(seeds)[0]
+    missing = _missing(size, [found[0]])
+    reasons = _reasons(size, missing, tf.gather(sources[:, 0], missing), fetch)
     parts, warnings = [found], []
     for k in range(1, sources.shape[1]):
         missing = _missing(size, [part[0] for part in parts])
@@ -134,14 +176,14 @@ def _replace_unreadable(batch, found, fetch, transform, standin, train):
             transform,
         )
         replacement = tf.strings.join(['" replaced by "', tf.gather(names[:, k], part[0]), '"'])
-        warnings.append(_warning(names, part[0], replacement))
+        warnings.append(_warning(names, part[0], replacement, reasons))
         parts.append(part)
     missing = _missing(size, [part[0] for part in parts])
     count = tf.size(missing)
     grey = tf.nest.map_structure(lambda t: tf.broadcast_to(t, [count, *t.shape]), standin)
     grey_labels = tf.gather(labels[:, 0], missing) if train else tf.fill([count], -1)
     parts.append((missing, grey, grey_labels))
-    warnings.append(_warning(names, missing, '" replaced by a grey image'))
+    warnings.append(_warning(names, missing, '" replaced by a grey image', reasons))
     message = tf.strings.reduce_join(tf.concat(warnings, axis=0), separator="\n")
     # Runs only for batches with an unreadable file; tf.print keeps Python out of the pipeline.
     with tf.control_dependencies([tf.print(message, output_stream=sys.stderr)]):

@@ -10,6 +10,8 @@ nowhere in between; so each image gets one affine colour map (3x3 matrix and bia
 `imagenet_train`, and `apply_colour` applies the maps of a whole batch in one pass.
 """
 
+import dataclasses
+
 import tensorflow as tf
 
 # ImageNet channel mean and std on [0, 1] RGB images (REFERENCE.md "Data", step 4).
@@ -99,6 +101,8 @@ def shorter_side_size(height, width, size):
 
     The shorter side becomes `size`, the longer one keeps the aspect ratio, truncated.
     """
+    height, width = tf.convert_to_tensor(height), tf.convert_to_tensor(width)
+    size = tf.cast(size, height.dtype)
     tall = height > width
     new_h = tf.where(tall, height * size // width, size)
     new_w = tf.where(tall, size, width * size // height)
@@ -121,16 +125,6 @@ def center_crop(image, size):
     y = (shape[0] - size + 1) // 2
     x = (shape[1] - size + 1) // 2
     return image[y : y + size, x : x + size]
-
-
-def ten_crop(image, size):
-    """Returns [10, size, size, C]: corners TL, TR, BL, BR, centre, then the mirror of each."""
-    shape = tf.shape(image)
-    bottom, right = shape[0] - size, shape[1] - size
-    corners = [(0, 0), (0, right), (bottom, 0), (bottom, right)]
-    crops = [image[y : y + size, x : x + size] for y, x in corners]
-    crops = tf.stack(crops + [center_crop(image, size)])
-    return tf.concat([crops, tf.reverse(crops, axis=[2])], axis=0)
 
 
 def _jitter_maps(factors):
@@ -237,17 +231,280 @@ def apply_colour(images, colour):
     return tf.reshape(rows, shape)
 
 
-def image_shape(data):
-    """Returns the (height, width) of an encoded image, reading only the header of a JPEG."""
+# ---------------------------------------------------------------------------------------------
+# Limits on encoded images, checked from the header before anything is decoded.
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageLimits:
+    """What an encoded image may ask of the decoder; larger ones are refused undecoded.
+
+    Attributes:
+        max_pixels: Width x height, and for a GIF the pixels of all its frames together (the
+            GIF reader holds every frame, not only the first one used). The default is PIL's
+            Image.MAX_IMAGE_PIXELS, above which PIL warns of a decompression bomb.
+        max_aspect: Longer side / shorter side. The transforms keep their memory bounded at
+            any aspect ratio (see `resized_crops`); the limit refuses degenerate strips, of
+            which the centre crop would see at most 1 / max_aspect. 50 is well beyond
+            panoramas and banner formats (up to about 12:1).
+        max_bytes: Length of the encoded bytes; bounds the parsing work before the decode.
+    """
+
+    max_pixels: int = 89_478_485
+    max_aspect: float = 50.0
+    max_bytes: int = 64 * 2**20
+
+    def __post_init__(self):
+        for name in ("max_pixels", "max_bytes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer; received {name}={value!r}.")
+        if not self.max_aspect >= 1:
+            raise ValueError(f"max_aspect must be >= 1; received max_aspect={self.max_aspect!r}.")
+
+
+DEFAULT_LIMITS = ImageLimits()
+# Formats read by `decode`, in the order TensorFlow's decoder tells them apart by their first
+# bytes. JPEG XL, which TensorFlow also decodes, is refused: its header is not parsed here.
+FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WebP")
+# GIF blocks walked to find the frames; a step skips up to GIF_RUN full data sub-blocks.
+GIF_MAX_STEPS = 4096
+GIF_RUN = 1024
+_HEAD = 32  # header bytes read for the dimensions
+
+
+def _head(data):
+    """The first _HEAD bytes of `data` as int64 [_HEAD], zero-padded."""
+    head = tf.io.decode_raw(tf.strings.substr(data, 0, _HEAD), tf.uint8)
+    return tf.pad(tf.cast(head, tf.int64), [[0, _HEAD - tf.size(head)]])
+
+
+def image_format(data):
+    """Index in FORMATS + 1 of the format of `data` by its first bytes; 0 for any other."""
+    padded = tf.strings.join([tf.strings.substr(data, 0, 16), b"\0" * 16])
+
+    def starts(offset, magic):
+        return tf.equal(tf.strings.substr(padded, offset, len(magic)), magic)
+
+    webp = starts(0, b"RIFF") & starts(8, b"WEBP") & (tf.strings.length(data) > 12)
+    found = tf.stack(
+        [starts(0, b"\xff\xd8\xff"), starts(0, b"\x89PNG\r\n\x1a\n"), starts(0, b"GIF8"),
+         starts(0, b"BM"), webp]
+    )  # fmt: skip
+    first = tf.argmax(tf.cast(found, tf.int32), output_type=tf.int32)
+    return tf.where(tf.reduce_any(found), first + 1, 0)
+
+
+def _le(head, offset, count):
+    """Unsigned little-endian integer of `count` bytes at `offset`."""
+    return sum(head[offset + k] * 256**k for k in range(count))
+
+
+def _be(head, offset, count):
+    return sum(head[offset + k] * 256 ** (count - 1 - k) for k in range(count))
+
+
+def _colour_table_bytes(flags):
+    """Bytes of the colour table that a GIF flags byte announces."""
+    flags = tf.maximum(flags, 0)
+    return tf.where(flags >= 128, 3 * tf.bitwise.left_shift(tf.constant(2, tf.int64), flags % 8), 0)
+
+
+def _gif_frame_pixels(data):
+    """(pixels of all the frames of a GIF, whether its blocks were walked to the end).
+
+    giflib reads a whole GIF (DGifSlurp) before TensorFlow takes its first frame, allocating
+    every frame's pixels, and LZW data can encode a large frame in few bytes. The frames are
+    found by walking the blocks; a step reads one block or sub-block, or skips up to GIF_RUN
+    full (255-byte) data sub-blocks at once. Walking stops at the trailer, at a byte that
+    starts no block, at the end of the data, or after GIF_MAX_STEPS steps.
+    """
+    raw = tf.io.decode_raw(data, tf.uint8)
+    n = tf.size(raw, out_type=tf.int64)
+
+    def byte(i):
+        i = tf.cast(i, tf.int64)
+        value = tf.cast(tf.gather(raw, tf.clip_by_value(i, 0, n - 1)), tf.int64)
+        return tf.where((i >= 0) & (i < n), value, -1)
+
+    def sub_blocks(pos, pixels):
+        at = pos + 256 * tf.range(GIF_RUN, dtype=tf.int64)
+        full = tf.equal(byte(at), 255)
+        run = tf.reduce_sum(tf.math.cumprod(tf.cast(full, tf.int64)))
+        pos = pos + 256 * run
+        size = byte(pos)
+        more = (run == GIF_RUN) | (size > 0)
+        next_pos = tf.where(run == GIF_RUN, pos, pos + tf.maximum(size, 0) + 1)
+        return next_pos, more, pixels, size < 0
+
+    def block(pos, pixels):
+        kind = byte(pos)
+        image, extension = tf.equal(kind, 0x2C), tf.equal(kind, 0x21)
+        width = tf.maximum(byte(pos + 5), 0) + 256 * tf.maximum(byte(pos + 6), 0)
+        height = tf.maximum(byte(pos + 7), 0) + 256 * tf.maximum(byte(pos + 8), 0)
+        # Image: descriptor (10 bytes), local colour table, LZW code size, then sub-blocks.
+        # Extension: introducer and label, then sub-blocks.
+        next_pos = tf.where(image, pos + 11 + _colour_table_bytes(byte(pos + 9)), pos + 2)
+        pixels += tf.where(image, width * height, 0)
+        return next_pos, image | extension, pixels, ~(image | extension)
+
+    def step(pos, in_sub_blocks, pixels, steps, done):
+        pos, in_sub_blocks, pixels, done = tf.cond(
+            in_sub_blocks, lambda: sub_blocks(pos, pixels), lambda: block(pos, pixels)
+        )
+        return pos, in_sub_blocks, pixels, steps + 1, done
+
+    start = 13 + _colour_table_bytes(byte(10))
+    zero = tf.constant(0, tf.int64)
+    _, _, pixels, _, done = tf.while_loop(
+        lambda pos, in_sub_blocks, pixels, steps, done: ~done & (steps < GIF_MAX_STEPS),
+        step,
+        (start, tf.constant(False), zero, zero, tf.constant(False)),
+    )
+    return pixels, done
+
+
+def image_header(data):
+    """Reads the size of an encoded image from its header, without decoding it.
+
+    Returns:
+        (format, height, width, frame_pixels, walked): format as in `image_format` (int32),
+        height and width int64 (0 for an unknown format), the pixels the decoder holds at once
+        (float64; a GIF's frames together, see `_gif_frame_pixels`), and False when a GIF's
+        blocks were not walked to the end.
+
+    Raises:
+        InvalidArgumentError: a JPEG whose header libjpeg cannot read.
+    """
+    fmt = image_format(data)
+    head = _head(data)
+
+    def dims(height, width):
+        height, width = tf.cast(height, tf.int64), tf.cast(width, tf.int64)
+        pixels = tf.cast(height, tf.float64) * tf.cast(width, tf.float64)
+        return height, width, pixels, tf.constant(True)
+
+    def jpeg():
+        shape = tf.io.extract_jpeg_shape(data)
+        return dims(shape[0], shape[1])
+
+    def png():  # IHDR: big-endian width, height
+        return dims(_be(head, 20, 4), _be(head, 16, 4))
+
+    def gif():  # logical screen: little-endian width, height; then the frames
+        height, width, _, _ = dims(_le(head, 8, 2), _le(head, 6, 2))
+        pixels, walked = _gif_frame_pixels(data)
+        return height, width, tf.cast(pixels, tf.float64), walked
+
+    def bmp():  # BITMAPINFOHEADER: signed little-endian width, height (negative: top-down)
+        def signed(value):
+            return tf.where(value >= 2**31, value - 2**32, value)
+
+        return dims(tf.abs(signed(_le(head, 22, 4))), signed(_le(head, 18, 4)))
+
+    def webp():  # the first chunk: lossy VP8, lossless VP8L or extended VP8X
+        chunk = _be(head, 12, 4)
+        bits = _le(head, 21, 4)
+        lossless = (bits // 2**14 % 2**14 + 1, bits % 2**14 + 1)
+        lossy = (_le(head, 28, 2) % 2**14, _le(head, 26, 2) % 2**14)
+        extended = (_le(head, 27, 3) + 1, _le(head, 24, 3) + 1)
+        sizes = {0x56503820: lossy, 0x5650384C: lossless, 0x56503858: extended}
+        height, width = tf.constant(0, tf.int64), tf.constant(0, tf.int64)
+        for code, (h, w) in sizes.items():
+            height, width = tf.where(chunk == code, h, height), tf.where(chunk == code, w, width)
+        return dims(height, width)
+
+    def unknown():
+        return dims(0, 0)
+
+    height, width, pixels, walked = tf.switch_case(fmt, [unknown, jpeg, png, gif, bmp, webp])
+    return fmt, height, width, pixels, walked
+
+
+def _formatted(number):
+    return f"{number:g}" if isinstance(number, float) else str(number)
+
+
+def check_image(data, limits=DEFAULT_LIMITS):
+    """Why an encoded image is refused before decoding, or "" when it is accepted.
+
+    Reads only the length and the header (and a GIF's block structure): empty data, more
+    than limits.max_bytes, a format other than FORMATS, no pixels, more than
+    limits.max_pixels or an aspect ratio over limits.max_aspect. Sizes are width x height.
+
+    Raises:
+        InvalidArgumentError: a JPEG whose header libjpeg cannot read.
+    """
+    length = tf.strings.length(data)
+
+    def header_reason():
+        fmt, height, width, frame_pixels, walked = image_header(data)
+        size = tf.strings.join([tf.strings.as_string(width), "x", tf.strings.as_string(height)])
+        longer = tf.cast(tf.maximum(height, width), tf.float64)
+        shorter = tf.cast(tf.minimum(height, width), tf.float64)
+        checks = [
+            (
+                tf.equal(fmt, 0),
+                tf.constant(f"is not a {', '.join(FORMATS[:-1])} or {FORMATS[-1]} image"),
+            ),
+            (shorter < 1, tf.strings.join(["has no pixels (", size, " in its header)"])),
+            (
+                longer * shorter > limits.max_pixels,
+                tf.strings.join(
+                    [size, f" pixels exceed the pixel limit {_formatted(limits.max_pixels)}"]
+                ),
+            ),
+            (
+                longer > limits.max_aspect * shorter,
+                tf.strings.join(
+                    [size, f" pixels exceed the aspect-ratio limit {_formatted(limits.max_aspect)}"]
+                ),
+            ),
+            (~walked, tf.constant(f"GIF has more than {GIF_MAX_STEPS} blocks")),
+            (
+                frame_pixels > limits.max_pixels,
+                tf.strings.join(
+                    [
+                        "GIF frames hold ",
+                        tf.strings.as_string(tf.cast(frame_pixels, tf.int64)),
+                        f" pixels in all, over the pixel limit {_formatted(limits.max_pixels)}",
+                    ]
+                ),
+            ),
+        ]
+        reason = tf.constant("")
+        for failed, message in reversed(checks):
+            reason = tf.where(failed, message, reason)
+        return reason
+
     return tf.cond(
-        tf.io.is_jpeg(data),
-        lambda: tf.image.extract_jpeg_shape(data)[:2],
-        lambda: tf.shape(decode(data))[:2],
+        tf.equal(length, 0),
+        lambda: tf.constant("is empty (0 bytes)"),
+        lambda: tf.cond(
+            length > limits.max_bytes,
+            lambda: tf.strings.join(
+                [tf.strings.as_string(length), f" bytes exceed the size limit {limits.max_bytes}"]
+            ),
+            header_reason,
+        ),
     )
 
 
+def checked(data, limits=DEFAULT_LIMITS):
+    """`data`, once `check_image` accepts it; raises InvalidArgumentError with the reason."""
+    reason = check_image(data, limits)
+    with tf.control_dependencies([tf.debugging.Assert(tf.equal(reason, ""), [reason])]):
+        return tf.identity(data)
+
+
+def image_shape(data):
+    """Returns the (height, width) of an encoded image as int32 [2], read from its header."""
+    _, height, width, _, _ = image_header(data)
+    return tf.cast(tf.stack([height, width]), tf.int32)
+
+
 def decode(data):
-    """Decodes a JPEG (grey and CMYK included), PNG, GIF or BMP to uint8 [H, W, 3]."""
+    """Decodes a JPEG (grey and CMYK included), PNG, GIF, BMP or WebP to uint8 [H, W, 3]."""
     return tf.cond(
         tf.io.is_jpeg(data),
         lambda: tf.io.decode_jpeg(data, channels=3, dct_method=JPEG_DCT),
@@ -276,7 +533,190 @@ def decode_window(data, y, x, h, w, fused):
     )
 
 
-def imagenet_train(data, seed, cfg):
+# ---------------------------------------------------------------------------------------------
+# The evaluation resize and crop, computed from the source pixels the crop depends on.
+
+# ImageNet evaluation resizes the shorter side to 256 for a 224 crop (fb.resnet.torch's
+# Scale(256) + CenterCrop(224), REFERENCE.md "Data"); other crop sizes keep that ratio.
+EVAL_RESIZE, EVAL_CROP = 256, 224
+# TensorFlow's ResizeBicubic reads Keys' cubic (a = -0.5) weights from a table of this many
+# steps per pixel; `_bicubic_taps` reads the same table, so its results are TensorFlow's.
+_TABLE_STEPS = 1024
+# A JPEG window is decoded this many pixels (one MCU) wider on each side than the pixels it is
+# read for: at a window's edge, libjpeg upsamples subsampled chroma from fewer neighbours.
+JPEG_WINDOW_MARGIN = 16
+
+
+def eval_resize_size(crop_size):
+    """The shorter side the evaluation resizes to for a crop_size crop: crop_size * 256 / 224
+    rounded to the nearest integer (256 for 224, as in the original).
+
+    The nearest integer keeps the crop's share of the shorter side (224 / 256 = 0.875) as
+    close to the original as an integer side allows; 256 / 224 = 8 / 7 leaves no ties.
+    """
+    return (int(crop_size) * EVAL_RESIZE + EVAL_CROP // 2) // EVAL_CROP
+
+
+def _keys_table():
+    """ResizeBicubic's weight table: Keys' cubic at distances i / steps and 1 + i / steps,
+    computed in float64 and stored in float32 as TensorFlow does."""
+    a = -0.5
+    x = tf.range(_TABLE_STEPS + 1, dtype=tf.float64) / _TABLE_STEPS
+    near = ((a + 2) * x - (a + 3)) * x * x + 1
+    x += 1
+    far = ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+    return tf.cast(near, tf.float32), tf.cast(far, tf.float32)
+
+
+def _bicubic_taps(in_size, out_size, start, count):
+    """The source indices and weights of outputs start .. start + count - 1 of TensorFlow's
+    bicubic resize (half-pixel centres, no antialias) of in_size pixels to out_size.
+
+    The same float32 steps as ResizeBicubic: the sample position, its table step, the taps
+    outside the image set to 0 and the four weights scaled to sum to 1.
+
+    Returns:
+        (indices int64 [count, 4] clipped to the image, weights float32 [count, 4]).
+    """
+    scale = tf.cast(in_size, tf.float32) / tf.cast(out_size, tf.float32)
+    position = (tf.cast(tf.range(start, start + count), tf.float32) + 0.5) * scale - 0.5
+    base = tf.floor(position)
+    step = tf.cast(tf.round((position - base) * _TABLE_STEPS), tf.int32)  # lrintf: half even
+    near, far = _keys_table()
+    weights = tf.stack(
+        [
+            tf.gather(far, step),
+            tf.gather(near, step),
+            tf.gather(near, _TABLE_STEPS - step),
+            tf.gather(far, _TABLE_STEPS - step),
+        ],
+        axis=1,
+    )
+    indices = tf.cast(base, tf.int64)[:, None] + tf.range(-1, 3, dtype=tf.int64)
+    weights = tf.where((indices >= 0) & (indices < in_size), weights, 0.0)
+    total = weights[:, 0] + weights[:, 1] + weights[:, 2] + weights[:, 3]
+    weights *= (1.0 / total)[:, None]
+    return tf.clip_by_value(indices, 0, in_size - 1), weights
+
+
+def _antialias_span(in_size, out_size, start, count):
+    """(first, last) source index that outputs start .. start + count - 1 of an antialiased
+    Keys cubic resize (tf.image.resize antialias=True) read, with one pixel to spare."""
+    inverse = tf.cast(in_size, tf.float64) / tf.cast(out_size, tf.float64)
+    reach = 2.0 * tf.maximum(inverse, 1.0) + 0.5  # kernel radius 2, widened when shrinking
+    first = tf.floor((tf.cast(start, tf.float64) + 0.5) * inverse - reach) - 1
+    last = tf.math.ceil((tf.cast(start + count, tf.float64) - 0.5) * inverse + reach) + 1
+    first = tf.clip_by_value(tf.cast(first, tf.int64), 0, in_size - 1)
+    return first, tf.clip_by_value(tf.cast(last, tf.int64), 0, in_size - 1)
+
+
+def _source_span(in_size, out_size, start, count, antialias):
+    """(first, last) source index that the given outputs of the resize depend on."""
+    if antialias:
+        return _antialias_span(in_size, out_size, start, count)
+    indices, _ = _bicubic_taps(in_size, out_size, start, count)
+    return indices[0, 0], indices[-1, -1]
+
+
+def _resample(window, origin, source, resized, corner, size, antialias):
+    """The size x size crop at `corner` of the bicubic resize of a `source`-sized image to
+    `resized`, computed from `window`, its pixels from `origin` on.
+
+    Without antialias it gathers the 4 x 4 taps of each output and weighs them as
+    ResizeBicubic does (rows first, then columns, in the same order), so it returns
+    TensorFlow's own values; with antialias, tf.raw_ops.ScaleAndTranslate with the scale of
+    the full resize and the window's offset, as tf.image.resize uses.
+    """
+    if antialias:
+        scale = tf.cast(tf.stack(resized), tf.float32) / tf.cast(tf.stack(source), tf.float32)
+        shift = tf.cast(tf.stack(origin), tf.float32) * scale - tf.cast(
+            tf.stack(corner), tf.float32
+        )
+        out = tf.raw_ops.ScaleAndTranslate(
+            images=window[None],
+            size=[size, size],
+            scale=scale,
+            translation=shift,
+            kernel_type="keyscubic",
+            antialias=True,
+        )
+        return out[0]
+    rows, row_weights = _bicubic_taps(source[0], resized[0], corner[0], size)
+    cols, col_weights = _bicubic_taps(source[1], resized[1], corner[1], size)
+    taps = tf.gather(window, tf.reshape(rows - origin[0], [-1]), axis=0)
+    taps = tf.gather(taps, tf.reshape(cols - origin[1], [-1]), axis=1)
+    taps = tf.reshape(tf.cast(taps, tf.float32), [size, 4, size, 4, -1])
+    wy = row_weights[:, :, None, None, None]
+    by_column = taps[:, 0] * wy[:, 0] + taps[:, 1] * wy[:, 1] + taps[:, 2] * wy[:, 2]
+    by_column += taps[:, 3] * wy[:, 3]
+    wx = col_weights[None, :, :, None]
+    out = by_column[:, :, 0] * wx[:, :, 0] + by_column[:, :, 1] * wx[:, :, 1]
+    out += by_column[:, :, 2] * wx[:, :, 2]
+    return out + by_column[:, :, 3] * wx[:, :, 3]
+
+
+def _crop_corners(resized, size, ten_crop):
+    """Top-left corners of the centre crop (offsets rounded up, as Torch's CenterCrop), or of
+    the four corner crops and the centre crop."""
+    height, width = resized
+    centre = ((height - size + 1) // 2, (width - size + 1) // 2)
+    if not ten_crop:
+        return [centre]
+    bottom, right = height - size, width - size
+    zero = tf.zeros_like(bottom)
+    return [(zero, zero), (zero, right), (bottom, zero), (bottom, right), centre]
+
+
+def resized_crops(data, resize, size, antialias, ten_crop=False):
+    """Crops of an encoded image resized (bicubic) to shorter side `resize`: the centre
+    size x size crop, or with ten_crop the four corner crops and the centre crop.
+
+    The values are those of resizing the whole image, then cropping, but only the source
+    pixels that the crop depends on are decoded (a JPEG) and resized: the window is found from
+    the same sampling positions and weights as the full resize (`_resample`), so memory and
+    work follow the crop, not the image's aspect ratio. Ten crops decode the whole image.
+
+    Returns:
+        A list of float32 [size, size, 3] crops on the 0-255 scale.
+    """
+
+    def window_of(height, width):
+        resized = shorter_side_size(height, width, resize)
+        ((y, x),) = _crop_corners(resized, size, False)
+        first_y, last_y = _source_span(height, resized[0], y, size, antialias)
+        first_x, last_x = _source_span(width, resized[1], x, size, antialias)
+        return first_y, first_x, last_y - first_y + 1, last_x - first_x + 1
+
+    def jpeg():
+        height, width = tf.unstack(tf.cast(tf.io.extract_jpeg_shape(data)[:2], tf.int64))
+        y, x, h, w = window_of(height, width)
+        bottom = tf.minimum(y + h + JPEG_WINDOW_MARGIN, height)
+        right = tf.minimum(x + w + JPEG_WINDOW_MARGIN, width)
+        y, x = tf.maximum(y - JPEG_WINDOW_MARGIN, 0), tf.maximum(x - JPEG_WINDOW_MARGIN, 0)
+        crop = tf.cast(tf.stack([y, x, bottom - y, right - x]), tf.int32)
+        window = tf.image.decode_and_crop_jpeg(data, crop, channels=3, dct_method=JPEG_DCT)
+        return window, y, x, height, width
+
+    def other():
+        image = decode(data)
+        height, width = tf.unstack(tf.shape(image, out_type=tf.int64)[:2])
+        y, x, h, w = window_of(height, width)
+        return image[y : y + h, x : x + w], y, x, height, width
+
+    if ten_crop:
+        window = decode(data)
+        height, width = tf.unstack(tf.shape(window, out_type=tf.int64)[:2])
+        y = x = tf.constant(0, tf.int64)
+    else:
+        window, y, x, height, width = tf.cond(tf.io.is_jpeg(data), jpeg, other)
+    resized = shorter_side_size(height, width, resize)
+    return [
+        _resample(window, (y, x), (height, width), resized, corner, size, antialias)
+        for corner in _crop_corners(resized, size, ten_crop)
+    ]
+
+
+def imagenet_train(data, seed, cfg, limits=DEFAULT_LIMITS):
     """The per-image part of the ImageNet training transform of an encoded image.
 
     Crops a RandomSizedCrop window, resizes it and flips it, and draws the image's colour
@@ -287,11 +727,13 @@ def imagenet_train(data, seed, cfg):
         data: Encoded image bytes (scalar string tensor).
         seed: Seed of shape [2] for all the draws of this image.
         cfg: DataConfig.
+        limits: ImageLimits; an image over them raises InvalidArgumentError undecoded.
 
     Returns:
         (image, colour): float32 [size, size, 3] on the 0-255 scale (bicubic may overshoot
         it), and the image's float32 [4, 3] colour_map.
     """
+    data = checked(data, limits)
     size = cfg.crop_size
     crop_seed, jitter_seed, light_seed, flip_seed = split_seed(seed, 4)
     height, width = tf.unstack(image_shape(data))
@@ -312,20 +754,29 @@ def imagenet_train(data, seed, cfg):
     return (random_flip(image, flip_seed) if cfg.flip else image), colour
 
 
-def imagenet_eval(data, cfg):
+def imagenet_eval(data, cfg, limits=DEFAULT_LIMITS):
     """ImageNet evaluation transform: shorter side to eval_resize, centre (or ten) crop, normalize.
+
+    The one evaluation transform of training, `resnext_tf.export` and prediction; see
+    `resized_crops` for how it bounds its memory.
+
+    Args:
+        data: Encoded image bytes (scalar string tensor).
+        cfg: DataConfig.
+        limits: ImageLimits; an image over them raises InvalidArgumentError undecoded.
 
     Returns:
         float32 [size, size, 3], or [10, size, size, 3] with cfg.ten_crop.
     """
-    image = decode(data)
-    height, width = tf.unstack(tf.shape(image)[:2])
-    image = resize(image, *shorter_side_size(height, width, cfg.eval_resize), cfg.antialias)
     size = cfg.crop_size
+    crops = resized_crops(checked(data, limits), cfg.eval_resize, size, cfg.antialias, cfg.ten_crop)
     if cfg.ten_crop:
-        image = tf.ensure_shape(ten_crop(image, size), [10, size, size, 3])
+        crops = tf.stack(crops)
+        image = tf.ensure_shape(
+            tf.concat([crops, tf.reverse(crops, axis=[2])], axis=0), [10, size, size, 3]
+        )
     else:
-        image = tf.ensure_shape(center_crop(image, size), [size, size, 3])
+        image = tf.ensure_shape(crops[0], [size, size, 3])
     return normalize(image / 255.0, IMAGENET_MEAN, IMAGENET_STD)
 
 

@@ -83,3 +83,25 @@ def numpy_colour(image, factors, order, shift):
     jittered_max = image.max()
     normalized = (image + shift - np.array(transforms.IMAGENET_MEAN)) / transforms.IMAGENET_STD
     return normalized, jittered_max
+
+
+def with_jpeg_size(data, width, height):
+    """`data`, a JPEG, with the size in its frame header (SOF) replaced: what the header
+    promises without the pixels to match, as in a decompression bomb."""
+    for marker in (b"\xff\xc0", b"\xff\xc2"):
+        at = data.find(marker)
+        if at >= 0:
+            # Marker, segment length (2), sample precision (1), then height and width.
+            size = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+            return data[: at + 5] + size + data[at + 9 :]
+    raise ValueError("no baseline or progressive frame header")
+
+
+def animated_gif(rng, height, width, frames):
+    """An animated GIF of random frames."""
+    images = [Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))]
+    images += [Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+               for _ in range(frames - 1)]  # fmt: skip
+    buffer = io.BytesIO()
+    images[0].save(buffer, "GIF", save_all=True, append_images=images[1:])
+    return buffer.getvalue()

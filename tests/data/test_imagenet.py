@@ -17,6 +17,7 @@ from image_samples import (
     numpy_colour,
     requires_tfds_prepare,
     train_image,
+    with_jpeg_size,
 )
 
 from resnext_tf.data import (
@@ -244,6 +245,43 @@ def test_eval_batch_whose_files_all_fail_is_masked(tmp_path):
     grey = (0.5 - np.array(transforms.IMAGENET_MEAN)) / transforms.IMAGENET_STD
     np.testing.assert_allclose(images[1:3], np.broadcast_to(grey, (2, 32, 32, 3)), atol=1e-6)
     np.testing.assert_array_equal(images[3], 0)
+
+
+def test_images_over_the_limits_are_replaced_like_unreadable_ones(tmp_path, capfd):
+    # A decompression bomb (a 20000 x 20000 header in a small file) and a 1 x 3000 strip are
+    # refused from their headers, undecoded, and replaced with a warning naming them and why.
+    rng = np.random.default_rng(10)
+    good = [encode(natural_image(rng, 40 + 4 * i, 56), quality=90) for i in range(4)]
+    contents = [
+        good[0],
+        with_jpeg_size(good[0], 20000, 20000),
+        good[1],
+        encode(natural_image(rng, 1, 3000)),
+        good[2],
+        good[3][:200],
+    ]
+    paths = []
+    for i, data in enumerate(contents):
+        paths.append(tmp_path / "train" / WNIDS[i // 3] / f"{i}.JPEG")
+        os.makedirs(paths[-1].parent, exist_ok=True)
+        paths[-1].write_bytes(data)
+    os.makedirs(tmp_path / "val" / WNIDS[0])
+    (tmp_path / "val" / WNIDS[0] / "bomb.JPEG").write_bytes(contents[1])
+    cfg = DataConfig("imagenet", data_dir=tmp_path, **DETERMINISTIC)
+    images, labels = _collect(build_dataset(cfg, "train", 6))
+    assert images.shape == (6, 32, 32, 3) and np.isfinite(images).all()
+    warnings = capfd.readouterr().err
+    for broken, replacement, reason in [
+        (1, 2, "20000x20000 pixels exceed the pixel limit 89478485"),
+        (3, 4, "3000x1 pixels exceed the aspect-ratio limit 50"),
+        (5, 0, "cannot be read or decoded"),
+    ]:
+        line = f'unreadable image "{paths[broken]}" replaced by "{paths[replacement]}": {reason}'
+        assert line in warnings
+    _, labels = _collect(build_dataset(cfg, "eval", 1))
+    assert labels.tolist() == [-1]
+    bomb = tmp_path / "val" / WNIDS[0] / "bomb.JPEG"
+    assert f'"{bomb}" replaced by a grey image: 20000x20000 pixels exceed' in capfd.readouterr().err
 
 
 def test_quirky_files_decode_through_the_pipeline(imagenet_dir):

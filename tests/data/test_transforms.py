@@ -1,12 +1,20 @@
 """Transforms against the stated distributions and against independent computations."""
 
+import dataclasses
 import io
 import itertools
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from image_samples import encode, natural_image, numpy_colour, train_image
+from image_samples import (
+    animated_gif,
+    encode,
+    natural_image,
+    numpy_colour,
+    train_image,
+    with_jpeg_size,
+)
 from PIL import Image
 
 from resnext_tf.data import DataConfig, transforms
@@ -294,3 +302,198 @@ def test_fused_crop_decode_matches_full_decode(subsampling, tolerance):
     full = train_image(data, seed, DataConfig("imagenet", image_size=64, fused_crop=False))
     assert np.abs(fused - full).max() < tolerance
     assert np.abs(fused - full).mean() < tolerance / 10
+
+
+def _full_resize_crops(data, resize, size, antialias, ten_crop=False):
+    """The evaluation crops as computed before crop windows: decode, resize the whole image
+    with tf.image.resize, crop (0-255 scale)."""
+    image = transforms.decode(tf.constant(data))
+    height, width = tf.unstack(tf.shape(image)[:2])
+    new_size = transforms.shorter_side_size(height, width, resize)
+    image = tf.image.resize(image, new_size, method="bicubic", antialias=antialias).numpy()
+    top, left = (image.shape[0] - size + 1) // 2, (image.shape[1] - size + 1) // 2
+    corners = [(top, left)]
+    if ten_crop:
+        bottom, right = image.shape[0] - size, image.shape[1] - size
+        corners = [(0, 0), (0, right), (bottom, 0), (bottom, right), (top, left)]
+    return np.stack([image[y : y + size, x : x + size] for y, x in corners])
+
+
+def _crops(data, resize, size, antialias, ten_crop=False, limits=transforms.DEFAULT_LIMITS):
+    data = transforms.checked(tf.constant(data), limits)
+    return np.stack(transforms.resized_crops(data, resize, size, antialias, ten_crop))
+
+
+# Ordinary photo sizes (height, width), a square one as large as the resize, small ones.
+ORDINARY_SHAPES = [(375, 500), (500, 375), (256, 256), (480, 640), (80, 100), (333, 500), (7, 5)]
+
+
+@pytest.mark.parametrize("fmt, options", [("JPEG", {"quality": 90}), ("PNG", {})])
+def test_eval_crop_window_gives_the_full_resize_values(fmt, options):
+    # Without antialias the crop window reproduces TensorFlow's bicubic resize exactly (0.0
+    # difference measured); with antialias, ScaleAndTranslate on the window differs from the
+    # whole image's by float32 rounding of the sample positions: at most 5.5e-4 measured, on
+    # the 0-255 scale. JPEG windows decode one MCU wider, so 4:2:0 chroma matches too.
+    rng = np.random.default_rng(11)
+    for shape in ORDINARY_SHAPES:
+        data = encode(natural_image(rng, *shape), fmt, **options)
+        for antialias, tolerance in ((False, 0.0), (True, 1e-3)):
+            gap = np.abs(
+                _crops(data, 256, 224, antialias) - _full_resize_crops(data, 256, 224, antialias)
+            )
+            assert gap.max() <= tolerance, (shape, antialias, gap.max())
+    cfg = DataConfig("imagenet")
+    normalized = (
+        _crops(data, 256, 224, False)[0] / 255.0 - transforms.IMAGENET_MEAN
+    ) / transforms.IMAGENET_STD
+    np.testing.assert_allclose(
+        transforms.imagenet_eval(tf.constant(data), cfg), normalized, atol=1e-6
+    )
+
+
+def test_ten_crops_give_the_full_resize_values():
+    data = encode(natural_image(np.random.default_rng(12), 300, 410), quality=90)
+    for antialias, tolerance in ((False, 0.0), (True, 1e-3)):
+        crops = _crops(data, 73, 64, antialias, ten_crop=True)
+        gap = np.abs(crops - _full_resize_crops(data, 73, 64, antialias, ten_crop=True))
+        assert crops.shape == (5, 64, 64, 3) and gap.max() <= tolerance
+
+
+def test_eval_of_extreme_strips_reads_a_small_window():
+    # With the aspect-ratio limit lifted, a 1 x 65000 strip is served from the few source
+    # pixels its crop depends on: the whole resize would be 256 x 16.6 million pixels.
+    limits = transforms.ImageLimits(max_aspect=1e9)
+    for height, width in ((1, 65000), (6000, 1)):
+        data = encode(natural_image(np.random.default_rng(13), height, width))
+        out = transforms.imagenet_eval(tf.constant(data), DataConfig("imagenet"), limits).numpy()
+        assert out.shape == (224, 224, 3) and np.isfinite(out).all()
+    # A strip within the limit gives the values of the whole resize.
+    data = encode(natural_image(np.random.default_rng(14), 6, 290), "PNG")
+    np.testing.assert_array_equal(
+        _crops(data, 256, 224, False), _full_resize_crops(data, 256, 224, False)
+    )
+
+
+def test_eval_resize_size_is_the_nearest_integer_of_size_256_224():
+    sizes = {224: 256, 32: 37, 64: 73, 299: 342, 320: 366, 448: 512}
+    assert {s: transforms.eval_resize_size(s) for s in sizes} == sizes
+
+
+def _webp(array, **options):
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, "WEBP", **options)
+    return buffer.getvalue()
+
+
+def test_header_sizes_of_every_format_match_the_decoder():
+    rng = np.random.default_rng(15)
+    rgb = natural_image(rng, 37, 61)
+    rgba = np.concatenate([rgb, np.full((37, 61, 1), 128, np.uint8)], axis=-1)
+    samples = {
+        "jpeg": ("JPEG", encode(rgb, quality=90)),
+        "png": ("PNG", encode(rgb, "PNG")),
+        "grey png": ("PNG", encode(rgb[..., 0], "PNG")),
+        "gif": ("GIF", encode(rgb, "GIF")),
+        "bmp": ("BMP", encode(rgb, "BMP")),
+        "webp lossy": ("WebP", _webp(rgb, quality=80)),
+        "webp lossless": ("WebP", _webp(rgb, lossless=True)),
+        "webp extended": ("WebP", _webp(rgba, quality=80)),
+    }
+    for name, (fmt, data) in samples.items():
+        header = [t.numpy() for t in transforms.image_header(tf.constant(data))]
+        assert transforms.FORMATS[header[0] - 1] == fmt, name
+        assert header[1:] == [37, 61, 37 * 61, True], name
+        assert transforms.check_image(tf.constant(data)).numpy() == b"", name
+        if name != "webp extended":  # RGBA WebP: TensorFlow decodes it to 4 channels only
+            assert transforms.decode(data).shape == (37, 61, 3), name
+    # A top-down BMP stores a negative height.
+    bmp = bytearray(samples["bmp"][1])
+    bmp[22:26] = (-37).to_bytes(4, "little", signed=True)
+    assert transforms.image_shape(bytes(bmp)).numpy().tolist() == [37, 61]
+
+
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"", "is empty (0 bytes)"),
+        (b"not an image", "is not a JPEG, PNG, GIF, BMP or WebP image"),
+        (b"\xff\x0a\xff\x07", "is not a JPEG, PNG, GIF, BMP or WebP image"),  # JPEG XL
+        (b"\x89PNG\r\n\x1a\n", "has no pixels (0x0 in its header)"),
+        (b"GIF89a\x05\x00", "has no pixels (5x0 in its header)"),
+        (b"BM", "has no pixels (0x0 in its header)"),
+    ],
+)
+def test_check_image_names_the_reason(data, reason):
+    assert transforms.check_image(tf.constant(data)).numpy().decode() == reason
+
+
+def test_limits_are_read_from_the_header_before_decoding():
+    rng = np.random.default_rng(16)
+    jpeg = encode(natural_image(rng, 16, 16))
+    cases = {
+        # A 20000 x 20000 promise in a 1 KB file: refused before any decoding.
+        with_jpeg_size(jpeg, 20000, 20000): "20000x20000 pixels exceed the pixel limit 89478485",
+        encode(natural_image(rng, 1, 65000)): "65000x1 pixels exceed the aspect-ratio limit 50",
+        encode(natural_image(rng, 6000, 1)): "1x6000 pixels exceed the aspect-ratio limit 50",
+    }
+    for data, reason in cases.items():
+        assert transforms.check_image(tf.constant(data)).numpy().decode() == reason
+        with pytest.raises(tf.errors.InvalidArgumentError, match=reason):
+            transforms.imagenet_eval(tf.constant(data), DataConfig("imagenet"))
+    tight = transforms.ImageLimits(max_pixels=255, max_aspect=1.5, max_bytes=len(jpeg) - 1)
+    for limits, reason in [
+        (tight, f"{len(jpeg)} bytes exceed the size limit {len(jpeg) - 1}"),
+        (dataclasses.replace(tight, max_bytes=10**6), "16x16 pixels exceed the pixel limit 255"),
+    ]:
+        assert transforms.check_image(tf.constant(jpeg), limits).numpy().decode() == reason
+    wide = encode(natural_image(rng, 10, 16))
+    limits = transforms.ImageLimits(max_aspect=1.5)
+    assert (
+        transforms.check_image(tf.constant(wide), limits).numpy()
+        == b"16x10 pixels exceed the aspect-ratio limit 1.5"
+    )
+    assert (
+        transforms.check_image(tf.constant(wide), transforms.ImageLimits(max_aspect=1.7)).numpy()
+        == b""
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"max_pixels": 0}, {"max_bytes": 1.5}, {"max_aspect": 0.5}, {"max_pixels": True}]
+)
+def test_image_limits_reject_bad_values(kwargs):
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        transforms.ImageLimits(**kwargs)
+
+
+def _gif(screen, frames, extra=b""):
+    """A GIF with the given screen and frame descriptors (left, top, width, height), each
+    frame with one data sub-block, then `extra` before the trailer."""
+    out = b"GIF89a" + b"".join(v.to_bytes(2, "little") for v in screen) + b"\x00\x00\x00"
+    for frame in frames:
+        out += b"\x2c" + b"".join(v.to_bytes(2, "little") for v in frame) + b"\x00"
+        out += b"\x08\x02\x4c\x01\x00"  # LZW code size, a 2-byte sub-block, the terminator
+    return out + extra + b"\x3b"
+
+
+def test_gif_frames_count_towards_the_pixel_limit():
+    rng = np.random.default_rng(17)
+    animated = animated_gif(rng, 30, 40, 7)
+    _, height, width, pixels, walked = (t.numpy() for t in transforms.image_header(animated))
+    assert (height, width, pixels, walked) == (30, 40, 7 * 30 * 40, True)
+    assert transforms.decode(animated).shape == (30, 40, 3)  # the first frame
+    # A 10 x 10 screen whose 5 frames claim 5000 x 5000 each: giflib would allocate them all.
+    bomb = _gif((10, 10), [(0, 0, 5000, 5000)] * 5)
+    assert transforms.check_image(tf.constant(bomb)).numpy().decode() == (
+        "GIF frames hold 125000000 pixels in all, over the pixel limit 89478485"
+    )
+    # Comment blocks of 1-byte sub-blocks: one step each, refused past GIF_MAX_STEPS.
+    comments = b"\x21\xfe" + b"\x01a" * transforms.GIF_MAX_STEPS + b"\x00"
+    many = _gif((10, 10), [(0, 0, 10, 10)], extra=comments)
+    assert transforms.check_image(tf.constant(many)).numpy().decode() == (
+        f"GIF has more than {transforms.GIF_MAX_STEPS} blocks"
+    )
+    # Long frame data is skipped GIF_RUN sub-blocks at a time.
+    big = encode(natural_image(rng, 1500, 1200), "GIF")
+    _, _, _, pixels, walked = (t.numpy() for t in transforms.image_header(big))
+    assert pixels == 1500 * 1200 and walked
