@@ -37,22 +37,26 @@ def _input_channels(input_shape, input_tensor, in_channels):
 
 
 def _check_weights(weights, include_top, classes, stem, channels):
-    if weights is None or (isinstance(weights, str) and os.path.exists(weights)):
+    if weights is None:
         return
+    # A published name always means the published weights, even where a file or folder of that
+    # name exists in the working directory (resnext_tf.weights.resolve_weights' rule).
     if weights not in PRETRAINED_NAMES:
-        raise ValueError(
+        if isinstance(weights, (str, os.PathLike)) and os.path.exists(weights):
+            return
+        raise WeightsError(
             "The `weights` argument should be either `None` (random initialization), "
             "'imagenet' (pre-training on ImageNet), another published weight name (see "
             "resnext_tf.weights.list_pretrained()), or the path to the weights file to be "
             f"loaded. Received: weights={weights!r}"
         )
     if stem != "imagenet":
-        raise ValueError(
+        raise WeightsError(
             f"No pretrained weights are published for the CIFAR networks; received "
             f"weights={weights!r}. Use weights=None or the path to a weights file."
         )
     if include_top and classes != 1000:
-        raise ValueError(
+        raise WeightsError(
             f"If using `weights={weights!r}` with `include_top=True`, `classes` should be "
             f"1000. Received classes={classes}"
         )

@@ -6,6 +6,7 @@ import os
 
 import h5py
 
+from resnext_tf.errors import WeightsError
 from resnext_tf.resnext import build_resnext
 from resnext_tf.training import checkpoint
 
@@ -53,7 +54,11 @@ def _converter(path):
 def _own_checkpoint(path):
     # A model_dir, checkpoints/ folder or `latest` resolves to its newest checkpoint that
     # verifies (a damaged one is skipped with a warning); see checkpoint.find_checkpoint.
-    return checkpoint.find_checkpoint(path) if os.path.exists(path) else None
+    # A published weight name always means the published file, even where a folder of that
+    # name exists in the working directory (write ./imagenet for the folder).
+    if path in _converter(path).KNOWN_NAMES or not os.path.exists(path):
+        return None
+    return checkpoint.find_checkpoint(path)
 
 
 def load_weights(model, path):
@@ -73,8 +78,6 @@ def load_weights(model, path):
     found = _own_checkpoint(path)
     if found:
         checkpoint.restore_model_weights(model, found)
-    elif path.endswith(".weights.h5"):
-        model.load_weights(path)
     elif path.endswith(".keras"):
         copy_layer_weights(_converter(path).load_keras_model(path), model)
     else:
@@ -107,9 +110,15 @@ def source_num_classes(path, default):
     if found:
         return checkpoint.read_state(found)["num_classes"]
     if path.endswith(".weights.h5"):
-        with h5py.File(path, "r") as f:
-            bias = f.get(H5_HEAD_BIAS)
-            return int(bias.shape[0]) if bias is not None else default
+        try:
+            with h5py.File(path, "r") as f:
+                bias = f.get(H5_HEAD_BIAS)
+                return int(bias.shape[0]) if bias is not None else default
+        except OSError as e:
+            raise WeightsError(
+                f"Cannot read {path} as a Keras .weights.h5 file ({e}); expected an HDF5 file "
+                "written by model.save_weights."
+            ) from e
     return default
 
 
