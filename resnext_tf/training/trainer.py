@@ -18,17 +18,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from resnext_tf.data import DataConfig, build_dataset, dataset_spec
+from resnext_tf.data import DataConfig, build_dataset, dataset_spec, transforms
 from resnext_tf.errors import CheckpointError
 from resnext_tf.training import checkpoint as ckpt_lib
 from resnext_tf.training import distribute, losses, metrics, modeling, schedules
 from resnext_tf.training import ema as ema_lib
 from resnext_tf.training.optimizer import TorchSGD, no_decay_variables
 from resnext_tf.training.run_log import RunLogger, remove_logs, say
-
-# ImageNet evaluation resizes the shorter side to 256 for 224 crops (REFERENCE.md "Data");
-# other crop sizes keep the same ratio.
-EVAL_RESIZE_RATIO = 256 / 224
 
 
 class NonFiniteLossError(RuntimeError):
@@ -511,7 +507,8 @@ def _zeros():
 def _data_config(config):
     eval_resize = {}
     if config.image_size and not config.is_cifar:
-        eval_resize["eval_resize"] = round(config.image_size * EVAL_RESIZE_RATIO)
+        # The evaluation's one resize rule, shared with resnext_tf.export.
+        eval_resize["eval_resize"] = transforms.eval_resize_size(config.image_size)
     return DataConfig(
         dataset=config.dataset,
         data_dir=config.data_dir,
