@@ -9,6 +9,7 @@ import h5py
 from resnext_tf.errors import WeightsError
 from resnext_tf.resnext import build_resnext
 from resnext_tf.training import checkpoint
+from resnext_tf.weights.pretrained import KNOWN_NAMES
 
 HEAD = "head"  # layer name of the classifier in resnext_tf models
 H5_HEAD_BIAS = "layers/dense/vars/1"  # the classifier bias inside a Keras .weights.h5 file
@@ -56,7 +57,7 @@ def _own_checkpoint(path):
     # verifies (a damaged one is skipped with a warning); see checkpoint.find_checkpoint.
     # A published weight name always means the published file, even where a folder of that
     # name exists in the working directory (write ./imagenet for the folder).
-    if path in _converter(path).KNOWN_NAMES or not os.path.exists(path):
+    if path in KNOWN_NAMES or not os.path.exists(path):
         return None
     return checkpoint.find_checkpoint(path)
 
