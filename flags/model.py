@@ -7,7 +7,7 @@ from resnext_tf.training.config import BOTTLENECK_TYPES, CONV_IMPLS, SHORTCUT_TY
 
 def define_flags(flag_values):
     """Defines depth, cardinality, base_width, bottleneck_type, shortcut_type, conv_impl,
-    num_classes and reset_classifier."""
+    zero_init_residual, num_classes and reset_classifier."""
     flags.DEFINE_integer(
         "depth",
         None,
@@ -46,6 +46,13 @@ def define_flags(flag_values):
         CONV_IMPLS,
         "Grouped convolution implementation (auto: native grouped on TensorFlow where it runs, "
         "else split).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_boolean(
+        "zero_init_residual",
+        False,
+        "Start each block's last BatchNorm gamma at 0, so every block begins as the identity "
+        "(Goyal et al.'s large-batch recipe; off in the original).",
         flag_values=flag_values,
     )
     flags.DEFINE_integer(

@@ -46,7 +46,8 @@ class TrainConfig:
     """Everything a run needs; built by `flags.config_from_flags` or directly in Python.
 
     Model: dataset, depth, cardinality, base_width, bottleneck_type, shortcut_type, conv_impl,
-    num_classes (None: the dataset's), sync_bn.
+    num_classes (None: the dataset's), sync_bn, zero_init_residual (gamma 0 on each block's last
+    BN, as large-batch recipes do; off in the original).
     Data: data_dir (None: default location; "synthetic": random data), image_size, ten_crop.
     Optimisation: batch_size (global), lr (None: 0.1 * batch / reference batch), momentum,
     weight_decay, nesterov, epochs, epoch_number (1-based first epoch), seed, steps_per_epoch and
@@ -75,6 +76,7 @@ class TrainConfig:
     conv_impl: str = "auto"
     num_classes: int | None = None
     sync_bn: bool = False
+    zero_init_residual: bool = False
 
     data_dir: str | None = None
     image_size: int | None = None

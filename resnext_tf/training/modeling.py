@@ -27,6 +27,7 @@ def build_model(config, input_shape, num_classes):
         shortcut_type=config.shortcut_type,
         conv_impl=config.conv_impl,
         sync_bn=config.sync_bn,
+        zero_init_residual=config.zero_init_residual,
         input_shape=input_shape,
     )
 

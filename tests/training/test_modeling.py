@@ -1,5 +1,7 @@
 """--retrain sources (.weights.h5, .keras, our checkpoints) and --reset_classifier."""
 
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
@@ -89,3 +91,13 @@ def test_torch_files_go_to_the_converter_which_skips_the_head(tmp_path, monkeypa
     modeling.load_weights(model, path)
     modeling.initialise_from(model, path, True, build_source=None)
     assert calls == [(path, False), (path, True)]
+
+
+@pytest.mark.parametrize("zero", [False, True])
+def test_zero_init_residual_flag_reaches_the_model(zero):
+    config = dataclasses.replace(CONFIG, zero_init_residual=zero)
+    model = modeling.build_model(config, SHAPE, 10)
+    gammas = [block.bn3.gamma.numpy() for block in model.layers if hasattr(block, "bn3")]
+    assert len(gammas) == 3  # depth 11: one block per stage
+    for gamma in gammas:
+        np.testing.assert_array_equal(gamma, 0.0 if zero else 1.0)
