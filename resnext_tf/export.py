@@ -6,9 +6,12 @@
 writes /tmp/serving/resnext50_32x4d/1/, the layout TF Serving polls (--model_base_path points
 at /tmp/serving/resnext50_32x4d). Signatures:
 
-  serving_default  image_bytes: string [N] (JPEG, PNG, GIF or BMP; the REST form is
-                   {"instances": [{"b64": "..."}]}), decoded and given the evaluation transform
-                   of resnext_tf.data inside the graph, so training and serving cannot drift.
+  serving_default  image_bytes: string [N >= 1] (JPEG, PNG, GIF, BMP or WebP; the REST form
+                   is {"instances": [{"b64": "..."}]}), decoded and given the evaluation
+                   transform of resnext_tf.data inside the graph, so training and serving cannot
+                   drift. Each image is checked against the export's image limits from its
+                   header before it is decoded; a request with a refused or undecodable image
+                   fails with InvalidArgument naming each such image ("image 3: ...").
   predict_images   images: float32 [N, H, W, 3], already transformed.
 
 Both return logits, probabilities, the top-k classes and scores, and for ImageNet the top-k
@@ -32,7 +35,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from resnext_tf.data import transforms
+from resnext_tf.data import pipeline, transforms
 from resnext_tf.data.config import DataConfig
 from resnext_tf.layers import Bottleneck, tf_native_grouped_conv
 
@@ -47,9 +50,9 @@ DEFAULT_TOP_K = 5
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 # The attribute of functions that only run under XLA; a graph with it fails on stock TF Serving.
 XLA_MUST_COMPILE = b"_XlaMustCompile"
-# ImageNet evaluation resizes the shorter side to 256 for a 224 crop (REFERENCE.md "Data");
-# other crop sizes keep that ratio.
-EVAL_RESIZE, EVAL_CROP = 256, 224
+# Errors of serving_default, after "image <index>: " where they concern one image.
+EMPTY_BATCH = "empty batch: expected at least 1 image"
+UNDECODABLE = "cannot be decoded (damaged, or not a JPEG, PNG, GIF, BMP or WebP image)"
 CLASS_INDEX_PATH = os.path.join(
     os.path.dirname(__file__), "data_files", "imagenet_class_index.json"
 )
@@ -151,15 +154,17 @@ def default_data_config(model):
     """The evaluation DataConfig a model was trained for, read from its stem and input size.
 
     The ImageNet stem gets the ImageNet evaluation at the model's input size (shorter side to
-    size * 256 / 224, centre crop); the CIFAR stem gets CIFAR-10 or CIFAR-100 by its number of
-    classes.
+    `transforms.eval_resize_size(size)`, centre crop); the CIFAR stem gets CIFAR-10 or
+    CIFAR-100 by its number of classes.
 
     Raises:
       ValueError: for a CIFAR-stem model with neither 10 nor 100 classes (pass a DataConfig).
     """
     size = model.input_shape[1]
     if any(layer.name == "stem_pool" for layer in model.layers):
-        return DataConfig("imagenet", image_size=size, eval_resize=size * EVAL_RESIZE // EVAL_CROP)
+        return DataConfig(
+            "imagenet", image_size=size, eval_resize=transforms.eval_resize_size(size)
+        )
     num_classes = model.output_shape[-1]
     datasets = {10: "cifar10", 100: "cifar100"}
     if num_classes not in datasets:
@@ -170,19 +175,21 @@ def default_data_config(model):
     return DataConfig(datasets[num_classes])
 
 
-def eval_transform(data_config):
+def eval_transform(data_config, limits=transforms.DEFAULT_LIMITS):
     """The per-image serving transform: encoded bytes -> float32 [size, size, 3].
 
     ImageNet: resnext_tf.data's evaluation transform (one centre crop). CIFAR: decode, resize to
-    32x32 when the image has another size, then the CIFAR evaluation normalisation.
+    32x32 when the image has another size, then the CIFAR evaluation normalisation. Both raise
+    InvalidArgumentError, undecoded, for an image over `limits` (transforms.ImageLimits).
     """
     if not data_config.is_cifar:
         single_crop = dataclasses.replace(data_config, ten_crop=False)
-        return functools.partial(transforms.imagenet_eval, cfg=single_crop)
+        return functools.partial(transforms.imagenet_eval, cfg=single_crop, limits=limits)
     size = data_config.crop_size
 
     def cifar(data):
-        image = transforms.resize(transforms.decode(data), size, size, data_config.antialias)
+        image = transforms.decode(transforms.checked(data, limits))
+        image = transforms.resize(image, size, size, data_config.antialias)
         return transforms.cifar_eval(image, data_config)
 
     return cifar
@@ -211,13 +218,62 @@ def _class_names(data_config, num_classes, class_names):
     return {}
 
 
-def _signature_functions(model, transform, names, top_k):
+def _failures(image_bytes, found, limits):
+    """The line "image <i>: <reason>" of each image not in `found`, joined by "; ".
+
+    The reason is transforms.check_image's when the image is over the limits, else UNDECODABLE.
+    Runs only for a request with a failed image.
+    """
+    count = tf.size(image_bytes)
+    hits = tf.scatter_nd(found[:, None], tf.ones_like(found), [count])
+    failed = tf.cast(tf.where(tf.equal(hits, 0))[:, 0], tf.int32)
+    checked, reasons = pipeline.map_ignoring_errors(
+        (failed, tf.gather(image_bytes, failed)),
+        lambda i, data: (i, transforms.check_image(data, limits)),
+    )
+    reasons = tf.tensor_scatter_nd_update(tf.fill([count], ""), checked[:, None], reasons)
+    reasons = tf.gather(reasons, failed)
+    reasons = tf.where(tf.equal(reasons, ""), UNDECODABLE, reasons)
+    lines = tf.strings.join(["image ", tf.strings.as_string(failed), ": ", reasons])
+    return tf.strings.reduce_join(lines, separator="; ")
+
+
+def decode_images(image_bytes, transform, limits, image_shape):
+    """Transforms a batch of encoded images, or fails naming each image that fails.
+
+    Each image runs `transform` in a dataset whose ignore_errors() keeps the request alive
+    when an image is damaged or over the limits; then one InvalidArgumentError lists every
+    such image by its index and reason (see `_failures`). An empty batch is an
+    InvalidArgumentError too (EMPTY_BATCH): the model cannot run on it.
+
+    Returns:
+        float32 [N, *image_shape], the images in order.
+    """
+    count = tf.size(image_bytes)
+    with tf.control_dependencies([tf.debugging.Assert(count > 0, [EMPTY_BATCH])]):
+        indices = tf.range(count)
+    found, images = pipeline.map_ignoring_errors(
+        (indices, image_bytes),
+        lambda i, data: (i, tf.ensure_shape(transform(data), image_shape)),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+    complete = tf.equal(tf.size(found), count)
+    message = tf.cond(
+        complete, lambda: tf.constant(""), lambda: _failures(image_bytes, found, limits)
+    )
+    with tf.control_dependencies([tf.debugging.Assert(complete, [message])]):
+        return tf.ensure_shape(tf.identity(images), [None, *image_shape])
+
+
+def _signature_functions(model, transform, names, top_k, limits=transforms.DEFAULT_LIMITS):
     """(serve_bytes, predict_images): the Python functions behind the two signatures."""
     tables = {key: tf.constant(values) for key, values in names.items()}
     top_k = min(top_k, model.output_shape[-1])
-    image_spec = tf.TensorSpec(model.input_shape[1:], tf.float32)
 
     def predict_images(images):
+        not_empty = tf.debugging.Assert(tf.shape(images)[0] > 0, [EMPTY_BATCH])
+        with tf.control_dependencies([not_empty]):
+            images = tf.identity(images)
         logits = model(images, training=False)
         probabilities = tf.nn.softmax(logits)
         scores, classes = tf.math.top_k(probabilities, k=top_k)
@@ -231,10 +287,8 @@ def _signature_functions(model, transform, names, top_k):
         return outputs
 
     def serve_bytes(image_bytes):
-        # Bytes that are not an image raise InvalidArgumentError in the decoder: the request
-        # fails with that status and the server keeps running.
-        images = tf.map_fn(transform, image_bytes, fn_output_signature=image_spec)
-        return predict_images(images)
+        # A bad image fails the request with InvalidArgument; the server keeps running.
+        return predict_images(decode_images(image_bytes, transform, limits, model.input_shape[1:]))
 
     return serve_bytes, predict_images
 
@@ -347,6 +401,7 @@ def export_saved_model(
     overwrite=False,
     warmup=True,
     conv_impl="grouped",
+    image_limits=None,
 ):
     """Exports a classifier as a TF Serving SavedModel at export_dir/model_name/version.
 
@@ -366,6 +421,8 @@ def export_saved_model(
       overwrite: Replace an existing version instead of raising FileExistsError.
       warmup: Write assets.extra/tf_serving_warmup_requests (needs tensorflow-serving-api).
       conv_impl: Grouped convolutions in the graph, "grouped" or "split" (SERVING_CONV_IMPLS).
+      image_limits: `resnext_tf.data.transforms.ImageLimits` that serving_default checks
+        from each image's header before decoding it; transforms.DEFAULT_LIMITS by default.
 
     Returns:
       The path of the version directory.
@@ -404,8 +461,9 @@ def export_saved_model(
             f"{data_config.crop_size}x{data_config.crop_size} crop."
         )
     names = _class_names(data_config, served.output_shape[-1], class_names)
+    limits = image_limits or transforms.DEFAULT_LIMITS
     serve_bytes, predict_images = _signature_functions(
-        served, eval_transform(data_config), names, top_k
+        served, eval_transform(data_config, limits), names, top_k, limits
     )
     root, signatures = _serving_root(served, serve_bytes, predict_images)
     os.makedirs(model_base, exist_ok=True)
@@ -450,7 +508,28 @@ def parse_args(argv=None):
         default="grouped",
         help="grouped convolutions in the graph; both run without XLA",
     )
-    return parser.parse_args(argv)
+    limits = transforms.DEFAULT_LIMITS
+    parser.add_argument(
+        "--max_pixels",
+        type=int,
+        default=limits.max_pixels,
+        help="largest width x height served (a GIF: of all its frames), read from the header",
+    )
+    parser.add_argument(
+        "--max_aspect",
+        type=float,
+        default=limits.max_aspect,
+        help="largest longer side / shorter side served",
+    )
+    parser.add_argument(
+        "--max_bytes", type=int, default=limits.max_bytes, help="largest encoded image served"
+    )
+    args = parser.parse_args(argv)
+    try:
+        args.image_limits = transforms.ImageLimits(args.max_pixels, args.max_aspect, args.max_bytes)
+    except ValueError as e:
+        parser.error(str(e))
+    return args
 
 
 def main(argv=None):
@@ -482,6 +561,7 @@ def main(argv=None):
         overwrite=args.overwrite,
         warmup=not args.no_warmup,
         conv_impl=args.conv_impl,
+        image_limits=args.image_limits,
     )
     print(path)
     return 0

@@ -42,6 +42,8 @@ errors = {}
 bad_requests = {
     "not_an_image": lambda: serve(image_bytes=tf.constant([b"not an image"])),
     "empty_bytes": lambda: serve(image_bytes=tf.constant([b""])),
+    "empty_batch": lambda: serve(image_bytes=tf.constant([], tf.string)),
+    "mixed": lambda: serve(image_bytes=tf.constant([images[0], images[1][:300], images[2]])),
     "rank_2": lambda: serve(image_bytes=tf.constant([[images[0]]])),
     "float_dtype": lambda: serve(image_bytes=tf.constant([1.0])),
 }
@@ -50,7 +52,7 @@ for name, request in bad_requests.items():
         request()
         errors[name] = None
     except Exception as e:
-        errors[name] = type(e).__name__
+        errors[name] = f"{type(e).__name__}: {e}"
 # Still serving after the bad requests.
 outputs["again"] = serve(image_bytes=tf.constant(images[:1]))["probabilities"].numpy()
 np.savez(out, **outputs)
@@ -114,7 +116,7 @@ def image_files(tmp_path_factory):
 
 
 def keras_logits(model, files):
-    cfg = DataConfig("imagenet", image_size=SIZE, eval_resize=SIZE * 256 // 224)
+    cfg = DataConfig("imagenet", image_size=SIZE, eval_resize=transforms.eval_resize_size(SIZE))
     images = [transforms.imagenet_eval(tf.constant(open(f, "rb").read()), cfg) for f in files]
     return model(tf.stack(images), training=False).numpy()
 
@@ -148,11 +150,15 @@ def test_fresh_process_serves_the_keras_probabilities(model, exported, image_fil
 
     with open(out + ".json") as f:
         errors = json.load(f)
-    assert errors["not_an_image"] == "InvalidArgumentError"
-    assert errors["empty_bytes"] == "InvalidArgumentError"
+    # Each failure names the image by its index in the request, and why.
+    assert errors["not_an_image"].startswith("InvalidArgumentError")
+    assert "image 0: is not a JPEG, PNG, GIF, BMP or WebP image" in errors["not_an_image"]
+    assert "image 0: is empty (0 bytes)" in errors["empty_bytes"]
+    assert f"[{export.EMPTY_BATCH}]" in errors["empty_batch"]
+    assert f"[image 1: {export.UNDECODABLE}]" in errors["mixed"]
     # The signature's dtype and rank are checked before the graph runs.
-    assert errors["rank_2"] in ("ValueError", "TypeError", "InvalidArgumentError")
-    assert errors["float_dtype"] in ("ValueError", "TypeError", "InvalidArgumentError")
+    for name in ("rank_2", "float_dtype"):
+        assert errors[name].split(":")[0] in ("ValueError", "TypeError", "InvalidArgumentError")
 
 
 def test_no_function_needs_xla(exported):
@@ -211,12 +217,16 @@ def test_saved_model_cli_runs_the_tensor_signature(model, exported, tmp_path):
 
 
 def test_saved_model_cli_reports_a_bad_image_as_an_error(exported):
+    # TF Serving's session-based loader runs the tf.data decoding of serving_default too.
+    png = encode(np.zeros((8, 8, 3), np.uint8), "PNG")
     result = saved_model_cli(
         "run", "--dir", exported, "--tag_set", "serve", "--signature_def", "serving_default",
-        "--input_exprs", "image_bytes=[b'GIF89a but not really']",
+        "--input_exprs", f"image_bytes=[{png!r}, b'GIF89a but not really']",
     )  # fmt: skip
     assert result.returncode == 1  # an error status, not a crash (a signal gives < 0)
-    assert "InvalidArgumentError: Invalid GIF data" in result.stderr
+    # " b" and "ut" are the screen's width and height: 25120 x 29813.
+    assert "[image 1: 25120x29813 pixels exceed the pixel limit 89478485]" in result.stderr
+    assert "image 0" not in result.stderr
 
 
 def test_warmup_request_is_a_real_prediction_log(exported):
@@ -330,6 +340,26 @@ def test_invalid_arguments(tmp_path, kwargs, match):
 def test_export_needs_the_classifier(tmp_path):
     with pytest.raises(ValueError, match="include_top=True"):
         export.export_saved_model(tiny_cifar(include_top=False, pooling="avg"), tmp_path, "m")
+
+
+def test_default_data_config_resizes_by_the_training_rule():
+    # 320 * 256 / 224 = 365.7: the nearest integer, as training evaluates.
+    model = resnext_tf.build_resnext(50, 2, 4, input_shape=(320, 320, 3))
+    cfg = export.default_data_config(model)
+    assert (cfg.crop_size, cfg.eval_resize) == (320, 366) == (320, transforms.eval_resize_size(320))
+
+
+def test_cli_image_limit_flags(capsys):
+    base = ["--model", "resnext29_8x64d", "--weights", "w.h5", "--export_dir", "out"]
+    assert export.parse_args(base).image_limits == transforms.DEFAULT_LIMITS
+    args = export.parse_args(
+        base + ["--max_pixels", "1000", "--max_aspect", "3.5", "--max_bytes", "99"]
+    )
+    assert args.image_limits == transforms.ImageLimits(1000, 3.5, 99)
+    with pytest.raises(SystemExit) as exit_info:
+        export.parse_args(base + ["--max_aspect", "0.5"])
+    assert exit_info.value.code == 2
+    assert "max_aspect must be >= 1" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -108,7 +108,10 @@ def map_ignoring_errors(elements, fn, num_parallel_calls=None):
     else:
         ds = ds.map(fn, num_parallel_calls=num_parallel_calls, deterministic=True)
     ds = ds.ignore_errors()
-    empty = tf.nest.map_structure(lambda s: tf.zeros([0, *s.shape], s.dtype), ds.element_spec)
+    empty = tf.nest.map_structure(
+        lambda s: tf.zeros([0, *(0 if d is None else d for d in s.shape)], s.dtype),
+        ds.element_spec,
+    )
     count = tf.shape(tf.nest.flatten(elements)[0], out_type=tf.int64)[0]
     ds = ds.batch(tf.maximum(count, 1))
     return ds.concatenate(tf.data.Dataset.from_tensors(empty)).take(1).get_single_element()
