@@ -110,7 +110,6 @@ def shorter_side_size(height, width, size):
 
 
 def resize(image, height, width, antialias):
-    """Bicubic resize of an [H, W, C] image (any dtype) to float32; a no-op size is skipped."""
     same = tf.reduce_all(tf.shape(image)[:2] == tf.stack([height, width]))
     return tf.cond(
         same,
@@ -436,46 +435,41 @@ def check_image(data, limits=DEFAULT_LIMITS):
         InvalidArgumentError: a JPEG whose header libjpeg cannot read.
     """
     length = tf.strings.length(data)
+    max_pixels, max_aspect = _formatted(limits.max_pixels), _formatted(limits.max_aspect)
 
     def header_reason():
         fmt, height, width, frame_pixels, walked = image_header(data)
-        size = tf.strings.join([tf.strings.as_string(width), "x", tf.strings.as_string(height)])
         longer = tf.cast(tf.maximum(height, width), tf.float64)
         shorter = tf.cast(tf.minimum(height, width), tf.float64)
-        checks = [
-            (
-                tf.equal(fmt, 0),
+        failed = [
+            tf.equal(fmt, 0),
+            shorter < 1,
+            longer * shorter > limits.max_pixels,
+            longer > limits.max_aspect * shorter,
+            ~walked,
+            frame_pixels > limits.max_pixels,
+        ]
+
+        def describe():  # the strings are built only for a refused image
+            size = tf.strings.join([tf.strings.as_string(width), "x", tf.strings.as_string(height)])
+            messages = [
                 tf.constant(f"is not a {', '.join(FORMATS[:-1])} or {FORMATS[-1]} image"),
-            ),
-            (shorter < 1, tf.strings.join(["has no pixels (", size, " in its header)"])),
-            (
-                longer * shorter > limits.max_pixels,
-                tf.strings.join(
-                    [size, f" pixels exceed the pixel limit {_formatted(limits.max_pixels)}"]
-                ),
-            ),
-            (
-                longer > limits.max_aspect * shorter,
-                tf.strings.join(
-                    [size, f" pixels exceed the aspect-ratio limit {_formatted(limits.max_aspect)}"]
-                ),
-            ),
-            (~walked, tf.constant(f"GIF has more than {GIF_MAX_STEPS} blocks")),
-            (
-                frame_pixels > limits.max_pixels,
+                tf.strings.join(["has no pixels (", size, " in its header)"]),
+                tf.strings.join([size, f" pixels exceed the pixel limit {max_pixels}"]),
+                tf.strings.join([size, f" pixels exceed the aspect-ratio limit {max_aspect}"]),
+                tf.constant(f"GIF has more than {GIF_MAX_STEPS} blocks"),
                 tf.strings.join(
                     [
                         "GIF frames hold ",
                         tf.strings.as_string(tf.cast(frame_pixels, tf.int64)),
-                        f" pixels in all, over the pixel limit {_formatted(limits.max_pixels)}",
+                        f" pixels in all, over the pixel limit {max_pixels}",
                     ]
                 ),
-            ),
-        ]
-        reason = tf.constant("")
-        for failed, message in reversed(checks):
-            reason = tf.where(failed, message, reason)
-        return reason
+            ]
+            first = tf.argmax(tf.cast(tf.stack(failed), tf.int32))
+            return tf.gather(tf.stack(messages), first)
+
+        return tf.cond(tf.reduce_any(tf.stack(failed)), describe, lambda: tf.constant(""))
 
     return tf.cond(
         tf.equal(length, 0),
@@ -545,6 +539,10 @@ _TABLE_STEPS = 1024
 # A JPEG window is decoded this many pixels (one MCU) wider on each side than the pixels it is
 # read for: at a window's edge, libjpeg upsamples subsampled chroma from fewer neighbours.
 JPEG_WINDOW_MARGIN = 16
+# `resized_crops` resizes the whole image when the result has at most this many times
+# shorter**2 pixels: one fused op is faster than the crop window's gathers, and 4 * 256**2
+# float32 pixels are 3 MB. Wider images take the crop window.
+WHOLE_RESIZE_RATIO = 4
 
 
 def eval_resize_size(crop_size):
@@ -610,22 +608,20 @@ def _antialias_span(in_size, out_size, start, count):
     return first, tf.clip_by_value(tf.cast(last, tf.int64), 0, in_size - 1)
 
 
-def _source_span(in_size, out_size, start, count, antialias):
-    """(first, last) source index that the given outputs of the resize depend on."""
-    if antialias:
-        return _antialias_span(in_size, out_size, start, count)
-    indices, _ = _bicubic_taps(in_size, out_size, start, count)
-    return indices[0, 0], indices[-1, -1]
+def _taps(source, resized, corner, size):
+    """The `_bicubic_taps` of the rows and of the columns of a size x size crop."""
+    return tuple(_bicubic_taps(source[k], resized[k], corner[k], size) for k in (0, 1))
 
 
-def _resample(window, origin, source, resized, corner, size, antialias):
+def _resample(window, origin, source, resized, corner, size, antialias, taps=None):
     """The size x size crop at `corner` of the bicubic resize of a `source`-sized image to
     `resized`, computed from `window`, its pixels from `origin` on.
 
     Without antialias it gathers the 4 x 4 taps of each output and weighs them as
-    ResizeBicubic does (rows first, then columns, in the same order), so it returns
-    TensorFlow's own values; with antialias, tf.raw_ops.ScaleAndTranslate with the scale of
-    the full resize and the window's offset, as tf.image.resize uses.
+    ResizeBicubic does (down the 4 rows first, then across the 4 columns, adding in the same
+    order), so it returns TensorFlow's own values; with antialias,
+    tf.raw_ops.ScaleAndTranslate with the scale of the full resize and the window's offset, as
+    tf.image.resize uses.
     """
     if antialias:
         scale = tf.cast(tf.stack(resized), tf.float32) / tf.cast(tf.stack(source), tf.float32)
@@ -641,18 +637,21 @@ def _resample(window, origin, source, resized, corner, size, antialias):
             antialias=True,
         )
         return out[0]
-    rows, row_weights = _bicubic_taps(source[0], resized[0], corner[0], size)
-    cols, col_weights = _bicubic_taps(source[1], resized[1], corner[1], size)
-    taps = tf.gather(window, tf.reshape(rows - origin[0], [-1]), axis=0)
-    taps = tf.gather(taps, tf.reshape(cols - origin[1], [-1]), axis=1)
-    taps = tf.reshape(tf.cast(taps, tf.float32), [size, 4, size, 4, -1])
-    wy = row_weights[:, :, None, None, None]
-    by_column = taps[:, 0] * wy[:, 0] + taps[:, 1] * wy[:, 1] + taps[:, 2] * wy[:, 2]
-    by_column += taps[:, 3] * wy[:, 3]
-    wx = col_weights[None, :, :, None]
-    out = by_column[:, :, 0] * wx[:, :, 0] + by_column[:, :, 1] * wx[:, :, 1]
-    out += by_column[:, :, 2] * wx[:, :, 2]
-    return out + by_column[:, :, 3] * wx[:, :, 3]
+    if taps is None:
+        taps = _taps(source, resized, corner, size)
+    (rows, row_weights), (cols, col_weights) = taps
+    # The columns that any output reads (at most 4 * size), each once. The 4 taps lead each
+    # gather's shape, so each weighted term is a contiguous slice.
+    columns, tap_of = tf.unique(tf.reshape(cols - origin[1], [-1]))
+    window = tf.gather(window, columns, axis=1)
+    taps = tf.cast(tf.gather(window, tf.transpose(rows - origin[0])), tf.float32)
+    wy = tf.transpose(row_weights)[:, :, None, None]  # [4, size, 1, 1]
+    by_row = taps[0] * wy[0] + taps[1] * wy[1] + taps[2] * wy[2] + taps[3] * wy[3]
+    # by_row: [size rows, columns, C]; across the columns, on its transpose.
+    taps = tf.gather(tf.transpose(by_row, [1, 0, 2]), tf.transpose(tf.reshape(tap_of, [size, 4])))
+    wx = tf.transpose(col_weights)[:, :, None, None]  # [4, size, 1, 1]
+    out = taps[0] * wx[0] + taps[1] * wx[1] + taps[2] * wx[2] + taps[3] * wx[3]
+    return tf.transpose(out, [1, 0, 2])
 
 
 def _crop_corners(resized, size, ten_crop):
@@ -667,53 +666,80 @@ def _crop_corners(resized, size, ten_crop):
     return [(zero, zero), (zero, right), (bottom, zero), (bottom, right), centre]
 
 
-def resized_crops(data, resize, size, antialias, ten_crop=False):
-    """Crops of an encoded image resized (bicubic) to shorter side `resize`: the centre
+def resized_crops(data, shorter, size, antialias, ten_crop=False, whole_ratio=WHOLE_RESIZE_RATIO):
+    """Crops of an encoded image resized (bicubic) to shorter side `shorter`: the centre
     size x size crop, or with ten_crop the four corner crops and the centre crop.
 
-    The values are those of resizing the whole image, then cropping, but only the source
-    pixels that the crop depends on are decoded (a JPEG) and resized: the window is found from
-    the same sampling positions and weights as the full resize (`_resample`), so memory and
-    work follow the crop, not the image's aspect ratio. Ten crops decode the whole image.
+    When the resized image has at most whole_ratio * shorter**2 pixels (aspect ratios up to
+    whole_ratio), the whole image is decoded and resized in one op, then cropped. Above, only
+    the source pixels that a crop depends on are decoded (a JPEG) and resized, from the same
+    sampling positions and weights (`_resample`), so memory and work follow the crop, not the
+    image's aspect ratio; the values are the same (with antialias, to float32 rounding). The
+    size is read from the header.
 
     Returns:
-        A list of float32 [size, size, 3] crops on the 0-255 scale.
+        float32 [crops, size, size, 3] on the 0-255 scale.
     """
+    height, width = tf.unstack(tf.cast(image_shape(data), tf.int64))
+    resized = shorter_side_size(height, width, shorter)
+    corners = _crop_corners(resized, size, ten_crop)
 
-    def window_of(height, width):
-        resized = shorter_side_size(height, width, resize)
-        ((y, x),) = _crop_corners(resized, size, False)
-        first_y, last_y = _source_span(height, resized[0], y, size, antialias)
-        first_x, last_x = _source_span(width, resized[1], x, size, antialias)
-        return first_y, first_x, last_y - first_y + 1, last_x - first_x + 1
+    def whole():
+        image = decode(data)
+        image_height, image_width = tf.unstack(tf.shape(image)[:2])
+        new_h, new_w = shorter_side_size(image_height, image_width, shorter)
+        image = resize(image, new_h, new_w, antialias)
+        crops = [
+            image[y : y + size, x : x + size]
+            for y, x in _crop_corners((new_h, new_w), size, ten_crop)
+        ]
+        return tf.stack(crops)
+
+    def windows():
+        if ten_crop:
+            image, origin = decode(data), (0, 0)
+            return tf.stack(
+                [
+                    _resample(image, origin, (height, width), resized, corner, size, antialias)
+                    for corner in corners
+                ]
+            )
+        return _centre_window(data, (height, width), resized, corners[0], size, antialias)[None]
+
+    small = resized[0] * resized[1] <= int(whole_ratio * shorter**2)
+    return tf.ensure_shape(tf.cond(small, whole, windows), [len(corners), size, size, 3])
+
+
+def _centre_window(data, source, resized, corner, size, antialias):
+    """The crop at `corner` from the window of `data` that it depends on (`resized_crops`)."""
+    height, width = source
+    taps = None
+    if antialias:
+        (first_y, last_y), (first_x, last_x) = (
+            _antialias_span(n, m, start, size)
+            for n, m, start in zip(source, resized, corner, strict=True)
+        )
+    else:
+        taps = _taps(source, resized, corner, size)
+        (first_y, last_y), (first_x, last_x) = ((t[0][0, 0], t[0][-1, -1]) for t in taps)
 
     def jpeg():
-        height, width = tf.unstack(tf.cast(tf.io.extract_jpeg_shape(data)[:2], tf.int64))
-        y, x, h, w = window_of(height, width)
-        bottom = tf.minimum(y + h + JPEG_WINDOW_MARGIN, height)
-        right = tf.minimum(x + w + JPEG_WINDOW_MARGIN, width)
-        y, x = tf.maximum(y - JPEG_WINDOW_MARGIN, 0), tf.maximum(x - JPEG_WINDOW_MARGIN, 0)
+        # The header gives the size the decoder reads; the window is one MCU wider.
+        y = tf.maximum(first_y - JPEG_WINDOW_MARGIN, 0)
+        x = tf.maximum(first_x - JPEG_WINDOW_MARGIN, 0)
+        bottom = tf.minimum(last_y + 1 + JPEG_WINDOW_MARGIN, height)
+        right = tf.minimum(last_x + 1 + JPEG_WINDOW_MARGIN, width)
         crop = tf.cast(tf.stack([y, x, bottom - y, right - x]), tf.int32)
         window = tf.image.decode_and_crop_jpeg(data, crop, channels=3, dct_method=JPEG_DCT)
-        return window, y, x, height, width
+        return window, y, x
 
     def other():
-        image = decode(data)
-        height, width = tf.unstack(tf.shape(image, out_type=tf.int64)[:2])
-        y, x, h, w = window_of(height, width)
-        return image[y : y + h, x : x + w], y, x, height, width
+        # Decoded in full; for these formats the decoder's size is the header's (tested).
+        window = decode(data)[first_y : last_y + 1, first_x : last_x + 1]
+        return window, first_y, first_x
 
-    if ten_crop:
-        window = decode(data)
-        height, width = tf.unstack(tf.shape(window, out_type=tf.int64)[:2])
-        y = x = tf.constant(0, tf.int64)
-    else:
-        window, y, x, height, width = tf.cond(tf.io.is_jpeg(data), jpeg, other)
-    resized = shorter_side_size(height, width, resize)
-    return [
-        _resample(window, (y, x), (height, width), resized, corner, size, antialias)
-        for corner in _crop_corners(resized, size, ten_crop)
-    ]
+    window, y, x = tf.cond(tf.io.is_jpeg(data), jpeg, other)
+    return _resample(window, (y, x), source, resized, corner, size, antialias, taps)
 
 
 def imagenet_train(data, seed, cfg, limits=DEFAULT_LIMITS):
@@ -771,12 +797,11 @@ def imagenet_eval(data, cfg, limits=DEFAULT_LIMITS):
     size = cfg.crop_size
     crops = resized_crops(checked(data, limits), cfg.eval_resize, size, cfg.antialias, cfg.ten_crop)
     if cfg.ten_crop:
-        crops = tf.stack(crops)
         image = tf.ensure_shape(
             tf.concat([crops, tf.reverse(crops, axis=[2])], axis=0), [10, size, size, 3]
         )
     else:
-        image = tf.ensure_shape(crops[0], [size, size, 3])
+        image = crops[0]
     return normalize(image / 255.0, IMAGENET_MEAN, IMAGENET_STD)
 
 

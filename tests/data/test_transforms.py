@@ -319,9 +319,10 @@ def _full_resize_crops(data, resize, size, antialias, ten_crop=False):
     return np.stack([image[y : y + size, x : x + size] for y, x in corners])
 
 
-def _crops(data, resize, size, antialias, ten_crop=False, limits=transforms.DEFAULT_LIMITS):
-    data = transforms.checked(tf.constant(data), limits)
-    return np.stack(transforms.resized_crops(data, resize, size, antialias, ten_crop))
+def _crops(data, resize, size, antialias, ten_crop=False, whole_ratio=0):
+    """transforms.resized_crops, by default through the crop windows for every image."""
+    data = transforms.checked(tf.constant(data))
+    return transforms.resized_crops(data, resize, size, antialias, ten_crop, whole_ratio).numpy()
 
 
 # Ordinary photo sizes (height, width), a square one as large as the resize, small ones.
@@ -330,22 +331,26 @@ ORDINARY_SHAPES = [(375, 500), (500, 375), (256, 256), (480, 640), (80, 100), (3
 
 @pytest.mark.parametrize("fmt, options", [("JPEG", {"quality": 90}), ("PNG", {})])
 def test_eval_crop_window_gives_the_full_resize_values(fmt, options):
-    # Without antialias the crop window reproduces TensorFlow's bicubic resize exactly (0.0
-    # difference measured); with antialias, ScaleAndTranslate on the window differs from the
-    # whole image's by float32 rounding of the sample positions: at most 5.5e-4 measured, on
-    # the 0-255 scale. JPEG windows decode one MCU wider, so 4:2:0 chroma matches too.
+    # Ordinary images resize whole, as before: the same values. Through the crop window
+    # (forced here; images wider than WHOLE_RESIZE_RATIO take it), without antialias the
+    # values are TensorFlow's bicubic resize exactly (0.0 difference measured); with
+    # antialias, ScaleAndTranslate on the window differs from the whole image's by float32
+    # rounding of the sample positions: at most 5.5e-4 measured, on the 0-255 scale. JPEG
+    # windows decode one MCU wider, so 4:2:0 chroma matches too.
     rng = np.random.default_rng(11)
+    whole = transforms.WHOLE_RESIZE_RATIO
     for shape in ORDINARY_SHAPES:
         data = encode(natural_image(rng, *shape), fmt, **options)
         for antialias, tolerance in ((False, 0.0), (True, 1e-3)):
-            gap = np.abs(
-                _crops(data, 256, 224, antialias) - _full_resize_crops(data, 256, 224, antialias)
+            full = _full_resize_crops(data, 256, 224, antialias)
+            np.testing.assert_array_equal(
+                _crops(data, 256, 224, antialias, whole_ratio=whole), full
             )
+            gap = np.abs(_crops(data, 256, 224, antialias) - full)
             assert gap.max() <= tolerance, (shape, antialias, gap.max())
     cfg = DataConfig("imagenet")
-    normalized = (
-        _crops(data, 256, 224, False)[0] / 255.0 - transforms.IMAGENET_MEAN
-    ) / transforms.IMAGENET_STD
+    full = _full_resize_crops(data, 256, 224, False)[0]
+    normalized = (full / 255.0 - transforms.IMAGENET_MEAN) / transforms.IMAGENET_STD
     np.testing.assert_allclose(
         transforms.imagenet_eval(tf.constant(data), cfg), normalized, atol=1e-6
     )
