@@ -1,0 +1,246 @@
+"""The inference graph of every export: BatchNormalization folded into the convolutions.
+
+A convolution followed by inference-mode batch normalization is one convolution with a bias:
+
+    BN(conv(x, k)) = conv(x, k * s) + (beta - mean * s),   s = gamma / sqrt(variance + eps)
+
+(per output channel, so a grouped convolution folds the same way). `fold_batchnorm` rebuilds a
+functional resnext_tf model with every such pair replaced by one `FoldedConv2D` and the BN
+gone, inside the bottleneck blocks (every block type) and at the top level (the stem). The
+folded graph is what TensorFlow's graph optimizer and the other runtimes fuse best: conv + bias
++ ReLU (+ the residual add) as one kernel, no normalization pass over the activations.
+
+With dtype="bfloat16" the folded kernels and biases are stored and computed in bfloat16, which
+CPUs with AVX512-BF16 or AMX run natively; images come in and logits go out in float32 (the
+pooling and the classifier run in float32, so the logits are not rounded to bfloat16).
+"""
+
+import logging
+
+import keras
+from keras import ops
+
+from resnext_tf.layers import Bottleneck, GroupedConv2D
+
+logger = logging.getLogger(__name__)
+
+DTYPES = ("float32", "bfloat16")
+# Layers that stay in float32 in a bfloat16 graph: the average over the last feature map and
+# the classifier (a small share of the work; their float32 sums keep the logits' precision).
+FLOAT32_LAYERS = ("GlobalAveragePooling2D", "Dense", "GlobalMaxPooling2D", "Flatten")
+# /proc/cpuinfo flags of the native bfloat16 instructions: AVX512-BF16 (dot products) and AMX.
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+CPUINFO = "/proc/cpuinfo"
+BF16_EMULATED = (
+    "bfloat16 was requested, but this CPU has no native bfloat16 instructions ({flags} not in "
+    "/proc/cpuinfo): bfloat16 is emulated there and usually slower than float32. Serve the "
+    "float32 export on such machines."
+)
+
+
+@keras.saving.register_keras_serializable(package="resnext_tf")
+class FoldedConv2D(GroupedConv2D):
+    """`GroupedConv2D` with a per-channel bias: a convolution with its BatchNormalization folded.
+
+    The bias of a grouped convolution is added with an element-wise add, of the others with
+    BiasAdd. TensorFlow's graph optimizer fuses BiasAdd into the convolution, and without oneDNN
+    (TensorFlow's own CPU kernels, as some serving builds run) that fused kernel rejects grouped
+    convolutions ("Fused conv implementation does not support grouped convolutions"); with
+    oneDNN the add is fused all the same.
+    """
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self.bias = self.add_weight(name="bias", shape=(self.filters,), initializer="zeros")
+
+    def call(self, inputs):
+        outputs = self.convolve(inputs, ops.cast(self.kernel, self.compute_dtype))
+        bias = ops.cast(self.bias, self.compute_dtype)
+        if self.groups == 1 and keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            return tf.nn.bias_add(outputs, bias)
+        return outputs + bias
+
+
+@keras.saving.register_keras_serializable(package="resnext_tf")
+class FoldedAway(keras.layers.Layer):
+    """Stands where a folded BatchNormalization was: passes its input through, accepting the
+    arguments a BN call may carry (training, mask)."""
+
+    def call(self, inputs, training=None, mask=None):
+        return inputs
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+@keras.saving.register_keras_serializable(package="resnext_tf")
+class FoldedBottleneck(Bottleneck):
+    """`Bottleneck` for inference with every BN folded: biased convolutions, no normalization.
+
+    The same configuration as the block it replaces; `fold_batchnorm` fills in the weights.
+    """
+
+    def _conv(self, suffix, filters, kernel_size=1, strides=1, groups=1):
+        return FoldedConv2D(
+            filters,
+            kernel_size=kernel_size,
+            strides=strides,
+            groups=groups,
+            padding=kernel_size // 2,
+            conv_impl=self.conv_impl,
+            name=f"{self.name}_{suffix}",
+            dtype=self.dtype_policy,
+        )
+
+    def _bn(self, suffix, zero_gamma=False):
+        return FoldedAway(name=f"{self.name}_{suffix}", dtype=self.dtype_policy)
+
+    def conv_bn_pairs(self, source):
+        """(folded conv of this block, (conv, bn) of the source block) for every pair."""
+        names = ["conv3", "shortcut_conv"] if self.has_projection else ["conv3"]
+        if self.bottleneck_type != "resnext_B":
+            names += ["conv1", "conv2"]
+        pairs = [(getattr(self, n), getattr(source, n), getattr(source, bn_name(n))) for n in names]
+        if self.bottleneck_type == "resnext_B":
+            for part in ("conv1", "conv2"):
+                convs = zip(
+                    getattr(self, f"branch_{part}"),
+                    getattr(source, f"branch_{part}"),
+                    getattr(source, f"branch_bn{part[-1]}"),
+                    strict=True,
+                )
+                pairs += list(convs)
+        return pairs
+
+
+def bn_name(conv_name):
+    """The attribute of the BN after a block's convolution: conv1 -> bn1, shortcut_conv ->
+    shortcut_bn."""
+    return conv_name.replace("conv", "bn")
+
+
+def folded_kernel_and_bias(conv, bn):
+    """(kernel * s, beta - mean * s) as float32 NumPy arrays, s = gamma / sqrt(var + eps)."""
+    import numpy as np
+
+    def value(variable):
+        return np.asarray(keras.ops.convert_to_numpy(variable), np.float64)
+
+    scale = value(bn.gamma) / np.sqrt(value(bn.moving_variance) + bn.epsilon)
+    kernel = value(conv.kernel) * scale
+    bias = value(bn.beta) - value(bn.moving_mean) * scale
+    return kernel.astype(np.float32), bias.astype(np.float32)
+
+
+def _top_level_pairs(model):
+    """{conv name: bn name} of the top-level GroupedConv2D layers whose only consumer is a
+    BatchNormalization fed by nothing else (the stem's)."""
+    pairs = {}
+    for layer in model.layers:
+        if not isinstance(layer, keras.layers.BatchNormalization) or len(layer._inbound_nodes) != 1:
+            continue
+        node = layer._inbound_nodes[0]
+        if len(node.input_tensors) != 1:
+            continue
+        source = node.input_tensors[0]._keras_history.operation
+        if (
+            isinstance(source, GroupedConv2D)
+            and not isinstance(source, FoldedConv2D)
+            and len(source._inbound_nodes) == 1
+            and len(source._outbound_nodes) == 1
+            and layer.center
+            and layer.scale
+            and layer.axis in (-1, 3)
+        ):
+            pairs[source.name] = layer.name
+    return pairs
+
+
+def _policy(layer, dtype):
+    if dtype == "float32" or type(layer).__name__ in FLOAT32_LAYERS:
+        return "float32"
+    return "bfloat16"
+
+
+def fold_batchnorm(model, dtype="float32"):
+    """A copy of a functional resnext_tf model with every BatchNormalization folded.
+
+    Args:
+      model: A functional model from `create_model` / `build_resnext` (any block type).
+      dtype: "float32", or "bfloat16": folded weights stored and computed in bfloat16, float32
+        images in and float32 outputs out (see the module docstring).
+
+    Returns:
+      A new `keras.Model` whose inference outputs are those of `model(x, training=False)` up
+      to rounding; it has no BatchNormalization after a convolution and no BN statistics.
+      It is for inference only (its BN layers are gone).
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"Unknown dtype; received dtype={dtype!r}, expected one of {DTYPES}.")
+    pairs = _top_level_pairs(model)
+    bns = set(pairs.values())
+
+    def clone(layer):
+        config = layer.get_config()
+        if "dtype" in config:
+            config["dtype"] = _policy(layer, dtype)
+        if layer.name in bns:
+            return FoldedAway(name=layer.name, dtype=config.get("dtype"))
+        if layer.name in pairs:
+            return FoldedConv2D.from_config(config)
+        if isinstance(layer, Bottleneck):
+            return FoldedBottleneck.from_config(config)
+        return type(layer).from_config(config)
+
+    folded = keras.models.clone_model(model, clone_function=clone)
+    for conv_name, bn_name_ in pairs.items():
+        _assign_folded(
+            folded.get_layer(conv_name), model.get_layer(conv_name), model.get_layer(bn_name_)
+        )
+    for layer in folded.layers:
+        source = model.get_layer(layer.name)
+        if isinstance(layer, FoldedBottleneck):
+            for target, conv, bn in layer.conv_bn_pairs(source):
+                _assign_folded(target, conv, bn)
+        elif layer.name not in pairs and layer.weights:
+            for target, value in zip(layer.weights, source.weights, strict=True):
+                target.assign(ops.cast(value, target.dtype))
+    return folded
+
+
+def _assign_folded(target, conv, bn):
+    kernel, bias = folded_kernel_and_bias(conv, bn)
+    target.kernel.assign(ops.cast(kernel, target.kernel.dtype))
+    target.bias.assign(ops.cast(bias, target.bias.dtype))
+
+
+def cpu_flags(path=CPUINFO):
+    """The set of CPU feature flags in /proc/cpuinfo, or None where it cannot be read."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        return None
+    return None
+
+
+def native_bf16(path=CPUINFO):
+    """True where the CPU has bfloat16 instructions, False where it lacks them, None unknown."""
+    flags = cpu_flags(path)
+    if flags is None:
+        return None
+    return bool(flags & set(BF16_CPU_FLAGS))
+
+
+def warn_if_bf16_emulated(dtype, path=CPUINFO):
+    """Logs a warning (and returns its text) when `dtype` is bfloat16 on a CPU without native
+    bfloat16 instructions; returns None otherwise."""
+    if dtype != "bfloat16" or native_bf16(path) is not False:
+        return None
+    message = BF16_EMULATED.format(flags=" / ".join(BF16_CPU_FLAGS))
+    logger.warning(message)
+    return message
