@@ -8,6 +8,11 @@ The ImageNet training colour work (jitter, lighting, normalization) is linear in
 values once an image's random draws and mean grey level are known, and the original clamps
 nowhere in between; so each image gets one affine colour map (3x3 matrix and bias), drawn in
 `imagenet_train`, and `apply_colour` applies the maps of a whole batch in one pass.
+
+Encoded images are checked against `ImageLimits` from their header before anything decodes
+them (`check_image`), and the evaluation crop of a wide image is computed from the source
+window it depends on (`resized_crops`), so an image's memory does not grow with its aspect
+ratio.
 """
 
 import dataclasses
