@@ -20,6 +20,10 @@ IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 INDEX_FOLDER = ".resnext_tf_index"
 # Bump when the cached index format changes.
 INDEX_VERSION = 1
+# A cached index is read only when its arrays hold at most this many bytes in all (ImageNet's
+# train index is about 1.28M paths of some 40 bytes); the index sits inside the dataset, which
+# may come from anyone, so its size is bounded before numpy allocates anything.
+MAX_INDEX_BYTES = 512 * 2**20
 # Progress is logged every this many class folders while indexing.
 LOG_EVERY_DIRS = 100
 TFDS_NAME = "imagenet2012"
@@ -70,16 +74,46 @@ def _index_key(root, wnids, classes):
     return hashlib.sha1(blob.encode()).hexdigest()[:20]
 
 
-def _read_cached(data_dir, name):
+class _BadIndex(ValueError):
+    pass
+
+
+def _checked_index(path, wnids, num_classes):
+    """Reads a cached index, refusing anything a scan of the folders could not have written.
+
+    The cache lives in the dataset's own folder, so it is checked like any other file from
+    outside: bounded size, no pickled objects, paths that stay inside the split's class
+    folders, labels in range.
+    """
+    with zipfile.ZipFile(path) as archive:
+        total = sum(info.file_size for info in archive.infolist())
+    if total > MAX_INDEX_BYTES:
+        raise _BadIndex(f"{total} bytes unpacked, over the {MAX_INDEX_BYTES}-byte limit")
+    with np.load(path, allow_pickle=False) as cached:
+        relpaths, labels = cached["relpaths"], cached["labels"]
+    if relpaths.ndim != 1 or relpaths.dtype.kind != "S" or labels.ndim != 1:
+        raise _BadIndex("arrays of the wrong kind")
+    if labels.dtype.kind not in "iu" or len(labels) != len(relpaths):
+        raise _BadIndex("labels of the wrong kind or count")
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise _BadIndex(f"labels outside [0, {num_classes})")
+    allowed = {os.fsencode(w) for w in wnids}
+    for relpath in relpaths:
+        folder, sep, file = relpath.partition(b"/")
+        if folder not in allowed or not sep or not file or b"/" in file or file in (b".", b".."):
+            raise _BadIndex(f"the path {relpath!r} is not <wnid>/<file> of this split")
+    return relpaths, labels.astype(np.int32)
+
+
+def _read_cached(data_dir, name, wnids, num_classes):
     for folder in _cache_dirs(data_dir):
         path = os.path.join(folder, name)
         if not os.path.isfile(path):
             continue
         try:
-            with np.load(path) as cached:
-                return cached["relpaths"], cached["labels"]
+            return _checked_index(path, wnids, num_classes)
         except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
-            logging.warning("Ignoring the unreadable image index %s (%s).", path, exc)
+            logging.warning("Ignoring the image index %s (%s); listing again.", path, exc)
     return None
 
 
@@ -150,7 +184,7 @@ def load_file_index(data_dir, split, classes):
             f"expected a subset of the {len(classes)} train/ classes."
         )
     name = f"{split}-{_index_key(root, wnids, classes)}.npz"
-    cached = _read_cached(data_dir, name)
+    cached = _read_cached(data_dir, name, wnids, len(classes))
     if cached is None:
         cached = _scan(root, wnids, {w: i for i, w in enumerate(classes)})
         _write_cached(data_dir, name, *cached)

@@ -343,3 +343,50 @@ def test_tfds_imagenet_epochs_resume_and_eval(tfds_imagenet):
     first_five = ["n01751748", "n09193705", "n02105855", "n04263257", "n03125729"]
     assert sorted(names[i] for i in eval_labels[:5]) == sorted(first_five)
     assert eval_labels[5] == -1
+
+
+def _planted(relpaths, labels, pickled=False):
+    def write(path):
+        if pickled:  # an object array: np.save pickles it
+            np.savez(path, relpaths=np.array([{"x": 1}], dtype=object), labels=labels)
+        else:
+            np.savez(path, relpaths=relpaths, labels=labels)
+
+    return write
+
+
+@pytest.mark.parametrize(
+    "plant, reason",
+    [
+        (_planted(np.array([b"../../etc/passwd", b"x/y"]), np.array([0, 1])), "not <wnid>/<file>"),
+        (_planted(np.array([b"/etc/passwd", b"x/y"]), np.array([0, 1])), "not <wnid>/<file>"),
+        (_planted(np.array([f"{WNIDS[0]}/0.JPEG".encode()]), np.array([7])), "labels outside"),
+        (_planted(None, np.array([0]), pickled=True), "pickled"),
+    ],
+    ids=["parent-path", "absolute-path", "label-range", "pickled-objects"],
+)
+def test_a_planted_index_is_refused_and_the_folders_listed_again(
+    tmp_path, caplog, plant, reason
+):
+    # The cache sits inside the dataset's folder, which may come from anyone: a crafted index
+    # must not point the pipeline outside the class folders, carry bad labels or unpickle.
+    data_dir = _small_tree(tmp_path)
+    first = imagenet.load_file_index(data_dir, "train", list(WNIDS[:2]))
+    (cache_file,) = (tmp_path / ".resnext_tf_index").iterdir()
+    plant(str(cache_file)[: -len(".npz")])  # np.savez appends .npz
+    with caplog.at_level(logging.WARNING, logger="absl"):
+        again = imagenet.load_file_index(data_dir, "train", list(WNIDS[:2]))
+    assert "Ignoring the image index" in caplog.text
+    assert reason in caplog.text or reason == "pickled"
+    np.testing.assert_array_equal(again.relpaths, first.relpaths)
+    np.testing.assert_array_equal(again.labels, first.labels)
+
+
+def test_an_index_over_the_size_limit_is_not_loaded(tmp_path, monkeypatch, caplog):
+    data_dir = _small_tree(tmp_path)
+    first = imagenet.load_file_index(data_dir, "train", list(WNIDS[:2]))
+    monkeypatch.setattr(imagenet, "MAX_INDEX_BYTES", 64)
+    with caplog.at_level(logging.WARNING, logger="absl"):
+        again = imagenet.load_file_index(data_dir, "train", list(WNIDS[:2]))
+    assert "over the 64-byte limit" in caplog.text
+    np.testing.assert_array_equal(again.relpaths, first.relpaths)
