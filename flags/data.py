@@ -4,8 +4,8 @@ from absl import flags
 
 
 def define_flags(datasets, flag_values):
-    """Defines dataset (choices `datasets`, default the first), data_dir, image_size, ten_crop
-    and test_only."""
+    """Defines dataset (choices `datasets`, default the first), data_dir, image_size, ten_crop,
+    max_image_pixels, max_image_aspect, max_image_bytes and test_only."""
     flags.DEFINE_enum("dataset", datasets[0], datasets, "Dataset.", flag_values=flag_values)
     flags.DEFINE_string(
         "data_dir",
@@ -25,6 +25,30 @@ def define_flags(datasets, flag_values):
         "ten_crop",
         False,
         "ImageNet evaluation on 10 crops (corners, centre and their mirrors), logits summed.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_integer(
+        "max_image_pixels",
+        None,
+        "ImageNet images with more pixels (width x height, read from the header before "
+        "decoding) are replaced like unreadable files. Default: ImageLimits' (PIL's limit).",
+        1,
+        flag_values=flag_values,
+    )
+    flags.DEFINE_float(
+        "max_image_aspect",
+        None,
+        "ImageNet images with a longer / shorter side ratio above this are replaced like "
+        "unreadable files. Default: ImageLimits'.",
+        1,
+        flag_values=flag_values,
+    )
+    flags.DEFINE_integer(
+        "max_image_bytes",
+        None,
+        "ImageNet files longer than this are replaced like unreadable files. Default: "
+        "ImageLimits'.",
+        1,
         flag_values=flag_values,
     )
     flags.DEFINE_boolean(

@@ -13,6 +13,34 @@ SYNTHETIC = "synthetic"
 DEFAULT_IMAGE_SIZE = {"cifar10": 32, "cifar100": 32, "imagenet": 224}
 
 
+@dataclasses.dataclass(frozen=True)
+class ImageLimits:
+    """What an encoded image may ask of the decoder; larger ones are refused undecoded.
+
+    Attributes:
+        max_pixels: Width x height, and for a GIF the pixels of all its frames together (the
+            GIF reader holds every frame, not only the first one used). The default is PIL's
+            Image.MAX_IMAGE_PIXELS, above which PIL warns of a decompression bomb.
+        max_aspect: Longer side / shorter side. The transforms keep their memory bounded at
+            any aspect ratio (see `resized_crops`); the limit refuses degenerate strips, of
+            which the centre crop would see at most 1 / max_aspect. 50 is well beyond
+            panoramas and banner formats (up to about 12:1).
+        max_bytes: Length of the encoded bytes; bounds the parsing work before the decode.
+    """
+
+    max_pixels: int = 89_478_485
+    max_aspect: float = 50.0
+    max_bytes: int = 64 * 2**20
+
+    def __post_init__(self):
+        for name in ("max_pixels", "max_bytes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer; received {name}={value!r}.")
+        if not self.max_aspect >= 1:
+            raise ValueError(f"max_aspect must be >= 1; received max_aspect={self.max_aspect!r}.")
+
+
 class DatasetSpec(NamedTuple):
     """What a model and a trainer need to know about a dataset, without reading images."""
 
@@ -46,6 +74,8 @@ class DataConfig:
             (tf.image.decode_and_crop_jpeg) instead of the whole image.
         antialias: Low-pass filter when downscaling (as PIL does). The original's Torch
             image.scale interpolates without it.
+        image_limits: ImageLimits of the ImageNet decode; an image over them is replaced like an
+            unreadable file, with a warning naming it and the reason.
     """
 
     dataset: str
@@ -63,6 +93,7 @@ class DataConfig:
     pad_crop: int = 4
     fused_crop: bool = True
     antialias: bool = False
+    image_limits: ImageLimits = ImageLimits()
 
     def __post_init__(self):
         if self.dataset not in DATASETS:

@@ -231,8 +231,8 @@ def _decode_batches(ds, fetch, transform, cfg, train):
 
 def _imagenet_transform(cfg, train):
     if train:
-        return lambda data, seed: transforms.imagenet_train(data, seed, cfg)
-    return lambda data, seed: transforms.imagenet_eval(data, cfg)
+        return lambda data, seed: transforms.imagenet_train(data, seed, cfg, cfg.image_limits)
+    return lambda data, seed: transforms.imagenet_eval(data, cfg, cfg.image_limits)
 
 
 def _positions(layout, start, stop):

@@ -15,9 +15,10 @@ window it depends on (`resized_crops`), so an image's memory does not grow with 
 ratio.
 """
 
-import dataclasses
-
 import tensorflow as tf
+
+# ImageLimits is defined with the other pure configuration; the transforms apply it.
+from resnext_tf.data.config import ImageLimits
 
 # ImageNet channel mean and std on [0, 1] RGB images (REFERENCE.md "Data", step 4).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -237,34 +238,6 @@ def apply_colour(images, colour):
 
 # ---------------------------------------------------------------------------------------------
 # Limits on encoded images, checked from the header before anything is decoded.
-
-
-@dataclasses.dataclass(frozen=True)
-class ImageLimits:
-    """What an encoded image may ask of the decoder; larger ones are refused undecoded.
-
-    Attributes:
-        max_pixels: Width x height, and for a GIF the pixels of all its frames together (the
-            GIF reader holds every frame, not only the first one used). The default is PIL's
-            Image.MAX_IMAGE_PIXELS, above which PIL warns of a decompression bomb.
-        max_aspect: Longer side / shorter side. The transforms keep their memory bounded at
-            any aspect ratio (see `resized_crops`); the limit refuses degenerate strips, of
-            which the centre crop would see at most 1 / max_aspect. 50 is well beyond
-            panoramas and banner formats (up to about 12:1).
-        max_bytes: Length of the encoded bytes; bounds the parsing work before the decode.
-    """
-
-    max_pixels: int = 89_478_485
-    max_aspect: float = 50.0
-    max_bytes: int = 64 * 2**20
-
-    def __post_init__(self):
-        for name in ("max_pixels", "max_bytes"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer; received {name}={value!r}.")
-        if not self.max_aspect >= 1:
-            raise ValueError(f"max_aspect must be >= 1; received max_aspect={self.max_aspect!r}.")
 
 
 DEFAULT_LIMITS = ImageLimits()

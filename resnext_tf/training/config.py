@@ -8,6 +8,7 @@ import dataclasses
 import os
 import warnings
 
+from resnext_tf.data.config import ImageLimits
 from resnext_tf.layers import BOTTLENECK_TYPES, CONV_IMPLS, SHORTCUT_TYPES
 from resnext_tf.training import schedules
 from resnext_tf.training.optimizer import NO_DECAY_KINDS
@@ -48,7 +49,9 @@ class TrainConfig:
     Model: dataset, depth, cardinality, base_width, bottleneck_type, shortcut_type, conv_impl,
     num_classes (None: the dataset's), sync_bn, zero_init_residual (gamma 0 on each block's last
     BN, as large-batch recipes do; off in the original).
-    Data: data_dir (None: default location; "synthetic": random data), image_size, ten_crop.
+    Data: data_dir (None: default location; "synthetic": random data), image_size, ten_crop,
+    max_image_pixels / max_image_aspect / max_image_bytes (None: the ImageLimits default; an
+    ImageNet image over a limit is replaced like an unreadable file).
     Optimisation: batch_size (global), lr (None: 0.1 * batch / reference batch), momentum,
     weight_decay, nesterov, epochs, epoch_number (1-based first epoch), seed, steps_per_epoch and
     train_steps (limits for smoke runs).
@@ -81,6 +84,9 @@ class TrainConfig:
     data_dir: str | None = None
     image_size: int | None = None
     ten_crop: bool = False
+    max_image_pixels: int | None = None
+    max_image_aspect: float | None = None
+    max_image_bytes: int | None = None
 
     batch_size: int | None = None
     lr: float | None = None
@@ -149,11 +155,22 @@ class TrainConfig:
             )
 
     @property
+    def image_limits(self):
+        """The ImageLimits of the ImageNet decode: the defaults, with the fields set here."""
+        limits = {
+            "max_pixels": self.max_image_pixels,
+            "max_aspect": self.max_image_aspect,
+            "max_bytes": self.max_image_bytes,
+        }
+        return ImageLimits(**{k: v for k, v in limits.items() if v is not None})
+
+    @property
     def is_cifar(self):
         """Whether the run uses the CIFAR stem and schedule."""
         return self.dataset.startswith("cifar")
 
     def _validate(self):
+        self.image_limits  # noqa: B018  (ImageLimits checks its fields, naming a bad one)
         _check_choice("bottleneck_type", self.bottleneck_type, BOTTLENECK_TYPES)
         _check_choice("shortcut_type", self.shortcut_type, SHORTCUT_TYPES)
         _check_choice("conv_impl", self.conv_impl, CONV_IMPLS)

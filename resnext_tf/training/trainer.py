@@ -515,6 +515,7 @@ def _data_config(config):
         image_size=config.image_size,
         seed=config.seed,
         ten_crop=config.ten_crop,
+        image_limits=config.image_limits,
         **eval_resize,
     )
 

@@ -28,6 +28,7 @@ from resnext_tf.data import (
     imagenet,
     transforms,
 )
+from resnext_tf.data.config import ImageLimits
 
 # Train files in index order (sorted wnid, then sorted name); see the imagenet_dir fixture.
 TRAIN_FILES = (
@@ -390,3 +391,30 @@ def test_an_index_over_the_size_limit_is_not_loaded(tmp_path, monkeypatch, caplo
         again = imagenet.load_file_index(data_dir, "train", list(WNIDS[:2]))
     assert "over the 64-byte limit" in caplog.text
     np.testing.assert_array_equal(again.relpaths, first.relpaths)
+
+
+def test_image_limits_of_the_data_config_apply_to_training(tmp_path, capfd):
+    # The limits come from DataConfig (run_imagenet.py --max_image_pixels etc.), not only the
+    # defaults: a tighter pixel limit replaces an ordinary 48x56 image.
+    rng = np.random.default_rng(11)
+    small, large = encode(natural_image(rng, 32, 32)), encode(natural_image(rng, 48, 56))
+    for i, data in enumerate([small, large, small]):
+        os.makedirs(tmp_path / "train" / WNIDS[0], exist_ok=True)
+        (tmp_path / "train" / WNIDS[0] / f"{i}.JPEG").write_bytes(data)
+    cfg = DataConfig(
+        "imagenet", data_dir=tmp_path, image_limits=ImageLimits(max_pixels=32 * 32), **DETERMINISTIC
+    )
+    _collect(build_dataset(cfg, "train", 3))
+    large_path = tmp_path / "train" / WNIDS[0] / "1.JPEG"
+    assert f'"{large_path}" replaced by' in capfd.readouterr().err
+
+
+def test_train_config_image_limits_reach_the_pipeline():
+    from resnext_tf.training import TrainConfig
+    from resnext_tf.training.trainer import _data_config
+
+    config = TrainConfig(dataset="imagenet", max_image_pixels=1000, max_image_aspect=3.5)
+    assert _data_config(config).image_limits == ImageLimits(1000, 3.5, ImageLimits().max_bytes)
+    assert TrainConfig(dataset="imagenet").image_limits == ImageLimits()
+    with pytest.raises(ValueError, match="max_pixels must be a positive integer"):
+        TrainConfig(dataset="imagenet", max_image_pixels=0)
