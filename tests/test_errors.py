@@ -107,3 +107,17 @@ def test_traceback_on_request(tmp_path):
     assert result.returncode == errors.EXIT_USER_ERROR
     assert "Traceback (most recent call last)" in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+@pytest.mark.slow
+def test_export_with_a_bad_weights_file(tmp_path):
+    bad = tmp_path / "model.weights.h5"
+    bad.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)  # an HDF5 signature, then nothing
+    result = subprocess.run(
+        [sys.executable, "-m", "resnext_tf.export", "--model=resnext50_32x4d",
+         f"--weights={bad}", f"--export_dir={tmp_path / 'out'}"],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    )  # fmt: skip
+    assert_user_error(result, str(bad))
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.pb"))
