@@ -8,7 +8,6 @@ import dataclasses
 import os
 import warnings
 
-from resnext_tf.data.config import ImageLimits
 from resnext_tf.layers import BOTTLENECK_TYPES, CONV_IMPLS, SHORTCUT_TYPES
 from resnext_tf.training import schedules
 from resnext_tf.training.optimizer import NO_DECAY_KINDS
@@ -157,6 +156,10 @@ class TrainConfig:
     @property
     def image_limits(self):
         """The ImageLimits of the ImageNet decode: the defaults, with the fields set here."""
+        # Imported here: the resnext_tf.data package loads TensorFlow, which TorchSGD on the JAX
+        # backend (resnext_tf.training.optimizer) must not need.
+        from resnext_tf.data.config import ImageLimits
+
         limits = {
             "max_pixels": self.max_image_pixels,
             "max_aspect": self.max_image_aspect,
