@@ -31,10 +31,16 @@ setup(
         "weights": ["safetensors"],
         # Writes the TF Serving warm-up requests next to an exported SavedModel.
         "serving": ["tensorflow-serving-api"],
+        # python -m resnext_tf.export --format=onnx|openvino|litert: Keras' exporters and the
+        # runtimes that run the exports (the versions the parity tests ran with).
+        "onnx": ["onnx>=1.23", "onnxruntime>=1.32", "tf2onnx>=1.17"],
+        "openvino": ["openvino>=2026.4"],
+        "litert": ["ai-edge-litert>=2.3"],
         # Everything the test suite exercises, so that README's two commands run every test:
-        # the optional extras above, the JAX backend, and torch/torchvision as the reference
-        # side of the weight-conversion tests (torch >= 2.10: .pth files are read with
-        # weights_only=True, which older releases let crafted files bypass).
+        # the optional extras above (the export formats' runtimes included), the JAX backend,
+        # and torch/torchvision as the reference side of the weight-conversion tests
+        # (torch >= 2.10: .pth files are read with weights_only=True, which older releases let
+        # crafted files bypass).
         "test": [
             "pytest>=7",
             "pillow",
@@ -45,6 +51,11 @@ setup(
             "tensorflow-serving-api",
             "torch>=2.10",
             "torchvision",
+            "onnx>=1.23",
+            "onnxruntime>=1.32",
+            "tf2onnx>=1.17",
+            "openvino>=2026.4",
+            "ai-edge-litert>=2.3",
         ],
     },
 )

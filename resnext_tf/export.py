@@ -1,10 +1,15 @@
-"""SavedModel export for TensorFlow Serving.
+"""Exports for serving: a TF Serving SavedModel, ONNX, OpenVINO IR and LiteRT.
 
     python -m resnext_tf.export --model=resnext50_32x4d --weights=imagenet \
-        --export_dir=/tmp/serving --version=1
+        --export_dir=/tmp/serving --version=1 [--format=saved_model] [--dtype=bfloat16]
 
-writes /tmp/serving/resnext50_32x4d/1/, the layout TF Serving polls (--model_base_path points
-at /tmp/serving/resnext50_32x4d). Signatures:
+writes /tmp/serving/resnext50_32x4d/1/, the layout TF Serving and OpenVINO Model Server poll
+(--model_base_path points at /tmp/serving/resnext50_32x4d). Every format folds BatchNormalization
+into the convolutions (`resnext_tf.fold`); --dtype=bfloat16 computes in bfloat16 with float32
+images in and float32 logits out. --format=onnx, openvino or litert writes model.onnx,
+model.xml + model.bin or model.tflite through Keras' own exporters: one float32 input "images"
+[N, H, W, 3], transformed as predict_images expects (export_info.json beside the model spells
+the transform out), and one output "logits". The SavedModel's signatures:
 
   serving_default  image_bytes: string [N >= 1] (JPEG, PNG, GIF, BMP or WebP; the REST form
                    is {"instances": [{"b64": "..."}]}), decoded and given the evaluation
@@ -35,8 +40,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from resnext_tf import fold
 from resnext_tf.data import pipeline, transforms
 from resnext_tf.data.config import DataConfig
+from resnext_tf.errors import user_errors_exit
 from resnext_tf.layers import Bottleneck, tf_native_grouped_conv
 
 logger = logging.getLogger(__name__)
@@ -64,6 +71,17 @@ MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 # "split", one convolution a group. "grouped" serves one JPEG about 1.2-1.3x faster with oneDNN
 # (TF's default on x86) and as fast without it; the measurements are in docs/export.md.
 SERVING_CONV_IMPLS = ("grouped", "split")
+FORMATS = ("saved_model", "onnx", "openvino", "litert")
+# The model file each float-input format writes into the version directory.
+MODEL_FILES = {"onnx": "model.onnx", "openvino": "model.xml", "litert": "model.tflite"}
+# Beside every export: the input contract of the float-input formats, the compute dtype.
+INFO_FILE = "export_info.json"
+LOGITS = "logits"
+# ONNX Runtime's and LiteRT's CPU kernels have no bfloat16 convolutions; OpenVINO chooses its
+# precision when it compiles the model (INFERENCE_PRECISION_HINT: bf16 by default on CPUs with
+# AVX512-BF16 or AMX, f32 on request), so its IR is the same float32 graph for both dtypes.
+BF16_FORMATS = ("saved_model", "openvino")
+OPENVINO_PRECISION = {"float32": "f32", "bfloat16": "bf16"}
 
 
 class _ServingBottleneck(Bottleneck):
@@ -88,17 +106,21 @@ GROUPED_SERVING_LAYERS = {
 }
 
 
-def serving_model(model, conv_impl="grouped"):
+def serving_model(model, conv_impl="grouped", dtype="float32", fold_bn=True):
     """Returns a copy of `model` for serving, with the same weights.
 
     The copy computes the same logits but: grouped convolutions run without XLA (see
-    SERVING_CONV_IMPLS), BatchNormalization is not synchronized (and with grouped convolutions
-    is Keras' own, see `_ServingBottleneck`), every layer runs in float32 (a mixed-precision
-    model exports a float32 graph), and the classifier has no activation.
+    SERVING_CONV_IMPLS), every BatchNormalization is folded into its convolution
+    (`resnext_tf.fold`; with fold_bn=False it is kept, not synchronized, and with grouped
+    convolutions is Keras' own, see `_ServingBottleneck`), every layer runs in `dtype` (a
+    mixed-precision model exports a float32 graph unless dtype="bfloat16"), and the classifier
+    has no activation.
 
     Args:
       model: A functional resnext_tf model with its classifier (include_top=True).
       conv_impl: "grouped" (tf.nn.conv2d with groups) or "split".
+      dtype: "float32", or "bfloat16" (computes in bfloat16, float32 in and out; needs fold_bn).
+      fold_bn: Fold BatchNormalization into the convolutions.
 
     Returns:
       A new `keras.Model`.
@@ -111,6 +133,11 @@ def serving_model(model, conv_impl="grouped"):
         raise ValueError(
             f"Unknown conv_impl; received conv_impl={conv_impl!r}, expected one of "
             f"{SERVING_CONV_IMPLS}."
+        )
+    if dtype not in fold.DTYPES or (dtype != "float32" and not fold_bn):
+        raise ValueError(
+            f"dtype must be one of {fold.DTYPES} (bfloat16 with fold_bn=True); received "
+            f"dtype={dtype!r}, fold_bn={fold_bn!r}."
         )
     if conv_impl == "grouped" and not tf_native_grouped_conv():
         # The library would fall back to Keras' grouped convolution, which needs XLA.
@@ -147,7 +174,7 @@ def serving_model(model, conv_impl="grouped"):
     with keras.saving.custom_object_scope(GROUPED_SERVING_LAYERS if conv_impl == "grouped" else {}):
         clone = keras.Model.from_config(config)
     clone.set_weights(model.get_weights())
-    return clone
+    return fold.fold_batchnorm(clone, dtype) if fold_bn else clone
 
 
 def default_data_config(model):
@@ -389,6 +416,112 @@ def _publish(tmp, final, overwrite):
     shutil.rmtree(old)
 
 
+def _version_target(export_dir, model_name, version, overwrite):
+    """(model_base, version, final path) after checking the name and version."""
+    if not MODEL_NAME.fullmatch(model_name):
+        raise ValueError(
+            f"Invalid model_name; received model_name={model_name!r}; expected letters, "
+            "digits, '_', '.', '-', not starting with a punctuation mark."
+        )
+    model_base = os.path.join(os.fspath(export_dir), model_name)
+    version = next_version(model_base) if version is None else version
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(f"version must be a positive integer; received version={version!r}.")
+    final = os.path.join(model_base, str(version))
+    if os.path.exists(final) and not overwrite:
+        raise FileExistsError(f"{final} exists; pass overwrite=True to replace it.")
+    return model_base, version, final
+
+
+def _check_rgb(model):
+    if model.input_shape[-1] != 3:
+        # serving_default decodes images to RGB; predict_images alone could take C channels.
+        raise ValueError(
+            f"Export serves images decoded to RGB and needs a 3-channel model; received a model "
+            f"with {model.input_shape[-1]} input channels (input {model.input_shape[1:]})."
+        )
+
+
+def _checked_data_config(served, data_config):
+    data_config = data_config or default_data_config(served)
+    if served.input_shape[1:] != (data_config.crop_size, data_config.crop_size, 3):
+        raise ValueError(
+            f"The model input {served.input_shape[1:]} does not match the data config's "
+            f"{data_config.crop_size}x{data_config.crop_size} crop."
+        )
+    return data_config
+
+
+def _write_version(model_base, version, final, overwrite, write):
+    """Runs write(tmp) in a hidden folder beside `final`, then renames it into place."""
+    os.makedirs(model_base, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_base)
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the server may run as another user
+    try:
+        write(tmp)
+        _publish(tmp, final, overwrite)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def export_info(model, data_config, fmt, dtype, names=None):
+    """The contents of export_info.json: format, compute dtype, the input contract, classes.
+
+    The input contract is predict_images': float32 [N, size, size, 3] (NHWC, RGB) after the
+    evaluation transform, which is spelled out under "preprocessing".
+    """
+    if data_config.is_cifar:
+        mean, std = transforms.CIFAR_MEAN_STD[data_config.dataset]
+        preprocessing = {
+            "steps": [
+                f"decode to RGB; resize to {data_config.crop_size}x{data_config.crop_size} "
+                "(bicubic) when the image has another size",
+                "x = (pixel - mean) / std per channel, pixels on the 0-255 scale",
+            ],
+            "mean": list(mean),
+            "std": list(std),
+        }
+    else:
+        preprocessing = {
+            "steps": [
+                "decode to RGB",
+                f"resize the shorter side to {data_config.eval_resize} (bicubic, "
+                f"{'with' if data_config.antialias else 'no'} antialiasing), the other side "
+                "keeping the aspect ratio",
+                f"centre crop {data_config.crop_size}x{data_config.crop_size}",
+                "x = (pixel / 255 - mean) / std per channel",
+            ],
+            "eval_resize": data_config.eval_resize,
+            "interpolation": "bicubic",
+            "antialias": data_config.antialias,
+            "mean": list(transforms.IMAGENET_MEAN),
+            "std": list(transforms.IMAGENET_STD),
+        }
+    info = {
+        "format": fmt,
+        "dtype": dtype,
+        "input": {
+            "name": IMAGES_INPUT,
+            "dtype": "float32",
+            "shape": [None, *model.input_shape[1:]],
+            "layout": "NHWC",
+            "channels": "RGB",
+        },
+        "output": {"name": LOGITS, "dtype": "float32", "shape": [None, model.output_shape[-1]]},
+        "preprocessing": {"dataset": data_config.dataset, **preprocessing},
+    }
+    if fmt == "openvino":
+        info["openvino_plugin_config"] = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISION[dtype]}
+    if names:
+        info["classes"] = names
+    return info
+
+
+def _write_info(folder, info):
+    with open(os.path.join(folder, INFO_FILE), "w", encoding="utf-8") as f:
+        json.dump(info, f, indent=1)
+
+
 def export_saved_model(
     model,
     export_dir,
@@ -402,11 +535,12 @@ def export_saved_model(
     warmup=True,
     conv_impl="grouped",
     image_limits=None,
+    dtype="float32",
 ):
     """Exports a classifier as a TF Serving SavedModel at export_dir/model_name/version.
 
     The SavedModel is written to a hidden temporary directory next to the version directory
-    and renamed into place when complete.
+    and renamed into place when complete. BatchNormalization is folded into the convolutions.
 
     Args:
       model: A resnext_tf model with its classifier (logits or softmax output).
@@ -423,62 +557,191 @@ def export_saved_model(
       conv_impl: Grouped convolutions in the graph, "grouped" or "split" (SERVING_CONV_IMPLS).
       image_limits: `resnext_tf.data.transforms.ImageLimits` that serving_default checks
         from each image's header before decoding it; transforms.DEFAULT_LIMITS by default.
+      dtype: "float32" or "bfloat16" (the model computes in bfloat16; images in and outputs
+        out stay float32). A warning is logged where the CPU emulates bfloat16.
 
     Returns:
       The path of the version directory.
 
     Raises:
-      ValueError: for an invalid name, version, top_k or model.
+      ValueError: for an invalid name, version, top_k, dtype or model.
       FileExistsError: when the version exists and `overwrite` is False.
     """
     model_name = model_name or model.name
-    if not MODEL_NAME.fullmatch(model_name):
-        raise ValueError(
-            f"Invalid model_name; received model_name={model_name!r}; expected letters, "
-            "digits, '_', '.', '-', not starting with a punctuation mark."
-        )
-    model_base = os.path.join(os.fspath(export_dir), model_name)
-    version = next_version(model_base) if version is None else version
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise ValueError(f"version must be a positive integer; received version={version!r}.")
+    model_base, version, final = _version_target(export_dir, model_name, version, overwrite)
     if not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"top_k must be a positive integer; received top_k={top_k!r}.")
-    final = os.path.join(model_base, str(version))
-    if os.path.exists(final) and not overwrite:
-        raise FileExistsError(f"{final} exists; pass overwrite=True to replace it.")
-
-    if model.input_shape[-1] != 3:
-        # serving_default decodes images to RGB; predict_images alone could take C channels.
-        raise ValueError(
-            f"Export serves images decoded to RGB and needs a 3-channel model; received a model "
-            f"with {model.input_shape[-1]} input channels (input {model.input_shape[1:]})."
-        )
-    served = serving_model(model, conv_impl)
-    data_config = data_config or default_data_config(model)
-    if served.input_shape[1:] != (data_config.crop_size, data_config.crop_size, 3):
-        raise ValueError(
-            f"The model input {served.input_shape[1:]} does not match the data config's "
-            f"{data_config.crop_size}x{data_config.crop_size} crop."
-        )
+    _check_rgb(model)
+    served = serving_model(model, conv_impl, dtype)
+    fold.warn_if_bf16_emulated(dtype)
+    data_config = _checked_data_config(served, data_config)
     names = _class_names(data_config, served.output_shape[-1], class_names)
     limits = image_limits or transforms.DEFAULT_LIMITS
     serve_bytes, predict_images = _signature_functions(
         served, eval_transform(data_config, limits), names, top_k, limits
     )
     root, signatures = _serving_root(served, serve_bytes, predict_images)
-    os.makedirs(model_base, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_base)
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the server may run as another user
-    try:
+
+    def write(tmp):
         tf.saved_model.save(root, tmp, signatures=signatures)
         check_no_xla(tmp)
+        _write_info(tmp, export_info(served, data_config, "saved_model", dtype))
         if warmup:
             write_warmup(tmp, model_name, sample_jpeg())
-        _publish(tmp, final, overwrite)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    _write_version(model_base, version, final, overwrite, write)
     logger.info("Exported %s version %d to %s.", model_name, version, final)
     return final
+
+
+def _rename_onnx_io(path):
+    """Names the ONNX graph's input IMAGES_INPUT and its output LOGITS (tf2onnx numbers them)."""
+    import onnx
+
+    proto = onnx.load(path)
+    graph = proto.graph
+    (source,) = graph.output
+    if source.name != LOGITS:
+        graph.node.append(onnx.helper.make_node("Identity", [source.name], [LOGITS]))
+        source.name = LOGITS
+    (images,) = [i for i in graph.input if i.name not in {t.name for t in graph.initializer}]
+    if images.name != IMAGES_INPUT:
+        for node in graph.node:
+            node.input[:] = [IMAGES_INPUT if n == images.name else n for n in node.input]
+        images.name = IMAGES_INPUT
+    onnx.save(proto, path)
+
+
+def _name_openvino_io(source, path):
+    """Saves the IR at `source` to `path` (a new file: the reader maps the weights in place)
+    with its input named IMAGES_INPUT and its output LOGITS, then deletes `source`."""
+    import openvino as ov
+
+    ov_model = ov.Core().read_model(source)
+    ov_model.inputs[0].get_tensor().set_names({IMAGES_INPUT})
+    ov_model.outputs[0].get_tensor().set_names({LOGITS})
+    # save_model would store the weights in float16 by default.
+    ov.save_model(ov_model, path, compress_to_fp16=False)
+    del ov_model
+    for name in (source, os.path.splitext(source)[0] + ".bin"):
+        os.remove(name)
+
+
+def _keras_export(served, fmt, path):
+    """Keras' own exporter of `fmt` on the folded float32 model, with a float32 input."""
+    spec = [keras.InputSpec(shape=(None, *served.input_shape[1:]), dtype="float32")]
+    if fmt == "litert":
+        served.export(path, format="litert", verbose=False)
+    elif fmt == "onnx":
+        served.export(path, format="onnx", input_signature=spec, verbose=False)
+        _rename_onnx_io(path)
+    else:
+        keras_path = os.path.join(os.path.dirname(path), "keras_" + os.path.basename(path))
+        served.export(keras_path, format="openvino", input_signature=spec, verbose=False)
+        _name_openvino_io(keras_path, path)
+
+
+def export_model(
+    model,
+    export_dir,
+    model_name=None,
+    version=None,
+    *,
+    fmt="saved_model",
+    dtype="float32",
+    data_config=None,
+    class_names=None,
+    overwrite=False,
+    conv_impl="grouped",
+    **saved_model_kwargs,
+):
+    """Exports a classifier in one of FORMATS at export_dir/model_name/version.
+
+    "saved_model" is `export_saved_model`. "onnx", "openvino" and "litert" write model.onnx,
+    model.xml + model.bin, or model.tflite with Keras' exporter of that format: the folded
+    model (`serving_model`) with one float32 input "images" [N, H, W, 3], transformed as
+    predict_images expects, and one output "logits"; export_info.json beside it spells out
+    that transform and the classes. OpenVINO's precision is chosen where the IR is compiled
+    (export_info.json's "openvino_plugin_config" holds the one for `dtype`).
+
+    Args:
+      model, export_dir, model_name, version, data_config, class_names, overwrite,
+        conv_impl: as `export_saved_model`.
+      fmt: One of FORMATS.
+      dtype: "float32" or "bfloat16" (BF16_FORMATS only).
+      **saved_model_kwargs: More arguments of `export_saved_model` (top_k, warmup,
+        image_limits), for fmt="saved_model" only.
+
+    Returns:
+      The path of the version directory.
+
+    Raises:
+      ValueError: for an unknown format, a dtype the format cannot compute in, or the
+        errors of `export_saved_model`.
+      ImportError: when the format's optional dependencies are missing (the message names
+        the extra to install).
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"Unknown format; received fmt={fmt!r}, expected one of {FORMATS}.")
+    if dtype not in fold.DTYPES:
+        raise ValueError(f"Unknown dtype; received dtype={dtype!r}, expected one of {fold.DTYPES}.")
+    if dtype == "bfloat16" and fmt not in BF16_FORMATS:
+        raise ValueError(
+            f"fmt={fmt!r} cannot compute in bfloat16 (its CPU runtime has no bfloat16 "
+            f"convolutions); export it in float32, or use one of {BF16_FORMATS} for bfloat16."
+        )
+    if fmt == "saved_model":
+        return export_saved_model(
+            model,
+            export_dir,
+            model_name,
+            version,
+            data_config=data_config,
+            class_names=class_names,
+            overwrite=overwrite,
+            conv_impl=conv_impl,
+            dtype=dtype,
+            **saved_model_kwargs,
+        )
+    if saved_model_kwargs:
+        raise ValueError(
+            f"{sorted(saved_model_kwargs)} apply to fmt='saved_model' only; received fmt={fmt!r}."
+        )
+    _require(fmt)
+    model_name = model_name or model.name
+    model_base, version, final = _version_target(export_dir, model_name, version, overwrite)
+    _check_rgb(model)
+    served = serving_model(model, conv_impl, "float32")
+    fold.warn_if_bf16_emulated(dtype)
+    data_config = _checked_data_config(served, data_config)
+    names = _class_names(data_config, served.output_shape[-1], class_names)
+
+    def write(tmp):
+        _keras_export(served, fmt, os.path.join(tmp, MODEL_FILES[fmt]))
+        _write_info(tmp, export_info(served, data_config, fmt, dtype, names))
+
+    _write_version(model_base, version, final, overwrite, write)
+    logger.info("Exported %s version %d (%s, %s) to %s.", model_name, version, fmt, dtype, final)
+    return final
+
+
+# The modules each format needs, and the setup.py extra that installs them.
+FORMAT_MODULES = {
+    "onnx": (("tf2onnx", "onnx"), "onnx"),
+    "openvino": (("openvino",), "openvino"),
+    "litert": (("ai_edge_litert",), "litert"),
+}
+
+
+def _require(fmt):
+    import importlib.util
+
+    modules, extra = FORMAT_MODULES[fmt]
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ImportError(
+            f"--format={fmt} needs {', '.join(missing)}: pip install 'resnext_tf[{extra}]'."
+        )
 
 
 def parse_args(argv=None):
@@ -499,6 +762,18 @@ def parse_args(argv=None):
     parser.add_argument("--version", type=int, default=None, help="default: next free version")
     parser.add_argument("--model_name", default=None, help="served name; default: --model")
     parser.add_argument("--num_classes", type=int, default=None, help="default: the variant's")
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="saved_model",
+        help="saved_model (TF Serving), onnx, openvino (IR) or litert (.tflite)",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=fold.DTYPES,
+        default="float32",
+        help="compute dtype; bfloat16 (float32 in and out) for saved_model and openvino",
+    )
     parser.add_argument("--top_k", type=int, default=DEFAULT_TOP_K)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing version")
     parser.add_argument("--no_warmup", action="store_true", help="skip the warm-up requests")
@@ -525,6 +800,11 @@ def parse_args(argv=None):
         "--max_bytes", type=int, default=limits.max_bytes, help="largest encoded image served"
     )
     args = parser.parse_args(argv)
+    if args.dtype == "bfloat16" and args.format not in BF16_FORMATS:
+        parser.error(
+            f"--format={args.format} cannot compute in bfloat16 (its CPU runtime has no bfloat16 "
+            f"convolutions); use --dtype=float32, or --format in {BF16_FORMATS}."
+        )
     try:
         args.image_limits = transforms.ImageLimits(args.max_pixels, args.max_aspect, args.max_bytes)
     except ValueError as e:
@@ -532,6 +812,7 @@ def parse_args(argv=None):
     return args
 
 
+@user_errors_exit  # a bad weights file or model_dir: one line, exit 2
 def main(argv=None):
     """Builds the model, loads its weights, exports it; returns the process exit code."""
     from resnext_tf.registry import create_model, model_kwargs
@@ -552,16 +833,21 @@ def main(argv=None):
 
         model = create_model(args.model, num_classes=num_classes)
         load_weights(model, args.weights)
-    path = export_saved_model(
+    saved_model_kwargs = {}
+    if args.format == "saved_model":
+        saved_model_kwargs = dict(
+            top_k=args.top_k, warmup=not args.no_warmup, image_limits=args.image_limits
+        )
+    path = export_model(
         model,
         args.export_dir,
         args.model_name or args.model,
         args.version,
-        top_k=args.top_k,
+        fmt=args.format,
+        dtype=args.dtype,
         overwrite=args.overwrite,
-        warmup=not args.no_warmup,
         conv_impl=args.conv_impl,
-        image_limits=args.image_limits,
+        **saved_model_kwargs,
     )
     print(path)
     return 0

@@ -177,7 +177,8 @@ def test_no_function_needs_xla(exported):
 def test_each_variable_is_stored_once(model, exported):
     reader = tf.train.load_checkpoint(os.path.join(exported, "variables", "variables"))
     sizes = [np.prod(s) for k, s in reader.get_variable_to_shape_map().items() if "/" in k]
-    assert sum(sizes) == sum(np.prod(v.shape) for v in model.variables)
+    # The export stores the folded model (resnext_tf.fold): biases instead of BN variables.
+    assert sum(sizes) == sum(np.prod(v.shape) for v in export.serving_model(model).variables)
 
 
 def test_check_no_xla_catches_keras_grouped_convolution(tmp_path, monkeypatch):
@@ -265,13 +266,23 @@ def test_serving_model_is_xla_free_float32_and_returns_logits(conv_impl):
     model = random_statistics(
         tiny_cifar(conv_impl="grouped", classifier_activation="softmax"), seed=3
     )
-    served = export.serving_model(model, conv_impl)
+    x = np.random.default_rng(4).standard_normal((2, 32, 32, 3)).astype(np.float32)
+    # BN kept (fold_bn=False): with grouped convolutions Keras' own, see
+    # test_fresh_process_serves_the_keras_probabilities.
+    served = export.serving_model(model, conv_impl, fold_bn=False)
     block = served.get_layer("stage2_block1")
     assert block.conv2.conv_impl == conv_impl
-    # With grouped convolutions, Keras' BN: see test_fresh_process_serves_the_keras_probabilities.
     bn = {"grouped": keras.layers.BatchNormalization, "split": BatchNorm}[conv_impl]
     assert type(block.bn2) is type(served.get_layer("stem_bn")) is bn
-    x = np.random.default_rng(4).standard_normal((2, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(
+        tf.nn.softmax(served(x, training=False)), model(x, training=False), atol=1e-6
+    )
+    # The default: BN folded into the convolutions (resnext_tf.fold, tests/test_deploy.py).
+    served = export.serving_model(model, conv_impl)
+    block = served.get_layer("stage2_block1")
+    assert block.conv2.conv_impl == conv_impl and block.conv2.bias.shape == (block.width,)
+    layers = served._flatten_layers()
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in layers)
     np.testing.assert_allclose(
         tf.nn.softmax(served(x, training=False)), model(x, training=False), atol=1e-6
     )
