@@ -14,7 +14,8 @@ from child_process import run_jax_child
 import resnext_tf
 from resnext_tf import Bottleneck, GroupedConv2D, build_resnext, create_model, list_models
 
-# Trainable parameter counts, exact (REFERENCE.md; torchvision publishes the ImageNet ones).
+# Trainable parameter counts, exact (docs/reference.md, "Parameter
+# counts and multiply-adds"; torchvision publishes the ImageNet ones).
 PARAM_COUNTS = {
     ("resnext29_8x64d", 10): 34_426_698,
     ("resnext29_16x64d", 10): 68_155_210,
@@ -27,7 +28,7 @@ PARAM_COUNTS = {
     ("resnet50", 1000): 25_557_032,
     ("resnet101", 1000): 44_549_160,
 }
-# Multiply-adds at the native input size, in GMac, as the paper reports (REFERENCE.md).
+# Multiply-adds at the native input size, in GMac, as the paper reports (docs/reference.md).
 FLOPS_G = {
     "resnext50_32x4d": 4.23,
     "resnet50": 4.09,

@@ -51,7 +51,7 @@ class _Layout:
     url: str
 
 
-# Official python-version archives (REFERENCE.md "Data"); CIFAR-100 uses the fine labels.
+# Official python-version archives (docs/reference.md "Data"); CIFAR-100 uses the fine labels.
 LAYOUTS = {
     "cifar10": _Layout(
         folder="cifar-10-batches-py",

@@ -9,7 +9,7 @@ SPLITS = ("train", "eval")
 # data_dir value that selects generated images instead of files.
 SYNTHETIC = "synthetic"
 # Crop size when image_size is None: ImageNet trains and evaluates on 224 crops
-# (REFERENCE.md "Data"); CIFAR images are 32x32.
+# (docs/reference.md "Data"); CIFAR images are 32x32.
 DEFAULT_IMAGE_SIZE = {"cifar10": 32, "cifar100": 32, "imagenet": 224}
 
 
@@ -52,7 +52,7 @@ class DatasetSpec(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """Input pipeline options; the defaults are the original recipe (REFERENCE.md "Data").
+    """Input pipeline options; the defaults are the original recipe (docs/reference.md "Data").
 
     Attributes:
         dataset: "cifar10", "cifar100" or "imagenet".

@@ -12,7 +12,7 @@ from absl import logging
 
 from resnext_tf.data.cifar import DataNotFoundError
 
-# Folder of each split under data_dir (fb.resnet.torch's imagenet layout, REFERENCE.md "Data").
+# Folder of each split under data_dir (fb.resnet.torch's imagenet layout, docs/reference.md "Data").
 SPLIT_FOLDERS = {"train": "train", "eval": "val"}
 # Files taken into the index (case-insensitive); ImageNet names them .JPEG, PNG content included.
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")

@@ -20,21 +20,21 @@ import tensorflow as tf
 # ImageLimits is defined with the other pure configuration; the transforms apply it.
 from resnext_tf.data.config import ImageLimits
 
-# ImageNet channel mean and std on [0, 1] RGB images (REFERENCE.md "Data", step 4).
+# ImageNet channel mean and std on [0, 1] RGB images (docs/reference.md "Data", step 4).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# AlexNet PCA lighting noise: eigenvalues and eigenvector rows (REFERENCE.md "Data", step 3).
+# AlexNet PCA lighting noise: eigenvalues and eigenvector rows (docs/reference.md "Data", step 3).
 PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
 PCA_EIGVEC = (
     (-0.5675, 0.7192, 0.4009),
     (-0.5808, -0.0045, -0.8140),
     (-0.5836, -0.6948, 0.4203),
 )
-# Grey level used by the saturation and contrast jitter (REFERENCE.md "Data", step 2).
+# Grey level used by the saturation and contrast jitter (docs/reference.md "Data", step 2).
 GREY_WEIGHTS = (0.299, 0.587, 0.114)
 # Jitter coefficients (p, q, r) of p * x + q * grey(x) + r * mean(grey(x)) that leave x as it is.
 NO_JITTER = (1.0, 0.0, 0.0)
-# CIFAR (mean, std) per channel on 0-255 images (REFERENCE.md "Data").
+# CIFAR (mean, std) per channel on 0-255 images (docs/reference.md "Data").
 CIFAR_MEAN_STD = {
     "cifar10": ((125.3, 123.0, 113.9), (63.0, 62.1, 66.7)),
     "cifar100": ((129.3, 124.1, 112.4), (68.2, 65.4, 70.4)),
@@ -42,7 +42,7 @@ CIFAR_MEAN_STD = {
 # libjpeg's accurate integer IDCT, the default of Torch's image.load and of PIL; TF's own
 # default (fast IDCT) differs from them by up to 4 levels.
 JPEG_DCT = "INTEGER_ACCURATE"
-# RandomSizedCrop tries this many windows before falling back to a centre crop (REFERENCE.md).
+# RandomSizedCrop tries this many windows before falling back to a centre crop (docs/reference.md).
 CROP_TRIES = 10
 
 
@@ -197,7 +197,7 @@ def colour_map(channel_mean, coefficients, shift):
 
     For a 0-255 image x and u = x / 255, the training recipe computes per pixel
     (p * u + q * grey(u) + r * mean(grey(u)) + shift - MEAN) / STD, grey(u) = u @ GREY_WEIGHTS,
-    with no clamping between the steps (REFERENCE.md "Data"). As mean(grey(u)) =
+    with no clamping between the steps (docs/reference.md "Data"). As mean(grey(u)) =
     channel_mean @ GREY_WEIGHTS / 255, this is x @ matrix + bias, exactly.
 
     Args:
@@ -509,7 +509,7 @@ def decode_window(data, y, x, h, w, fused):
 # The evaluation resize and crop, computed from the source pixels the crop depends on.
 
 # ImageNet evaluation resizes the shorter side to 256 for a 224 crop (fb.resnet.torch's
-# Scale(256) + CenterCrop(224), REFERENCE.md "Data"); other crop sizes keep that ratio.
+# Scale(256) + CenterCrop(224), docs/reference.md "Data"); other crop sizes keep that ratio.
 EVAL_RESIZE, EVAL_CROP = 256, 224
 # TensorFlow's ResizeBicubic reads Keys' cubic (a = -0.5) weights from a table of this many
 # steps per pixel; `_bicubic_taps` reads the same table, so its results are TensorFlow's.

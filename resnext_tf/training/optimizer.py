@@ -3,7 +3,7 @@
 Pure Keras 3 (keras.ops only, no TensorFlow import) so the same optimizer runs on the
 TensorFlow, JAX and PyTorch backends.
 
-Torch's rule (dampening 0, REFERENCE.md "Optimisation"):
+Torch's rule (dampening 0, docs/reference.md "Optimisation and schedules"):
 
     g = grad + weight_decay * w          # coupled L2 on every parameter (by default)
     v = momentum * v + g                 # the velocity does not carry the learning rate
@@ -17,7 +17,7 @@ learning-rate change, and its `weight_decay` is decoupled; hence this class.
 import keras
 from keras import ops
 
-# fb.resnet.torch defaults (REFERENCE.md): momentum 0.9, Nesterov, weight decay 1e-4 (ImageNet).
+# fb.resnet.torch defaults (docs/reference.md): momentum 0.9, Nesterov, weight decay 1e-4.
 DEFAULT_MOMENTUM = 0.9
 DEFAULT_WEIGHT_DECAY = 1e-4
 # Kinds of variables that can be exempted from weight decay (--no_weight_decay_on).

@@ -46,7 +46,7 @@ def colour_images(labels, size, rng):
 
 def _cifar_batch(labels, rng):
     images = colour_images(labels, 32, rng)
-    # Official layout: 1024 R, then 1024 G, then 1024 B values per row (REFERENCE.md).
+    # Official layout: 1024 R, then 1024 G, then 1024 B values per row (docs/reference.md).
     data = images.transpose(0, 3, 1, 2).reshape(len(labels), 3 * 32 * 32)
     return {b"data": data, b"labels": [int(v) for v in labels]}
 
