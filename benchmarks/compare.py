@@ -3,6 +3,8 @@
     python benchmarks/compare.py --mode=infer --image_size=224 --batch_size=16 \
         --ours=split,grouped,auto,split+fold,grouped+fold --peers=eager,eager+cl,compiled+cl
     python benchmarks/compare.py --suite=pipeline --workers=2 --batch_size=64 --repeats=3
+    python benchmarks/compare.py --ours= --exported=saved_model,saved_model+bf16,openvino,onnx \
+        --peers=compiled+cl+bf16 --latency_calls=50
 
 Every configuration is a subprocess (`python -m resnext_tf.benchmark` or
 `benchmarks/torchvision_bench.py`) so each starts cold and owns the machine while it runs.
@@ -13,7 +15,12 @@ crop-decode modes) and benchmarks/torch_input_pipeline.py on one folder of JPEGs
 500x375 photos unless --data_dir). Model configuration tokens (joined with "+"):
   ours:  auto | grouped | split | block_diagonal, then any of fold (BN folded, TF),
          xla (jit_compile=true), nojit (jit_compile=false)
-  peers: eager | compiled, then cl (channels_last)
+  peers: eager | compiled, then cl (channels_last), bf16 (autocast to bfloat16)
+  exported: saved_model | onnx | openvino | litert, then bf16 (the SavedModel computes in
+         bfloat16; OpenVINO compiles the IR with INFERENCE_PRECISION_HINT=bf16) or f32
+Each exported artefact is written once by `python -m resnext_tf.export` (random weights of
+--model) into a temporary folder and timed by benchmarks/deploy_bench.py in its own runtime.
+--latency_calls N adds batch-1 latency (p50, p99 of N calls) to the exported and peer rows.
 """
 
 import argparse
@@ -30,7 +37,14 @@ from resnext_tf.benchmark import JSON_PREFIX
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUR_FLAGS = {"fold": "--fold_bn", "xla": "--jit_compile=true", "nojit": "--jit_compile=false"}
-PEER_FLAGS = {"eager": None, "compiled": "--compile", "cl": "--channels_last"}
+PEER_FLAGS = {
+    "eager": None,
+    "compiled": "--compile",
+    "cl": "--channels_last",
+    "bf16": "--dtype=bfloat16",
+}
+EXPORTED_FORMATS = ("saved_model", "onnx", "openvino", "litert")
+OPENVINO_PRECISIONS = {"bf16": "bf16", "f32": "f32"}
 
 
 def our_command(token, common, backend):
@@ -42,8 +56,55 @@ def our_command(token, common, backend):
 
 def peer_command(token, common):
     flags = [PEER_FLAGS[part] for part in token.split("+") if PEER_FLAGS[part]]
+    if "--dtype=bfloat16" in flags:
+        common = [c for c in common if not c.startswith("--dtype=")]
     script = os.path.join(HERE, "torchvision_bench.py")
     return f"torchvision {token}", [sys.executable, script] + common + flags
+
+
+def exported_artefact(token):
+    """(format, export dtype, OpenVINO precision or None) of an exported token."""
+    fmt, *extras = token.split("+")
+    if fmt not in EXPORTED_FORMATS or any(e not in OPENVINO_PRECISIONS for e in extras):
+        raise ValueError(f"Unknown exported configuration {token!r}.")
+    bf16 = "bf16" in extras
+    if fmt == "openvino":
+        return fmt, "float32", "bf16" if bf16 else "f32"
+    return fmt, "bfloat16" if bf16 else "float32", None
+
+
+def export_commands(args, tokens, folder):
+    """The commands that write each artefact the exported tokens need (once each), and
+    {token: version directory}."""
+    weights = os.path.join(folder, "model.weights.h5")
+    save = (
+        f"import sys, resnext_tf; resnext_tf.create_model({args.model!r}).save_weights({weights!r})"
+    )
+    commands, paths = [[sys.executable, "-c", save]], {}
+    for token in tokens:
+        fmt, dtype, _ = exported_artefact(token)
+        name = f"{fmt}_{dtype}"
+        path = os.path.join(folder, name, "1")
+        if path not in paths.values():
+            commands.append(
+                [sys.executable, "-m", "resnext_tf.export", f"--model={args.model}"]
+                + [f"--weights={weights}", f"--export_dir={folder}", f"--model_name={name}"]
+                + ["--version=1", f"--format={fmt}", f"--dtype={dtype}", "--no_warmup"]
+            )
+        paths[token] = path
+    return commands, paths
+
+
+def exported_command(token, path, args):
+    _, _, precision = exported_artefact(token)
+    command = [sys.executable, os.path.join(HERE, "deploy_bench.py"), f"--path={path}"]
+    command += [
+        f"--{name}={getattr(args, name)}"
+        for name in ("batch_size", "steps", "windows", "warmup", "latency_calls")
+    ]
+    if precision:
+        command.append(f"--precision={precision}")
+    return f"exported {token}", command
 
 
 def parse_json(label, stdout):
@@ -78,8 +139,11 @@ def table(results, peers):
         for label, runs in results.items()
     }
     head = "| configuration | img/s | runs (min-max) | img/CPU-s | peak RSS MB | load |"
+    latency = any(r.get("p50_ms") is not None for runs in results.values() for r in runs)
+    if latency:
+        head += " bs1 p50 ms | bs1 p99 ms |"
     head += "".join(f" x {p} |" for p in peers)
-    rows = [head, "|" + "---|" * (6 + len(peers))]
+    rows = [head, "|" + "---|" * (6 + 2 * latency + len(peers))]
     for label, runs in results.items():
         rates = [r["images_per_sec"] for r in runs]
         cells = [
@@ -89,6 +153,11 @@ def table(results, peers):
             _median_cell(runs, "peak_rss_mb", "{:.0f}"),
             _median_cell(runs, "load_avg", "{:.1f}"),
         ]
+        if latency:
+            cells += [
+                _median_cell(runs, "p50_ms", "{:.1f}"),
+                _median_cell(runs, "p99_ms", "{:.1f}"),
+            ]
         cells += [f"{medians[label] / medians[p]:.2f}" for p in peers]
         rows.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
@@ -106,7 +175,9 @@ def model_commands(args):
         for name in ("mode", "batch_size", "image_size", "dtype", "steps", "windows", "warmup")
     ]
     commands = [our_command(t, common, args.backend) for t in args.ours.split(",") if t]
-    commands += [peer_command(t, common) for t in args.peers.split(",") if t]
+    latency = [f"--latency_calls={args.latency_calls}"] if args.latency_calls else []
+    commands += [peer_command(t, common + latency) for t in args.peers.split(",") if t]
+    commands += [exported_command(t, path, args) for t, path in args.exported_paths.items()]
     return [(label, command, parse_json) for label, command in commands]
 
 
@@ -146,6 +217,9 @@ def main(argv=None):
     parser.add_argument("--backend", default="tensorflow", help="KERAS_BACKEND of our runs.")
     parser.add_argument("--ours", default="split,grouped,auto")
     parser.add_argument("--peers", default="eager,eager+cl,compiled+cl")
+    parser.add_argument("--exported", default="", help="exported artefacts, e.g. openvino+bf16")
+    parser.add_argument("--model", default="resnext50_32x4d", help="model of the exports")
+    parser.add_argument("--latency_calls", type=int, default=0, help="batch-1 calls timed")
     parser.add_argument("--data_dir", help="pipeline: ImageNet folder; default generated JPEGs")
     parser.add_argument("--num_images", type=int, default=512)
     parser.add_argument("--photo_size", default="500x375")
@@ -154,6 +228,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     data_dir = None
+    export_dir = None
+    args.exported_paths = {}
+    tokens = [t for t in args.exported.split(",") if t]
+    if tokens and args.suite == "model":
+        export_dir = tempfile.mkdtemp(prefix="resnext_tf_exports_")
+        writes, args.exported_paths = export_commands(args, tokens, export_dir)
     if args.suite == "pipeline":
         data_dir = args.data_dir or write_photos(args)
         commands = pipeline_commands(args, data_dir)
@@ -165,6 +245,10 @@ def main(argv=None):
     results = {}
     print(f"load average at start: {os.getloadavg()[0]:.2f}; {args}", flush=True)
     try:
+        for command in writes if export_dir else []:
+            proc = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+            if proc.returncode:
+                raise SystemExit(f"FAILED: {' '.join(command)}\n{proc.stderr[-3000:]}")
         for repeat in range(args.repeats):
             for label, command, parse in commands:
                 for name, result in run(label, command, parse, env).items():
@@ -174,6 +258,8 @@ def main(argv=None):
     finally:
         if data_dir and not args.data_dir:
             shutil.rmtree(data_dir)
+        if export_dir:
+            shutil.rmtree(export_dir)
     peers = [label for label in results if label.startswith("torchvision")]
     print(table(results, peers))
 

@@ -26,6 +26,7 @@ from resnext_tf.benchmark import (  # noqa: E402
     MOMENTUM,
     device_peak_memory_mb,
     emit,
+    latency_percentiles,
     machine_load,
     peak_host_memory_mb,
     throughput,
@@ -48,6 +49,12 @@ def parse_args(argv=None):
     parser.add_argument("--windows", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument(
+        "--latency_calls",
+        type=int,
+        default=0,
+        help="then time this many batch-1 calls one by one (p50, p99); infer mode only",
+    )
     return parser.parse_args(argv)
 
 
@@ -97,6 +104,11 @@ def main(argv=None):
             torch.cuda.synchronize()
 
     warmup_s, seconds, cpu_seconds = time_windows(step, sync, args.steps, args.windows, args.warmup)
+    latency = {}
+    if args.latency_calls and args.mode == "infer":
+        # A batch-1 model of its own (torch.compile specialises on the shape).
+        one = make_step(argparse.Namespace(**{**vars(args), "batch_size": 1}), device)
+        latency = latency_percentiles(one, sync, args.latency_calls, warmup=max(args.warmup, 3))
     variant = ("compiled" if args.compile else "eager") + (
         " channels_last" if args.channels_last else ""
     )
@@ -118,6 +130,7 @@ def main(argv=None):
             "peak_rss_mb": peak_host_memory_mb(),
             "device_peak_mb": device_peak_memory_mb(),
             "load_avg": machine_load(),
+            **latency,
         }
     )
 

@@ -150,6 +150,24 @@ def throughput(batch_size, steps, seconds, cpu_seconds):
     }
 
 
+def latency_percentiles(step, sync, calls, warmup):
+    """Milliseconds per call of `step` (each call synced on its own) after `warmup` calls:
+    {"p50_ms", "p99_ms", "latency_calls"}. p99 of fewer than 100 calls is the slowest call
+    or close to it (numpy's linear interpolation)."""
+    for _ in range(warmup):
+        sync(step())
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        sync(step())
+        times.append(1e3 * (time.perf_counter() - start))
+    return {
+        "p50_ms": round(float(np.percentile(times, 50)), 2),
+        "p99_ms": round(float(np.percentile(times, 99)), 2),
+        "latency_calls": calls,
+    }
+
+
 def peak_host_memory_mb():
     """Peak resident set size of this process (ru_maxrss is in KiB on Linux, bytes on macOS)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -165,6 +183,8 @@ def emit(result):
         f"{result['images_per_sec_max']}), peak RSS {result['peak_rss_mb']} MB"
         + (f", device peak {result['device_peak_mb']} MB" if result.get("device_peak_mb") else "")
     )
+    if result.get("p50_ms") is not None:
+        print(f"batch 1 latency: p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms")
     print(JSON_PREFIX + json.dumps(result), flush=True)
 
 
