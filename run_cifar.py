@@ -2,17 +2,16 @@
 
     python run_cifar.py --depth=29 --cardinality=16 --base_width=64
 
-See docs/training.md for every flag.
+--help lists the flags by group; docs/training.md explains them.
 """
 
-from absl import app, flags
+from absl import app
 
 import flags as resnext_flags
 from resnext_tf import training
 from resnext_tf.errors import user_errors_exit
 
-for group in resnext_flags.define_flags(datasets=("cifar10", "cifar100")):
-    flags.adopt_module_key_flags(group)  # --help lists them
+resnext_flags.define_flags(datasets=("cifar10", "cifar100"))
 
 
 @user_errors_exit  # a bad data_dir, held lock or damaged checkpoint: one line, exit 2
@@ -23,4 +22,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=resnext_flags.parse_flags)

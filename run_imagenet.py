@@ -3,17 +3,16 @@
     python run_imagenet.py --data_dir=DATA --depth=50 --cardinality=32 --base_width=4 \
         --batch_size=256
 
-See docs/training.md for every flag.
+--help lists the flags by group; docs/training.md explains them.
 """
 
-from absl import app, flags
+from absl import app
 
 import flags as resnext_flags
 from resnext_tf import training
 from resnext_tf.errors import user_errors_exit
 
-for group in resnext_flags.define_flags(datasets=("imagenet",)):
-    flags.adopt_module_key_flags(group)  # --help lists them
+resnext_flags.define_flags(datasets=("imagenet",))
 
 
 @user_errors_exit  # a bad data_dir, held lock or damaged checkpoint: one line, exit 2
@@ -24,4 +23,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=resnext_flags.parse_flags)

@@ -41,6 +41,12 @@ class LockedError(UserError, RuntimeError):
     """Another live process holds the model_dir."""
 
 
+def check_choice(name, value, allowed):
+    """Raises ValueError, naming the value and the choices, unless `value` is one of `allowed`."""
+    if value not in allowed:
+        raise ValueError(f"Unknown {name}; received {name}={value!r}; expected one of {allowed}.")
+
+
 def show_traceback():
     """Whether the user asked for tracebacks of user errors."""
     return os.environ.get(TRACEBACK_ENV, "").strip().lower() in ("1", "true", "yes", "on")

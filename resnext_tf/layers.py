@@ -14,6 +14,8 @@ import math
 import keras
 from keras import ops
 
+from resnext_tf.errors import check_choice
+
 # Torch's nn.SpatialBatchNormalization / nn.BatchNorm2d defaults: eps 1e-5, running-average
 # momentum 0.1, which is Keras momentum 0.9.
 BN_EPSILON = 1e-5
@@ -36,12 +38,6 @@ def conv_initializer():
     return keras.initializers.VarianceScaling(
         scale=2.0, mode="fan_out", distribution="untruncated_normal"
     )
-
-
-def check_choice(name, value, allowed):
-    """Raises ValueError unless `value` is one of `allowed`."""
-    if value not in allowed:
-        raise ValueError(f"Unknown {name}; received {name}={value!r}, expected one of {allowed}.")
 
 
 def tf_native_grouped_conv(dtype="float32"):

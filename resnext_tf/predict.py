@@ -449,7 +449,6 @@ def model_from_weights(name, weights, num_classes=None):
 
 def model_from_run(model_dir, name=None):
     """(model, data config, class names) of the latest checkpoint of a training run."""
-    from resnext_tf.data.config import DEFAULT_IMAGE_SIZE
     from resnext_tf.registry import model_kwargs
     from resnext_tf.training import checkpoint, modeling
     from resnext_tf.training.config import TrainConfig
@@ -467,7 +466,7 @@ def model_from_run(model_dir, name=None):
         config = TrainConfig(**{**saved, "sync_bn": False, "conv_impl": "auto"})
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"The configuration recorded in {found} is not usable: {e}") from e
-    stem = "cifar" if config.is_cifar else "imagenet"
+    stem = config.recipe.stem
     if name is not None:
         wanted = model_kwargs(name)
         ours = {
@@ -481,7 +480,7 @@ def model_from_run(model_dir, name=None):
                 f"--model={name} differs from the run in {model_dir} ({ours}); leave out --model "
                 "to use the run's architecture."
             )
-    size = config.image_size or DEFAULT_IMAGE_SIZE[config.dataset]
+    size = config.data_config.crop_size
     num_classes = state["num_classes"]
     model = modeling.build_model(config, (size, size, 3), num_classes)
     try:

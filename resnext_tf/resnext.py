@@ -4,6 +4,7 @@ import numbers
 
 import keras
 
+from resnext_tf.errors import check_choice
 from resnext_tf.layers import (
     BN_EPSILON,
     BN_MOMENTUM,
@@ -13,8 +14,8 @@ from resnext_tf.layers import (
     BatchNorm,
     Bottleneck,
     GroupedConv2D,
-    check_choice,
 )
+from resnext_tf.recipes import RECIPES
 
 # ImageNet depth -> blocks in each of the four stages (ResNeXt models/resnext.lua).
 IMAGENET_STAGE_BLOCKS = {
@@ -28,7 +29,8 @@ CIFAR_PLANES = (64, 128, 256)
 # Smallest input side each stem accepts: ImageNet downsamples by 32 (as keras.applications.ResNet),
 # CIFAR by 4.
 MIN_INPUT_SIZE = {"imagenet": 32, "cifar": 8}
-DEFAULT_INPUT_SIZE = {"imagenet": 224, "cifar": 32}
+# Default input side of each stem: its datasets' crop (resnext_tf.recipes).
+DEFAULT_INPUT_SIZE = {r.stem: r.image_size for r in RECIPES.values()}
 STEMS = ("imagenet", "cifar")
 POOLINGS = (None, "avg", "max")
 
@@ -50,13 +52,13 @@ def stage_blocks(stem, depth):
     if stem == "imagenet":
         if depth not in IMAGENET_STAGE_BLOCKS:
             raise ValueError(
-                f"Invalid depth for the ImageNet stem; received depth={depth!r}, expected one of "
+                f"Invalid depth for the ImageNet stem; received depth={depth!r}; expected one of "
                 f"{tuple(IMAGENET_STAGE_BLOCKS)}."
             )
         return IMAGENET_STAGE_BLOCKS[depth]
     if not isinstance(depth, int) or depth < 11 or (depth - 2) % 9:
         raise ValueError(
-            f"Invalid depth for the CIFAR stem; received depth={depth!r}, expected 9n + 2 with "
+            f"Invalid depth for the CIFAR stem; received depth={depth!r}; expected 9n + 2 with "
             "n >= 1 (11, 20, 29, ...)."
         )
     return ((depth - 2) // 9,) * 3

@@ -32,6 +32,7 @@ import zlib
 import numpy as np
 
 from resnext_tf.errors import DataError
+from resnext_tf.recipes import RECIPES
 
 try:
     from numpy._core import multiarray as _multiarray
@@ -42,7 +43,9 @@ except ImportError:  # numpy 1.x
 
 
 @dataclasses.dataclass(frozen=True)
-class _Layout:
+class _ArchiveFiles:
+    """Where the official archive of a CIFAR dataset keeps its splits and labels."""
+
     folder: str  # what the official tarball extracts to
     train_files: tuple[str, ...]
     test_files: tuple[str, ...]
@@ -53,20 +56,20 @@ class _Layout:
 
 # Official python-version archives (docs/reference.md "Data"); CIFAR-100 uses the fine labels.
 LAYOUTS = {
-    "cifar10": _Layout(
+    "cifar10": _ArchiveFiles(
         folder="cifar-10-batches-py",
         train_files=tuple(f"data_batch_{i}" for i in range(1, 6)),
         test_files=("test_batch",),
         label_key=b"labels",
-        num_classes=10,
+        num_classes=RECIPES["cifar10"].num_classes,
         url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
     ),
-    "cifar100": _Layout(
+    "cifar100": _ArchiveFiles(
         folder="cifar-100-python",
         train_files=("train",),
         test_files=("test",),
         label_key=b"fine_labels",
-        num_classes=100,
+        num_classes=RECIPES["cifar100"].num_classes,
         url="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
     ),
 }

@@ -4,13 +4,11 @@ import dataclasses
 import os
 from typing import NamedTuple
 
-DATASETS = ("cifar10", "cifar100", "imagenet")
+from resnext_tf.recipes import recipe
+
 SPLITS = ("train", "eval")
 # data_dir value that selects generated images instead of files.
 SYNTHETIC = "synthetic"
-# Crop size when image_size is None: ImageNet trains and evaluates on 224 crops
-# (docs/reference.md "Data"); CIFAR images are 32x32.
-DEFAULT_IMAGE_SIZE = {"cifar10": 32, "cifar100": 32, "imagenet": 224}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,12 +53,13 @@ class DataConfig:
     """Input pipeline options; the defaults are the original recipe (docs/reference.md "Data").
 
     Attributes:
-        dataset: "cifar10", "cifar100" or "imagenet".
+        dataset: a dataset of resnext_tf.recipes: "cifar10", "cifar100" or "imagenet".
         data_dir: None (TFDS default folder), a path (CIFAR python-version folder or .tar.gz,
             ImageNet train/ val/ folders, or a TFDS data_dir) or "synthetic". CIFAR files under
             the official names must have the official MD5 (resnext_tf.data.cifar explains).
-        image_size: Side of the square model input; None gives 224 (ImageNet) or 32 (CIFAR).
-        eval_resize: ImageNet evaluation resizes the shorter side to this before the centre crop.
+        image_size: Side of the square model input; None: the recipe's.
+        eval_resize: ImageNet evaluation resizes the shorter side to this before the centre crop;
+            None: the recipe's ratio to the crop (`Recipe.eval_resize_for`).
         seed: Seed of the shuffling order and of every augmentation draw.
         cache: Keep the evaluation split's preprocessed examples in memory after the first pass.
         ten_crop: ImageNet evaluation yields 10 crops per image ([b, 10, H, W, 3]).
@@ -81,7 +80,7 @@ class DataConfig:
     dataset: str
     data_dir: str | None = None
     image_size: int | None = None
-    eval_resize: int = 256
+    eval_resize: int | None = None
     seed: int = 0
     cache: bool = False
     ten_crop: bool = False
@@ -96,10 +95,8 @@ class DataConfig:
     image_limits: ImageLimits = ImageLimits()
 
     def __post_init__(self):
-        if self.dataset not in DATASETS:
-            raise ValueError(
-                f"Unknown dataset; received dataset={self.dataset!r}; expected one of {DATASETS}."
-            )
+        if self.eval_resize is None:
+            object.__setattr__(self, "eval_resize", self.recipe.eval_resize_for(self.crop_size))
         if self.data_dir is not None:
             object.__setattr__(self, "data_dir", os.fspath(self.data_dir))
         # Flags may hand over lists; tuples keep the config hashable.
@@ -122,10 +119,11 @@ class DataConfig:
 
     def _check_sizes(self):
         size = self.crop_size
-        if self.is_cifar and size != 32:
+        native = self.recipe.image_size
+        if self.is_cifar and size != native:
             raise ValueError(
-                f"CIFAR images are 32x32; received image_size={self.image_size!r}; "
-                "expected None or 32."
+                f"CIFAR images are {native}x{native}; received image_size={self.image_size!r}; "
+                f"expected None or {native}."
             )
         if self.is_cifar and self.ten_crop:
             raise ValueError(
@@ -139,10 +137,16 @@ class DataConfig:
             )
 
     @property
+    def recipe(self):
+        """The dataset's Recipe (raises ValueError for an unknown dataset)."""
+        return recipe(self.dataset)
+
+    @property
     def is_cifar(self) -> bool:
-        return self.dataset != "imagenet"
+        """Whether the images are CIFAR's: in memory, fixed size, the CIFAR transforms."""
+        return self.recipe.stem == "cifar"
 
     @property
     def crop_size(self) -> int:
         """The side of the square images the pipeline yields."""
-        return DEFAULT_IMAGE_SIZE[self.dataset] if self.image_size is None else int(self.image_size)
+        return self.recipe.image_size if self.image_size is None else int(self.image_size)

@@ -31,7 +31,7 @@ GREY = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
-class _Layout:
+class _BatchSplit:
     """How a global batch is split: this pipeline feeds `width` examples per step from
     position `offset` of the step, as width / batch per-replica batches."""
 
@@ -48,7 +48,7 @@ class _Layout:
         return sum(min(max(num_examples - start, 0), self.width) for start in step_starts)
 
 
-def _layout(global_batch_size, input_context):
+def _batch_split(global_batch_size, input_context):
     replicas, pipelines, pipeline_id = 1, 1, 0
     if input_context is not None:
         replicas = input_context.num_replicas_in_sync
@@ -65,7 +65,7 @@ def _layout(global_batch_size, input_context):
             f"num_replicas_in_sync={replicas}, num_input_pipelines={pipelines}."
         )
     width = global_batch_size // pipelines
-    return _Layout(global_batch_size, global_batch_size // replicas, width, pipeline_id * width)
+    return _BatchSplit(global_batch_size, global_batch_size // replicas, width, pipeline_id * width)
 
 
 def _epoch_seeds(seed, epoch):
@@ -73,21 +73,21 @@ def _epoch_seeds(seed, epoch):
     return transforms.split_seed(tf.constant([seed, epoch], tf.int64), 2)
 
 
-def _example_shape(cfg, train):
-    size = cfg.crop_size
-    return [10, size, size, 3] if cfg.ten_crop and not train else [size, size, 3]
+def _example_shape(config, train):
+    size = config.crop_size
+    return [10, size, size, 3] if config.ten_crop and not train else [size, size, 3]
 
 
-def _standin(cfg, train):
+def _standin(config, train):
     """What an example none of whose files decodes becomes: a mid-grey image, left as it is
     by the colour map in training."""
     if train:
-        grey = tf.fill(_example_shape(cfg, train), 255.0 * GREY)
+        grey = tf.fill(_example_shape(config, train), 255.0 * GREY)
         neutral = transforms.colour_map(
             tf.fill([3], 255.0 * GREY), tf.constant(transforms.NO_JITTER), tf.zeros([3])
         )
         return grey, neutral
-    grey = tf.fill(_example_shape(cfg, train), GREY)
+    grey = tf.fill(_example_shape(config, train), GREY)
     return transforms.normalize(grey, transforms.IMAGENET_MEAN, transforms.IMAGENET_STD)
 
 
@@ -197,7 +197,7 @@ def _replace_unreadable(batch, found, fetch, transform, standin, train):
     )
 
 
-def _decode_batches(ds, fetch, transform, cfg, train):
+def _decode_batches(ds, fetch, transform, config, train):
     """Decodes batches of examples, replacing an example whose file cannot be read or decoded.
 
     Elements of `ds` are batches of (seed [b, 2], names [b, C], sources [b, C], labels [b, C]):
@@ -210,7 +210,7 @@ def _decode_batches(ds, fetch, transform, cfg, train):
     Returns:
         Batches of (transform outputs, labels).
     """
-    standin = _standin(cfg, train)
+    standin = _standin(config, train)
 
     def decode(*batch):
         seeds, _, sources, labels = batch
@@ -229,25 +229,27 @@ def _decode_batches(ds, fetch, transform, cfg, train):
     return ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=True)
 
 
-def _imagenet_transform(cfg, train):
+def _imagenet_transform(config, train):
     if train:
-        return lambda data, seed: transforms.imagenet_train(data, seed, cfg, cfg.image_limits)
-    return lambda data, seed: transforms.imagenet_eval(data, cfg, cfg.image_limits)
+        return lambda data, seed: transforms.imagenet_train(data, seed, config, config.image_limits)
+    return lambda data, seed: transforms.imagenet_eval(data, config, config.image_limits)
 
 
-def _positions(layout, start, stop):
+def _positions(batching, start, stop):
     """This pipeline's epoch positions, for its local slots start .. stop - 1."""
-    width, batch, offset = layout.width, layout.global_batch, layout.offset
+    width, batch, offset = batching.width, batching.global_batch, batching.offset
     return tf.data.Dataset.range(start, stop).map(lambda t: t // width * batch + offset + t % width)
 
 
-def _cifar_examples(ds, arrays, cfg, train):
+def _cifar_examples(ds, arrays, config, train):
     images, labels = tf.constant(arrays.images), tf.constant(arrays.labels)
 
     def example(index, seed):
         image = tf.gather(images, index)
         image = (
-            transforms.cifar_train(image, seed, cfg) if train else transforms.cifar_eval(image, cfg)
+            transforms.cifar_train(image, seed, config)
+            if train
+            else transforms.cifar_eval(image, config)
         )
         return image, tf.gather(labels, index)
 
@@ -268,17 +270,17 @@ def _file_candidates(ds, index, train):
     return ds.map(candidates, num_parallel_calls=AUTOTUNE, deterministic=True)
 
 
-def _indexed_examples(cfg, data, train, layout, start, count, epoch):
+def _indexed_examples(config, data, train, batching, start, count, epoch):
     """Examples of an in-memory or file source, read by index in epoch order: CIFAR
     (image, label) pairs, or the candidates of _decode_batches."""
-    shuffle_seed, augment_seed = _epoch_seeds(cfg.seed, epoch)
-    ds = _positions(layout, start, start + count)
+    shuffle_seed, augment_seed = _epoch_seeds(config.seed, epoch)
+    ds = _positions(batching, start, start + count)
     if train:
         last = tf.constant(data.num_examples - 1, tf.int64)
         ds = ds.map(lambda pos: tf.random.experimental.index_shuffle(pos, shuffle_seed, last))
     ds = ds.map(lambda i: (i, tf.random.experimental.stateless_fold_in(augment_seed, i)))
     if isinstance(data, CifarArrays):
-        return _cifar_examples(ds, data, cfg, train)
+        return _cifar_examples(ds, data, config, train)
     return _file_candidates(ds, data, train)
 
 
@@ -298,7 +300,7 @@ def _window_shuffle(ds, seed):
     return ds.batch(SHUFFLE_WINDOW).enumerate().map(shuffle).unbatch()
 
 
-def _streamed_examples(cfg, data, train, layout, start, count, epoch, input_context):
+def _streamed_examples(config, data, train, batching, start, count, epoch, input_context):
     """Candidates (of _decode_batches) of a TFDS imagenet2012 (TFRecords).
 
     Training shards by file (TFDS input_context) and cycles a pipeline's files to fill exactly
@@ -306,7 +308,7 @@ def _streamed_examples(cfg, data, train, layout, start, count, epoch, input_cont
     """
     import tensorflow_datasets as tfds  # slow import, only when TFDS is the source
 
-    shuffle_seed, augment_seed = _epoch_seeds(cfg.seed, epoch)
+    shuffle_seed, augment_seed = _epoch_seeds(config.seed, epoch)
     read = functools.partial(
         data.builder.as_dataset,
         split=data.name,
@@ -314,13 +316,14 @@ def _streamed_examples(cfg, data, train, layout, start, count, epoch, input_cont
         decoders={"image": tfds.decode.SkipDecoding()},
     )
     if train:
-        config = tfds.ReadConfig(
-            shuffle_seed=_python_seed(cfg.seed, epoch), input_context=input_context
+        read_config = tfds.ReadConfig(
+            shuffle_seed=_python_seed(config.seed, epoch), input_context=input_context
         )
-        ds = _window_shuffle(read(shuffle_files=True, read_config=config), shuffle_seed).repeat()
+        ds = _window_shuffle(read(shuffle_files=True, read_config=read_config), shuffle_seed)
+        ds = ds.repeat()
         ds = ds.enumerate().skip(start).take(count)
     else:
-        batch, offset, width = layout.global_batch, layout.offset, layout.width
+        batch, offset, width = batching.global_batch, batching.offset, batching.width
         ds = read(shuffle_files=False).enumerate()
         ds = ds.filter(
             lambda pos, _: (
@@ -329,7 +332,7 @@ def _streamed_examples(cfg, data, train, layout, start, count, epoch, input_cont
                 & (pos >= start // width * batch)
             )
         )
-    key = tf.random.experimental.stateless_fold_in(augment_seed, layout.offset)
+    key = tf.random.experimental.stateless_fold_in(augment_seed, batching.offset)
 
     def candidates(pos, record):
         name = tf.strings.format("{} record {}", (data.name, pos))
@@ -340,35 +343,39 @@ def _streamed_examples(cfg, data, train, layout, start, count, epoch, input_cont
     return ds.map(candidates)
 
 
-def _synthetic(cfg, num_classes, layout, steps, skip, num_examples, train):
+def _synthetic(config, num_classes, batching, steps, skip, num_examples, train):
     """The same random batch every step, labels beyond the split's size set to -1."""
-    images = tf.random.stateless_normal([layout.batch, *_example_shape(cfg, train)], [cfg.seed, 0])
-    labels = tf.random.stateless_uniform([layout.batch], [cfg.seed, 1], 0, num_classes, tf.int32)
-    per_step = layout.width // layout.batch
+    images = tf.random.stateless_normal(
+        [batching.batch, *_example_shape(config, train)], [config.seed, 0]
+    )
+    labels = tf.random.stateless_uniform(
+        [batching.batch], [config.seed, 1], 0, num_classes, tf.int32
+    )
+    per_step = batching.width // batching.batch
 
     def batch(t):
         first = (
-            (skip + t // per_step) * layout.global_batch
-            + layout.offset
-            + t % per_step * layout.batch
+            (skip + t // per_step) * batching.global_batch
+            + batching.offset
+            + t % per_step * batching.batch
         )
-        positions = first + tf.range(layout.batch, dtype=tf.int64)
+        positions = first + tf.range(batching.batch, dtype=tf.int64)
         return images, tf.where(positions < num_examples, labels, -1)
 
     return tf.data.Dataset.range((steps - skip) * per_step).map(batch)
 
 
-def _batches(cfg, data, train, layout, start, count, epoch, input_context):
+def _batches(config, data, train, batching, start, count, epoch, input_context):
     """Batches of this pipeline's `count` examples from local slot `start` (train: all whole)."""
     if isinstance(data, CifarArrays | FileIndex):
-        ds = _indexed_examples(cfg, data, train, layout, start, count, epoch)
+        ds = _indexed_examples(config, data, train, batching, start, count, epoch)
     else:
-        ds = _streamed_examples(cfg, data, train, layout, start, count, epoch, input_context)
-    ds = ds.batch(layout.batch, drop_remainder=train)
+        ds = _streamed_examples(config, data, train, batching, start, count, epoch, input_context)
+    ds = ds.batch(batching.batch, drop_remainder=train)
     if isinstance(data, CifarArrays):
         return ds
     fetch = tf.io.read_file if isinstance(data, FileIndex) else tf.identity
-    ds = _decode_batches(ds, fetch, _imagenet_transform(cfg, train), cfg, train)
+    ds = _decode_batches(ds, fetch, _imagenet_transform(config, train), config, train)
     if not train:
         return ds
     # The colour work of a whole batch at once (transforms.apply_colour).
@@ -379,10 +386,10 @@ def _batches(cfg, data, train, layout, start, count, epoch, input_context):
     )
 
 
-def _padded(ds, count, total, batch, cfg):
+def _padded(ds, count, total, batch, config):
     """Fills the last, partial batch of `count` examples and adds whole batches up to `total`
     examples, with zero images labelled -1."""
-    shape = _example_shape(cfg, False)
+    shape = _example_shape(config, False)
 
     def fill(images, labels):
         missing = batch - tf.shape(labels)[0]
@@ -395,7 +402,7 @@ def _padded(ds, count, total, batch, cfg):
     return ds.map(fill).concatenate(tf.data.Dataset.from_tensors(pad).repeat(extra))
 
 
-def _num_steps(cfg, split, num_examples, global_batch_size, skip_batches):
+def _num_steps(config, split, num_examples, global_batch_size, skip_batches):
     """Steps of a train epoch (whole batches) or of an eval pass (the last one padded)."""
     if split == "train":
         steps = num_examples // global_batch_size
@@ -403,7 +410,7 @@ def _num_steps(cfg, split, num_examples, global_batch_size, skip_batches):
         steps = -(-num_examples // global_batch_size)
     if steps == 0:
         raise ValueError(
-            f"The {split} split of {cfg.dataset} at data_dir={cfg.data_dir!r} has "
+            f"The {split} split of {config.dataset} at data_dir={config.data_dir!r} has "
             f"{num_examples} examples; training needs at least "
             f"global_batch_size={global_batch_size}, evaluation at least 1."
         )
@@ -416,7 +423,7 @@ def _num_steps(cfg, split, num_examples, global_batch_size, skip_batches):
 
 
 def build_dataset(
-    cfg: DataConfig,
+    config: DataConfig,
     split: str,
     global_batch_size: int,
     input_context: tf.distribute.InputContext | None = None,
@@ -426,7 +433,7 @@ def build_dataset(
     """Builds one epoch (train) or one pass (eval) of batches.
 
     Args:
-        cfg: DataConfig.
+        config: DataConfig.
         split: "train" or "eval".
         global_batch_size: Examples per step over all replicas.
         input_context: From tf.distribute's distribute_datasets_from_function; this pipeline
@@ -442,27 +449,29 @@ def build_dataset(
         ten_crop gives images [b, 10, H, W, 3].
 
     Raises:
-        ValueError: Bad split, batch size, replica layout, skip_batches, or too small a split.
+        ValueError: Bad split, batch size, replica batching, skip_batches, or too small a split.
     """
     if split not in SPLITS:
         raise ValueError(f"Unknown split; received split={split!r}; expected one of {SPLITS}.")
-    layout = _layout(global_batch_size, input_context)
-    source = load_source(cfg.dataset, cfg.data_dir)
+    batching = _batch_split(global_batch_size, input_context)
+    source = load_source(config.dataset, config.data_dir)
     num_examples = source.num_examples(split)
     train = split == "train"
-    steps = _num_steps(cfg, split, num_examples, global_batch_size, skip_batches)
+    steps = _num_steps(config, split, num_examples, global_batch_size, skip_batches)
     data = source.splits[split]
     if isinstance(data, SyntheticSplit):
-        ds = _synthetic(cfg, source.num_classes, layout, steps, skip_batches, num_examples, train)
+        ds = _synthetic(
+            config, source.num_classes, batching, steps, skip_batches, num_examples, train
+        )
     else:
-        start, total = skip_batches * layout.width, (steps - skip_batches) * layout.width
-        count = total if train else layout.local_count(num_examples, steps, skip_batches)
-        ds = _batches(cfg, data, train, layout, start, count, epoch, input_context)
+        start, total = skip_batches * batching.width, (steps - skip_batches) * batching.width
+        count = total if train else batching.local_count(num_examples, steps, skip_batches)
+        ds = _batches(config, data, train, batching, start, count, epoch, input_context)
         if not train:
-            ds = _padded(ds, count, total, layout.batch, cfg)
-            ds = ds.cache() if cfg.cache else ds
+            ds = _padded(ds, count, total, batching.batch, config)
+            ds = ds.cache() if config.cache else ds
     # TFDS filtering and cycling hide the length; state it so len(ds) and progress bars work.
-    batches = (steps - skip_batches) * layout.width // layout.batch
+    batches = (steps - skip_batches) * batching.width // batching.batch
     ds = ds.apply(tf.data.experimental.assert_cardinality(batches))
     options = tf.data.Options()
     options.deterministic = True

@@ -7,14 +7,7 @@ import os
 from resnext_tf.data import cifar, imagenet
 from resnext_tf.data.config import SYNTHETIC, DataConfig, DatasetSpec
 from resnext_tf.errors import DataError
-
-# Official (train, eval) sizes, reported for synthetic data.
-OFFICIAL_COUNTS = {
-    "cifar10": (50000, 10000),
-    "cifar100": (50000, 10000),
-    "imagenet": (1281167, 50000),
-}
-NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000}
+from resnext_tf.recipes import recipe
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,25 +55,27 @@ def load_source(dataset, data_dir):
         DataError: data_dir is missing, damaged or not in a supported layout (for ImageNet, a
             folder without train/ or val/ is taken as a TFDS data_dir and fails if unprepared).
     """
+    known = recipe(dataset)
     if data_dir == SYNTHETIC:
-        counts = dict(zip(("train", "eval"), OFFICIAL_COUNTS[dataset], strict=True))
-        return Source(NUM_CLASSES[dataset], {s: SyntheticSplit(n) for s, n in counts.items()})
-    if dataset != "imagenet":
-        return Source(NUM_CLASSES[dataset], cifar.load_cifar(dataset, data_dir))
+        # Synthetic data reports the official split sizes.
+        splits = {"train": known.num_train, "eval": known.num_eval}
+        return Source(known.num_classes, {s: SyntheticSplit(n) for s, n in splits.items()})
+    if known.stem == "cifar":
+        return Source(known.num_classes, cifar.load_cifar(dataset, data_dir))
     _check_imagenet_dir(data_dir)
     if data_dir is not None and imagenet.is_folder_layout(data_dir):
         return _imagenet_folders(data_dir)
-    return Source(NUM_CLASSES[dataset], imagenet.load_tfds_splits(data_dir))
+    return Source(known.num_classes, imagenet.load_tfds_splits(data_dir))
 
 
-def dataset_spec(cfg: DataConfig) -> DatasetSpec:
-    """Returns the class count, split sizes and image shape of cfg's dataset.
+def dataset_spec(config: DataConfig) -> DatasetSpec:
+    """Returns the class count, split sizes and image shape of config's dataset.
 
     Cheap: reads no image (CIFAR reads its arrays once per process, an ImageNet folder its
     cached file index).
     """
-    source = load_source(cfg.dataset, cfg.data_dir)
-    size = cfg.crop_size
+    source = load_source(config.dataset, config.data_dir)
+    size = config.crop_size
     return DatasetSpec(
         num_classes=source.num_classes,
         num_train=source.num_examples("train"),

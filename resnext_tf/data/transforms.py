@@ -19,6 +19,7 @@ import tensorflow as tf
 
 # ImageLimits is defined with the other pure configuration; the transforms apply it.
 from resnext_tf.data.config import ImageLimits
+from resnext_tf.recipes import recipe
 
 # ImageNet channel mean and std on [0, 1] RGB images (docs/reference.md "Data", step 4).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -508,9 +509,6 @@ def decode_window(data, y, x, h, w, fused):
 # ---------------------------------------------------------------------------------------------
 # The evaluation resize and crop, computed from the source pixels the crop depends on.
 
-# ImageNet evaluation resizes the shorter side to 256 for a 224 crop (fb.resnet.torch's
-# Scale(256) + CenterCrop(224), docs/reference.md "Data"); other crop sizes keep that ratio.
-EVAL_RESIZE, EVAL_CROP = 256, 224
 # TensorFlow's ResizeBicubic reads Keys' cubic (a = -0.5) weights from a table of this many
 # steps per pixel; `_bicubic_taps` reads the same table, so its results are TensorFlow's.
 _TABLE_STEPS = 1024
@@ -524,13 +522,9 @@ WHOLE_RESIZE_RATIO = 4
 
 
 def eval_resize_size(crop_size):
-    """The shorter side the evaluation resizes to for a crop_size crop: crop_size * 256 / 224
-    rounded to the nearest integer (256 for 224, as in the original).
-
-    The nearest integer keeps the crop's share of the shorter side (224 / 256 = 0.875) as
-    close to the original as an integer side allows; 256 / 224 = 8 / 7 leaves no ties.
-    """
-    return (int(crop_size) * EVAL_RESIZE + EVAL_CROP // 2) // EVAL_CROP
+    """The shorter side the ImageNet evaluation resizes to for a crop_size crop (the recipe's
+    ratio, `Recipe.eval_resize_for`: 256 for 224)."""
+    return recipe("imagenet").eval_resize_for(crop_size)
 
 
 def _keys_table():

@@ -1,139 +1,313 @@
-"""Plain configuration of a training or evaluation run.
+"""TrainConfig: everything a training or evaluation run needs, and the description of its flags.
 
-Fields default to the original fb.resnet.torch options; fields left as None are filled from the
-dataset (REFERENCE.md: epochs, weight decay, learning-rate scaling, depth, class count).
+Each field carries its help text, flag group, choices and bounds as metadata (`option`); flags/
+generates the absl flags of run_cifar.py and run_imagenet.py from them, so a field and its flag
+are one fact. Fields left as None take the dataset's recipe (resnext_tf.recipes). Every option is
+validated here, in `__post_init__`: bounds and choices from the metadata, then the rules that
+relate fields; the model and data rules are those of build_resnext and DataConfig themselves.
 """
 
 import dataclasses
 import os
 import warnings
 
+from resnext_tf import recipes
+from resnext_tf.errors import check_choice
 from resnext_tf.layers import BOTTLENECK_TYPES, CONV_IMPLS, SHORTCUT_TYPES
-from resnext_tf.training import schedules
+from resnext_tf.resnext import stage_blocks
 from resnext_tf.training.optimizer import NO_DECAY_KINDS
+from resnext_tf.training.schedules import LR_SCHEDULES
 
-# Option sets of the original (REFERENCE.md) plus this project's additions; the model's own
-# (bottleneck, shortcut, convolution implementation) come from resnext_tf.layers.
+# Flag groups, in the order --help lists them.
+GROUPS = ("model", "data", "optimization", "distribution", "checkpointing", "performance")
 STRATEGIES = ("auto", "off", "one_device", "mirrored", "multi_worker_mirrored", "tpu")
 DTYPES = ("float32", "mixed_float16", "mixed_bfloat16")
-# Depth defaults: ResNeXt-50 on ImageNet, ResNeXt-29 on CIFAR (README recipes); ImageNet depths
-# of the original ResNeXt model file.
-DEFAULT_DEPTH = {"imagenet": 50, "cifar10": 29, "cifar100": 29}
-IMAGENET_DEPTHS = (50, 101, 152)
-# Global batch of the README recipes (8 GPUs): 256 on ImageNet, 128 on CIFAR.
-DEFAULT_BATCH_SIZE = {"imagenet": 256, "cifar10": 128, "cifar100": 128}
+# Fields that take the recipe's value of the same name when left as None.
+FROM_RECIPE = ("depth", "batch_size", "weight_decay", "epochs")
 # Above this global batch, a linearly scaled LR without warmup draws a warning: Goyal et al.
 # (2017) keep the batch-256 error up to batch 8k with the linear rule only thanks to 5 epochs
 # of gradual warmup.
 WARMUP_ADVISED_BATCH = 1024
 
 
-def _check_choice(name, value, allowed):
-    if value not in allowed:
-        raise ValueError(f"Unknown {name}; received {name}={value!r}; expected one of {allowed}.")
+def option(default, group, text, choices=None, low=None, high=None):
+    """A TrainConfig field with its flag's description.
 
-
-def _check_positive(name, value, allow_none=False, allow_zero=False):
-    if value is None and allow_none:
-        return
-    if value is None or value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be {bound}; received {name}={value!r}.")
+    Args:
+        default: the field's default.
+        group: one of GROUPS.
+        text: the flag's help; `{name}` stands for the recipe's value of `name`.
+        choices: allowed values (of each item, for a tuple field).
+        low: smallest allowed value.
+        high: values must stay below it (the flag accepts it, so the error names the rule).
+    """
+    metadata = dict(group=group, help=text, choices=choices, low=low, high=high)
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 @dataclasses.dataclass
 class TrainConfig:
-    """Everything a run needs; built by `flags.config_from_flags` or directly in Python.
+    """The options of a run; built by `flags.config_from_flags` or directly in Python."""
 
-    Model: dataset, depth, cardinality, base_width, bottleneck_type, shortcut_type, conv_impl,
-    num_classes (None: the dataset's), sync_bn, zero_init_residual (gamma 0 on each block's last
-    BN, as large-batch recipes do; off in the original).
-    Data: data_dir (None: default location; "synthetic": random data), image_size, ten_crop,
-    max_image_pixels / max_image_aspect / max_image_bytes (None: the ImageLimits default; an
-    ImageNet image over a limit is replaced like an unreadable file).
-    Optimisation: batch_size (global), lr (None: 0.1 * batch / reference batch), momentum,
-    weight_decay, nesterov, epochs, epoch_number (1-based first epoch), seed, steps_per_epoch and
-    train_steps (limits for smoke runs).
-    Large-batch and modern options, off by default (the original recipe): lr_schedule ("step",
-    the original's, or "cosine"), warmup_epochs (linear per-step warmup, fractions allowed),
-    label_smoothing, no_weight_decay_on (kinds from optimizer.NO_DECAY_KINDS: "bn", "bias"),
-    ema_decay (0: off; else the EMA of the weights is validated, checkpointed and exported).
-    Run: model_dir (None: runs/<dataset>_resnext<depth>_<C>x<d>d; a local or network file
-    system path), test_only, resume ("auto": continue from model_dir when it holds a checkpoint;
-    "none"; or a model_dir / checkpoint directory), overwrite (a run that does not continue
-    model_dir's own checkpoints first removes them, train_log.csv and the TensorBoard events;
-    without it such a run is refused), retrain (weights file), reset_classifier, export_dir.
-    Distribution: distribution_strategy, num_gpus (-1: all), tpu.
-    Performance: dtype, jit_compile, deterministic.
-    Checkpointing and logs: checkpoint_steps (0: end of epoch only), keep_checkpoints (0: all),
-    log_steps.
-    """
+    dataset: str = option("cifar10", "data", "Dataset.", recipes.DATASETS)
+    depth: int | None = option(
+        None,
+        "model",
+        "Network depth: 50, 101 or 152 with the ImageNet stem, 9n+2 with the CIFAR stem "
+        "(default: {depth}).",
+    )
+    cardinality: int = option(1, "model", "Groups C of the grouped 3x3 convolutions.", low=1)
+    base_width: int = option(
+        64,
+        "model",
+        "Width d of one group in the first stage (ResNeXt-50 32x4d: 4; CIFAR 16x64d: 64).",
+        low=1,
+    )
+    bottleneck_type: str = option(
+        "resnext_C",
+        "model",
+        "Block form: grouped conv (C), parallel branches (B) or plain ResNet bottleneck.",
+        BOTTLENECK_TYPES,
+    )
+    shortcut_type: str = option(
+        "B",
+        "model",
+        "Shortcut: A zero-padded identity, B projection when the shape changes, C always "
+        "projection.",
+        SHORTCUT_TYPES,
+    )
+    conv_impl: str = option(
+        "auto",
+        "model",
+        "Grouped convolution implementation (auto: resnext_tf.layers.resolve_conv_impl).",
+        CONV_IMPLS,
+    )
+    num_classes: int | None = option(
+        None,
+        "model",
+        "Classifier outputs (default: {num_classes}); the new head size with --reset_classifier.",
+        low=1,
+    )
+    sync_bn: bool = option(
+        False,
+        "distribution",
+        "BatchNorm statistics over the global batch (the original keeps them per GPU).",
+    )
+    zero_init_residual: bool = option(
+        False,
+        "model",
+        "Start each block's last BatchNorm gamma at 0, so every block begins as the identity "
+        "(Goyal et al.'s large-batch recipe; off in the original).",
+    )
 
-    dataset: str = "cifar10"
-    depth: int | None = None
-    cardinality: int = 1
-    base_width: int = 64
-    bottleneck_type: str = "resnext_C"
-    shortcut_type: str = "B"
-    conv_impl: str = "auto"
-    num_classes: int | None = None
-    sync_bn: bool = False
-    zero_init_residual: bool = False
+    data_dir: str | None = option(
+        None,
+        "data",
+        "Dataset location: CIFAR python-version folder, ImageNet folder with train/ and val/, "
+        "a TFDS data_dir, or 'synthetic' for random images. Default: the TFDS folder.",
+    )
+    image_size: int | None = option(
+        None, "data", "Side of the square model input (default: {image_size}).", low=1
+    )
+    ten_crop: bool = option(
+        False,
+        "data",
+        "ImageNet evaluation on 10 crops (corners, centre and their mirrors), logits summed.",
+    )
+    max_image_pixels: int | None = option(
+        None,
+        "data",
+        "ImageNet images with more pixels (width x height, read from the header before "
+        "decoding) are replaced like unreadable files. Default: ImageLimits' (PIL's limit).",
+    )
+    max_image_aspect: float | None = option(
+        None,
+        "data",
+        "ImageNet images with a longer / shorter side ratio above this are replaced like "
+        "unreadable files. Default: ImageLimits'.",
+    )
+    max_image_bytes: int | None = option(
+        None,
+        "data",
+        "ImageNet files longer than this are replaced like unreadable files. Default: "
+        "ImageLimits'.",
+    )
 
-    data_dir: str | None = None
-    image_size: int | None = None
-    ten_crop: bool = False
-    max_image_pixels: int | None = None
-    max_image_aspect: float | None = None
-    max_image_bytes: int | None = None
+    batch_size: int | None = option(
+        None,
+        "optimization",
+        "Global batch size over all replicas (default: {batch_size}).",
+        low=1,
+    )
+    lr: float | None = option(
+        None,
+        "optimization",
+        "Initial learning rate (default: linear scaling, {lr} * batch_size / {batch_size}).",
+        low=0,
+    )
+    momentum: float = option(recipes.MOMENTUM, "optimization", "SGD momentum.", low=0, high=1)
+    weight_decay: float | None = option(
+        None,
+        "optimization",
+        "Coupled L2 weight decay on every parameter (default: {weight_decay}).",
+        low=0,
+    )
+    nesterov: bool = option(recipes.NESTEROV, "optimization", "Nesterov momentum.")
+    epochs: int | None = option(
+        None,
+        "optimization",
+        "Total epochs (default: {epochs}); the CIFAR decay points are fractions of it.",
+        low=1,
+    )
+    epoch_number: int = option(
+        1,
+        "optimization",
+        "First epoch of a fresh run (1-based); a resumed run continues from its checkpoint.",
+        low=1,
+    )
+    seed: int = option(0, "optimization", "Seed of initialisation, shuffling and augmentation.")
+    steps_per_epoch: int | None = option(
+        None,
+        "optimization",
+        "Cap on the batches of one epoch (smoke runs); default: the whole training split.",
+        low=1,
+    )
+    train_steps: int | None = option(
+        None,
+        "optimization",
+        "Stop once this many global steps are done (smoke runs); default: no limit.",
+        low=1,
+    )
+    lr_schedule: str = option(
+        "step",
+        "optimization",
+        "step: the original's x0.1 decays ({step_decays}); cosine: per-step cosine decay to "
+        "zero after the warmup.",
+        LR_SCHEDULES,
+    )
+    warmup_epochs: float = option(
+        0.0,
+        "optimization",
+        "Linear per-step warmup from lr / warmup_steps to --lr over this many epochs (fractions "
+        "allowed; must be < --epochs); 0: none, as the original. 5 for global batches over 1k "
+        "(Goyal et al. 2017).",
+        low=0,
+    )
+    label_smoothing: float = option(
+        0.0,
+        "optimization",
+        "Label smoothing eps of the training loss, in [0, 1); 0: plain cross-entropy.",
+        low=0,
+        high=1,
+    )
+    no_weight_decay_on: tuple[str, ...] = option(
+        (),
+        "optimization",
+        "Comma-separated kinds of variables without weight decay (bn: BatchNorm gamma and "
+        "beta; bias: the classifier bias); default: decay on all, as the original.",
+        NO_DECAY_KINDS,
+    )
+    ema_decay: float = option(
+        0.0,
+        "optimization",
+        "Decay of an exponential moving average of all weights (BatchNorm statistics included), "
+        "e.g. 0.9999; the EMA is validated (own log line and CSV columns), checkpointed and "
+        "exported. 0: off.",
+        low=0,
+        high=1,
+    )
 
-    batch_size: int | None = None
-    lr: float | None = None
-    momentum: float = 0.9
-    weight_decay: float | None = None
-    nesterov: bool = True
-    epochs: int | None = None
-    epoch_number: int = 1
-    seed: int = 0
-    steps_per_epoch: int | None = None
-    train_steps: int | None = None
-    lr_schedule: str = "step"
-    warmup_epochs: float = 0.0
-    label_smoothing: float = 0.0
-    no_weight_decay_on: tuple[str, ...] = ()
-    ema_decay: float = 0.0
+    model_dir: str | None = option(
+        None,
+        "checkpointing",
+        "Run directory for checkpoints, train_log.csv and TensorBoard events "
+        "(default: runs/<dataset>_resnext<depth>_<C>x<d>d); a local or network file system.",
+    )
+    test_only: bool = option(
+        False,
+        "data",
+        "Only evaluate (weights from --retrain, --resume or model_dir) and print "
+        "' * Results top1: X  top5: Y'.",
+    )
+    resume: str = option(
+        "auto",
+        "checkpointing",
+        "auto: continue from model_dir's latest checkpoint when there is one; none: start "
+        "fresh; or a model_dir / checkpoint directory to continue from.",
+    )
+    overwrite: bool = option(
+        False,
+        "checkpointing",
+        "With --resume=none (or --resume=DIR of another run): first delete model_dir's "
+        "checkpoints, train_log.csv and TensorBoard events. Without it, such a run into a "
+        "model_dir that holds checkpoints is refused. Do not keep it in a command you rerun "
+        "to resume.",
+    )
+    retrain: str | None = option(
+        None,
+        "checkpointing",
+        "Initialise a fresh run with these weights (optimizer state not loaded): .weights.h5, "
+        ".keras, a checkpoint directory of this project, or a file resnext_tf.weights converts.",
+    )
+    reset_classifier: bool = option(
+        False,
+        "model",
+        "Replace the classifier loaded by --retrain with a new one of --num_classes outputs.",
+    )
+    export_dir: str | None = option(
+        None, "checkpointing", "Export a SavedModel here after training."
+    )
 
-    model_dir: str | None = None
-    test_only: bool = False
-    resume: str = "auto"
-    overwrite: bool = False
-    retrain: str | None = None
-    reset_classifier: bool = False
-    export_dir: str | None = None
+    distribution_strategy: str = option(
+        "auto",
+        "distribution",
+        "auto: multi_worker_mirrored when TF_CONFIG lists several workers, mirrored with "
+        "several GPUs, one_device otherwise. off: TensorFlow's default strategy.",
+        STRATEGIES,
+    )
+    num_gpus: int = option(-1, "distribution", "GPUs to use (-1: all visible, 0: CPU).", low=-1)
+    tpu: str | None = option(
+        None,
+        "distribution",
+        "TPU for --distribution_strategy=tpu: 'local' on a TPU VM, or a TPU name / grpc address.",
+    )
 
-    distribution_strategy: str = "auto"
-    num_gpus: int = -1
-    tpu: str | None = None
+    dtype: str = option(
+        "float32",
+        "performance",
+        "Keras precision policy; mixed_float16 adds dynamic loss scaling (GPU), "
+        "mixed_bfloat16 suits TPUs and recent GPUs.",
+        DTYPES,
+    )
+    jit_compile: bool = option(
+        False, "performance", "Compile the forward and backward pass with XLA."
+    )
+    deterministic: bool = option(
+        False,
+        "performance",
+        "Deterministic TensorFlow ops and one inter-op thread: with the seeded input pipeline, "
+        "reruns and resumed runs reproduce the weights bit for bit on one device.",
+    )
 
-    dtype: str = "float32"
-    jit_compile: bool = False
-    deterministic: bool = False
-
-    checkpoint_steps: int = 0
-    keep_checkpoints: int = 5
-    log_steps: int = 10
+    checkpoint_steps: int = option(
+        0,
+        "checkpointing",
+        "Also save a checkpoint every this many global steps (0: only at the end of epochs).",
+        low=0,
+    )
+    keep_checkpoints: int = option(
+        5,
+        "checkpointing",
+        "End-of-epoch checkpoints kept (0: all); latest and best are always kept.",
+        low=0,
+    )
+    log_steps: int = option(10, "checkpointing", "Print a batch line every this many steps.", low=1)
 
     def __post_init__(self):
-        _check_choice("dataset", self.dataset, schedules.DATASETS)
-        defaults = {
-            "depth": DEFAULT_DEPTH[self.dataset],
-            "batch_size": DEFAULT_BATCH_SIZE[self.dataset],
-            "weight_decay": schedules.DEFAULT_WEIGHT_DECAY[self.dataset],
-            "epochs": schedules.DEFAULT_EPOCHS[self.dataset],
-        }
-        for name, value in defaults.items():
+        recipe = self.recipe
+        for name in FROM_RECIPE:
             if getattr(self, name) is None:
-                setattr(self, name, value)
+                setattr(self, name, getattr(recipe, name))
         if self.model_dir is None:
             self.model_dir = os.path.join(
                 "runs", f"{self.dataset}_resnext{self.depth}_{self.cardinality}x{self.base_width}d"
@@ -143,7 +317,7 @@ class TrainConfig:
         self.no_weight_decay_on = tuple(k.strip() for k in self.no_weight_decay_on if k.strip())
         scaled = self.lr is None
         if scaled:
-            self.lr = schedules.default_learning_rate(self.dataset, self.batch_size)
+            self.lr = recipe.scaled_lr(self.batch_size)
         self._validate()
         if scaled and self.batch_size > WARMUP_ADVISED_BATCH and not self.warmup_epochs:
             warnings.warn(
@@ -154,60 +328,41 @@ class TrainConfig:
             )
 
     @property
-    def image_limits(self):
-        """The ImageLimits of the ImageNet decode: the defaults, with the fields set here."""
+    def recipe(self):
+        """The dataset's Recipe (raises ValueError for an unknown dataset)."""
+        return recipes.recipe(self.dataset)
+
+    @property
+    def data_config(self):
+        """The DataConfig of the run's input pipelines."""
         # Imported here: the resnext_tf.data package loads TensorFlow, which TorchSGD on the JAX
         # backend (resnext_tf.training.optimizer) must not need.
-        from resnext_tf.data.config import ImageLimits
+        from resnext_tf.data.config import DataConfig, ImageLimits
 
         limits = {
             "max_pixels": self.max_image_pixels,
             "max_aspect": self.max_image_aspect,
             "max_bytes": self.max_image_bytes,
         }
-        return ImageLimits(**{k: v for k, v in limits.items() if v is not None})
-
-    @property
-    def is_cifar(self):
-        """Whether the run uses the CIFAR stem and schedule."""
-        return self.dataset.startswith("cifar")
+        return DataConfig(
+            dataset=self.dataset,
+            data_dir=self.data_dir,
+            image_size=self.image_size,
+            seed=self.seed,
+            ten_crop=self.ten_crop,
+            image_limits=ImageLimits(**{k: v for k, v in limits.items() if v is not None}),
+        )
 
     def _validate(self):
-        self.image_limits  # noqa: B018  (ImageLimits checks its fields, naming a bad one)
-        _check_choice("bottleneck_type", self.bottleneck_type, BOTTLENECK_TYPES)
-        _check_choice("shortcut_type", self.shortcut_type, SHORTCUT_TYPES)
-        _check_choice("conv_impl", self.conv_impl, CONV_IMPLS)
-        _check_choice("distribution_strategy", self.distribution_strategy, STRATEGIES)
-        _check_choice("dtype", self.dtype, DTYPES)
-        if self.is_cifar and (self.depth - 2) % 9:
-            raise ValueError(
-                f"CIFAR ResNeXt needs (depth - 2) % 9 == 0; received depth={self.depth!r}; "
-                "expected e.g. 29, 38 or 47."
-            )
-        if not self.is_cifar:
-            _check_choice("depth", self.depth, IMAGENET_DEPTHS)
-        for name in ("cardinality", "base_width", "batch_size", "epochs", "epoch_number"):
-            _check_positive(name, getattr(self, name))
-        for name in ("lr", "weight_decay", "checkpoint_steps", "keep_checkpoints"):
-            _check_positive(name, getattr(self, name), allow_zero=True)
-        for name in ("num_classes", "steps_per_epoch", "train_steps", "image_size"):
-            _check_positive(name, getattr(self, name), allow_none=True)
-        _check_positive("log_steps", self.log_steps)
-        if not 0.0 <= self.momentum < 1.0:
-            raise ValueError(f"momentum must be in [0, 1); received momentum={self.momentum!r}.")
-        _check_choice("lr_schedule", self.lr_schedule, schedules.LR_SCHEDULES)
-        for kind in self.no_weight_decay_on:
-            _check_choice("no_weight_decay_on", kind, NO_DECAY_KINDS)
+        for field in dataclasses.fields(self):
+            _check_field(field, getattr(self, field.name))
+        stage_blocks(self.recipe.stem, self.depth)
+        self.data_config  # noqa: B018  (DataConfig checks sizes, ten_crop and the image limits)
         if not 0.0 <= self.warmup_epochs < self.epochs:
             raise ValueError(
                 f"warmup_epochs must be >= 0 and < epochs; received "
                 f"warmup_epochs={self.warmup_epochs!r}, epochs={self.epochs!r}."
             )
-        for name in ("label_smoothing", "ema_decay"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(
-                    f"{name} must be in [0, 1); received {name}={getattr(self, name)!r}."
-                )
         if self.epoch_number > self.epochs:
             raise ValueError(
                 f"epoch_number must be <= epochs; received epoch_number={self.epoch_number!r}, "
@@ -229,8 +384,18 @@ class TrainConfig:
             raise ValueError(
                 "reset_classifier needs num_classes (the new head size); received num_classes=None."
             )
-        if self.ten_crop and self.is_cifar:
-            raise ValueError(
-                f"ten_crop is an ImageNet evaluation; received ten_crop=True with "
-                f"dataset={self.dataset!r}."
-            )
+
+
+def _check_field(field, value):
+    """Checks `value` against the choices and bounds of `field`'s metadata."""
+    name, choices = field.name, field.metadata["choices"]
+    low, high = field.metadata["low"], field.metadata["high"]
+    if choices is not None:
+        for item in value if isinstance(value, tuple) else (value,):
+            check_choice(name, item, choices)
+    if value is None or (low is None and high is None):
+        return
+    if high is not None and not low <= value < high:
+        raise ValueError(f"{name} must be in [{low:g}, {high:g}); received {name}={value!r}.")
+    if value < low:
+        raise ValueError(f"{name} must be >= {low:g}; received {name}={value!r}.")

@@ -5,6 +5,7 @@ import os
 
 import tensorflow as tf
 
+from resnext_tf.errors import check_choice
 from resnext_tf.training.config import STRATEGIES
 
 
@@ -20,11 +21,7 @@ def resolve_strategy_name(name, num_gpus=-1):
     "auto" is multi_worker_mirrored when TF_CONFIG lists more than one worker, mirrored when more
     than one GPU is used, one_device otherwise.
     """
-    if name not in STRATEGIES:
-        raise ValueError(
-            f"Unknown distribution_strategy; received distribution_strategy={name!r}; "
-            f"expected one of {STRATEGIES}."
-        )
+    check_choice("distribution_strategy", name, STRATEGIES)
     if name != "auto":
         return name
     if _tf_config_workers() > 1:

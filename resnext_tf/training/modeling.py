@@ -21,7 +21,7 @@ def build_model(config, input_shape, num_classes):
         depth=config.depth,
         cardinality=config.cardinality,
         base_width=config.base_width,
-        stem="cifar" if config.is_cifar else "imagenet",
+        stem=config.recipe.stem,
         num_classes=num_classes,
         bottleneck_type=config.bottleneck_type,
         shortcut_type=config.shortcut_type,

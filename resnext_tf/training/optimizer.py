@@ -17,9 +17,8 @@ learning-rate change, and its `weight_decay` is decoupled; hence this class.
 import keras
 from keras import ops
 
-# fb.resnet.torch defaults (docs/reference.md): momentum 0.9, Nesterov, weight decay 1e-4.
-DEFAULT_MOMENTUM = 0.9
-DEFAULT_WEIGHT_DECAY = 1e-4
+from resnext_tf import recipes
+
 # Kinds of variables that can be exempted from weight decay (--no_weight_decay_on).
 NO_DECAY_KINDS = ("bn", "bias")
 
@@ -78,10 +77,10 @@ class TorchSGD(keras.optimizers.Optimizer):
 
     def __init__(
         self,
-        learning_rate=0.1,
-        momentum=DEFAULT_MOMENTUM,
-        nesterov=True,
-        weight_decay=DEFAULT_WEIGHT_DECAY,
+        learning_rate=recipes.LR,
+        momentum=recipes.MOMENTUM,
+        nesterov=recipes.NESTEROV,
+        weight_decay=recipes.WEIGHT_DECAY,
         name="torch_sgd",
         **kwargs,
     ):

@@ -1,74 +1,32 @@
-"""Learning-rate schedules and dataset-dependent defaults of fb.resnet.torch / ResNeXt.
+"""Learning-rate schedules: the original's step decays (from the dataset's recipe), warmup, cosine.
 
 Epochs are 1-based, as in the original (`epochNumber` starts at 1).
 """
 
 import math
 
-# Base learning rate of the original (`-LR 0.1`) and the batch size it belongs to: the ImageNet
-# recipe uses 0.1 at batch 256, the CIFAR recipe 0.1 at batch 128 (REFERENCE.md: batch 64 -> 0.05,
-# batch 32 -> 0.025, i.e. linear scaling).
-BASE_LR = 0.1
-REFERENCE_BATCH = {"imagenet": 256, "cifar10": 128, "cifar100": 128}
+from resnext_tf.errors import check_choice
+from resnext_tf.recipes import recipe
 
-# Training length (`-nEpochs 0` resolves to these) and coupled L2 weight decay of the recipes.
-DEFAULT_EPOCHS = {"imagenet": 100, "cifar10": 300, "cifar100": 300}
-DEFAULT_WEIGHT_DECAY = {"imagenet": 1e-4, "cifar10": 5e-4, "cifar100": 5e-4}
-
-# Step decay: x0.1 every 30 epochs on ImageNet; on CIFAR x0.1 once epoch/nEpochs exceeds 0.49 and
-# again once it exceeds 0.74 (ResNeXt train.lua; 300 epochs -> drops before epochs 148 and 223).
+# The step schedule multiplies the rate by this at each of the recipe's decay points.
 DECAY_FACTOR = 0.1
-IMAGENET_DECAY_EPOCHS = 30
-CIFAR_DECAY_FRACTIONS = (0.49, 0.74)
-
-DATASETS = tuple(DEFAULT_EPOCHS)
-
-
-def _check_dataset(dataset):
-    if dataset not in DATASETS:
-        raise ValueError(
-            f"Unknown dataset; received dataset={dataset!r}; expected one of {DATASETS}."
-        )
-
-
-def default_learning_rate(dataset, batch_size):
-    """Linearly scaled base learning rate: 0.1 * batch_size / reference batch of the recipe.
-
-    Args:
-        dataset: "imagenet", "cifar10" or "cifar100".
-        batch_size: global batch size.
-
-    Returns:
-        The learning rate of the first epoch.
-    """
-    _check_dataset(dataset)
-    return BASE_LR * batch_size / REFERENCE_BATCH[dataset]
-
-
-def decay_count(dataset, epoch, num_epochs):
-    """Number of x0.1 decays applied at `epoch` (1-based) of a `num_epochs` run."""
-    _check_dataset(dataset)
-    if epoch < 1:
-        raise ValueError(f"epoch is 1-based; received epoch={epoch!r}; expected >= 1.")
-    if dataset == "imagenet":
-        return (epoch - 1) // IMAGENET_DECAY_EPOCHS
-    # Same float comparison as the original, so 147/300 == 0.49 does not decay yet.
-    return sum(epoch / num_epochs > fraction for fraction in CIFAR_DECAY_FRACTIONS)
 
 
 def learning_rate(base_lr, dataset, epoch, num_epochs):
-    """Scheduled learning rate of `epoch` (1-based).
+    """Scheduled learning rate of `epoch` (1-based) under the step schedule of `dataset`'s recipe.
 
     Args:
         base_lr: learning rate of the first epoch.
-        dataset: "imagenet", "cifar10" or "cifar100".
+        dataset: a dataset of resnext_tf.recipes.
         epoch: 1-based epoch number.
-        num_epochs: total epochs of the run (used by the CIFAR schedule).
+        num_epochs: total epochs of the run (the CIFAR decay points are fractions of it).
 
     Returns:
-        base_lr * 0.1 ** decay_count(...).
+        base_lr * 0.1 ** (decays so far).
     """
-    return base_lr * math.pow(DECAY_FACTOR, decay_count(dataset, epoch, num_epochs))
+    if epoch < 1:
+        raise ValueError(f"epoch is 1-based; received epoch={epoch!r}; expected >= 1.")
+    return base_lr * math.pow(DECAY_FACTOR, recipe(dataset).decays(epoch, num_epochs))
 
 
 # Shapes of the per-step schedule: "step" is the original's (above), "cosine" decays to zero over
@@ -100,7 +58,7 @@ class StepSchedule:
 
     Args:
         base_lr: the (linearly scaled) learning rate that warmup reaches.
-        dataset: "imagenet", "cifar10" or "cifar100" (decay points of the step schedule).
+        dataset: a dataset of resnext_tf.recipes (decay points of the step schedule).
         num_epochs: epochs of the run.
         steps_per_epoch: training steps per epoch.
         kind: one of LR_SCHEDULES.
@@ -110,12 +68,8 @@ class StepSchedule:
     def __init__(
         self, base_lr, dataset, num_epochs, steps_per_epoch, kind="step", warmup_epochs=0.0
     ):
-        _check_dataset(dataset)
-        if kind not in LR_SCHEDULES:
-            raise ValueError(
-                f"Unknown lr_schedule; received lr_schedule={kind!r}; expected one of "
-                f"{LR_SCHEDULES}."
-            )
+        recipe(dataset)
+        check_choice("lr_schedule", kind, LR_SCHEDULES)
         self.base_lr = base_lr
         self.dataset = dataset
         self.num_epochs = num_epochs

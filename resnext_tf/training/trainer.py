@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from resnext_tf.data import DataConfig, build_dataset, dataset_spec, transforms
+from resnext_tf.data import build_dataset, dataset_spec
 from resnext_tf.errors import CheckpointError
 from resnext_tf.training import checkpoint as ckpt_lib
 from resnext_tf.training import distribute, losses, metrics, modeling, schedules
@@ -60,7 +60,7 @@ class Trainer:
         )
         distribute.check_batch_size(config.batch_size, self.strategy)
         self.is_chief = distribute.is_chief(self.strategy)
-        self.data_config = _data_config(config)
+        self.data_config = config.data_config
         self.spec = dataset_spec(self.data_config)
         self.num_classes = config.num_classes or self.spec.num_classes
         self.steps_per_epoch = self.spec.num_train // config.batch_size
@@ -502,22 +502,6 @@ def eval_logits(model, images, ten_crop):
 
 def _zeros():
     return np.zeros([metrics.NUM_STATS])
-
-
-def _data_config(config):
-    eval_resize = {}
-    if config.image_size and not config.is_cifar:
-        # The evaluation's one resize rule, shared with resnext_tf.export.
-        eval_resize["eval_resize"] = transforms.eval_resize_size(config.image_size)
-    return DataConfig(
-        dataset=config.dataset,
-        data_dir=config.data_dir,
-        image_size=config.image_size,
-        seed=config.seed,
-        ten_crop=config.ten_crop,
-        image_limits=config.image_limits,
-        **eval_resize,
-    )
 
 
 def _build_optimizer(config, model=None):

@@ -180,7 +180,7 @@ def test_bad_arguments_are_rejected(cfg, kwargs, match):
         (dict(dataset="cifar10", image_size=64), "image_size=64"),
         (dict(dataset="cifar100", ten_crop=True), "dataset='cifar100'"),
         (dict(dataset="imagenet", crop_area_range=(0.5, 0.1)), "crop_area_range"),
-        (dict(dataset="imagenet", image_size=300), "eval_resize=256"),
+        (dict(dataset="imagenet", image_size=300, eval_resize=256), "eval_resize=256"),
         (dict(dataset="imagenet", lighting=-1), "lighting=-1"),
     ],
 )

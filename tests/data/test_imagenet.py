@@ -411,10 +411,10 @@ def test_image_limits_of_the_data_config_apply_to_training(tmp_path, capfd):
 
 def test_train_config_image_limits_reach_the_pipeline():
     from resnext_tf.training import TrainConfig
-    from resnext_tf.training.trainer import _data_config
 
     config = TrainConfig(dataset="imagenet", max_image_pixels=1000, max_image_aspect=3.5)
-    assert _data_config(config).image_limits == ImageLimits(1000, 3.5, ImageLimits().max_bytes)
-    assert TrainConfig(dataset="imagenet").image_limits == ImageLimits()
+    limits = config.data_config.image_limits
+    assert limits == ImageLimits(1000, 3.5, ImageLimits().max_bytes)
+    assert TrainConfig(dataset="imagenet").data_config.image_limits == ImageLimits()
     with pytest.raises(ValueError, match="max_pixels must be a positive integer"):
         TrainConfig(dataset="imagenet", max_image_pixels=0)

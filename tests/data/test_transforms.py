@@ -379,9 +379,12 @@ def test_eval_of_extreme_strips_reads_a_small_window():
     )
 
 
-def test_eval_resize_size_is_the_nearest_integer_of_size_256_224():
+def test_eval_resize_is_the_nearest_integer_of_size_256_224_by_default():
     sizes = {224: 256, 32: 37, 64: 73, 299: 342, 320: 366, 448: 512}
     assert {s: transforms.eval_resize_size(s) for s in sizes} == sizes
+    assert {s: DataConfig("imagenet", image_size=s).eval_resize for s in sizes} == sizes
+    assert DataConfig("imagenet").eval_resize == 256
+    assert DataConfig("imagenet", image_size=64, eval_resize=80).eval_resize == 80
 
 
 def _webp(array, **options):

@@ -5,6 +5,7 @@ import math
 
 import pytest
 
+from resnext_tf.recipes import RECIPES, recipe
 from resnext_tf.training import schedules
 
 
@@ -26,7 +27,7 @@ def test_imagenet_every_30_epochs(epoch, lr):
 
 def test_cifar_schedule_follows_the_run_length():
     # 100 epochs: epoch/100 > 0.49 from epoch 50, > 0.74 from epoch 75.
-    counts = [schedules.decay_count("cifar100", e, 100) for e in (49, 50, 74, 75)]
+    counts = [recipe("cifar100").decays(e, 100) for e in (49, 50, 74, 75)]
     assert counts == [0, 1, 1, 2]
 
 
@@ -36,18 +37,24 @@ def test_cifar_schedule_follows_the_run_length():
     + [("cifar100", 32, 0.025)],
 )
 def test_linear_scaling(dataset, batch, lr):
-    assert schedules.default_learning_rate(dataset, batch) == pytest.approx(lr)
+    assert recipe(dataset).scaled_lr(batch) == pytest.approx(lr)
 
 
 def test_bad_epoch_and_dataset_are_named():
     with pytest.raises(ValueError, match="epoch=0"):
         schedules.learning_rate(0.1, "imagenet", 0, 100)
     with pytest.raises(ValueError, match="dataset='svhn'"):
-        schedules.default_learning_rate("svhn", 128)
+        schedules.learning_rate(0.1, "svhn", 1, 100)
 
 
 # Steps per epoch of the default command lines: CIFAR 50,000 / 128, ImageNet 1,281,167 / 256.
 DEFAULT_RUNS = [("cifar10", 0.1, 300, 50_000 // 128), ("imagenet", 0.1, 100, 1_281_167 // 256)]
+
+
+@pytest.mark.parametrize("dataset, base, epochs, steps", DEFAULT_RUNS)
+def test_recipes_hold_the_original_defaults(dataset, base, epochs, steps):
+    known = RECIPES[dataset]
+    assert (known.lr, known.epochs, known.num_train // known.batch_size) == (base, epochs, steps)
 
 
 @pytest.mark.parametrize("dataset, base, epochs, steps", DEFAULT_RUNS)

@@ -1,13 +1,17 @@
 """TrainConfig defaults per dataset, validation, and the absl flags that build it."""
 
+import subprocess
+import sys
 import warnings
 
 import pytest
 from absl import app
 from absl import flags as absl_flags
+from train_helpers import REPO
 
 import flags as resnext_flags
 from resnext_tf.training import TrainConfig
+from resnext_tf.training.config import GROUPS
 
 
 def parse(argv, datasets=("cifar10", "cifar100")):
@@ -70,7 +74,7 @@ def test_bad_flag_values_name_value_and_choices(argv, words):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--depth=30"], r"\(depth - 2\) % 9 == 0; received depth=30"),
+        (["--depth=30"], r"CIFAR stem; received depth=30; expected 9n \+ 2"),
         (["--reset_classifier"], "num_classes=None"),
         (["--epochs=10", "--epoch_number=11"], "epoch_number=11"),
         (["--overwrite"], "needs resume='none'.*received resume='auto'"),
@@ -90,11 +94,30 @@ def test_imagenet_depth_and_ten_crop_checks():
         TrainConfig(dataset="cifar10", ten_crop=True)
 
 
-def test_every_config_field_has_a_flag():
+@pytest.mark.parametrize(
+    "datasets, lines",
+    [
+        (("cifar10", "cifar100"), ["(default: 128)", "(default: 10 on cifar10, 100 on cifar100)"]),
+        (("imagenet",), ["(default: 256)", "0.1 * batch_size / 256", "every 30 epochs"]),
+    ],
+)
+def test_help_lists_groups_in_order_with_the_recipe_defaults(datasets, lines):
     flag_values = absl_flags.FlagValues()
-    resnext_flags.define_flags(("cifar10",), flag_values)
-    fields = set(TrainConfig.__dataclass_fields__)
-    assert fields <= set(flag_values)
+    resnext_flags.define_flags(datasets, flag_values)
+    text = " ".join(resnext_flags.help_text(flag_values).split())
+    headings = [text.index(f"{group} flags:") for group in GROUPS]
+    assert headings == sorted(headings)
+    assert text.index("--depth") < headings[1] < text.index("]ten_crop") < headings[2]
+    assert all(line in text for line in lines)
+
+
+def test_entry_point_help_is_grouped():
+    result = subprocess.run(
+        [sys.executable, "run_imagenet.py", "--help"], cwd=REPO, capture_output=True, text=True
+    )
+    assert result.returncode == 1
+    assert "model flags:" in result.stdout and "performance flags:" in result.stdout
+    assert "(default: 'imagenet')" in result.stdout
 
 
 def test_large_batch_options_default_to_the_original_recipe():
