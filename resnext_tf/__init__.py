@@ -5,8 +5,9 @@ TensorFlow-only parts (input pipelines, distributed training, SavedModel export)
 `resnext_tf.data`, `resnext_tf.training` and `resnext_tf.export`, imported on demand.
 """
 
+from resnext_tf.backend_ops import resolve_conv_impl
 from resnext_tf.flops import count_flops
-from resnext_tf.layers import Bottleneck, GroupedConv2D, resolve_conv_impl
+from resnext_tf.layers import Bottleneck, GroupedConv2D
 from resnext_tf.registry import create_model, list_models, model_kwargs
 from resnext_tf.resnext import build_resnext
 

@@ -29,11 +29,9 @@ def _layer_macs(layer, input_shape):
 
 def _conv_input_shape(block, conv, block_input):
     """Input shape of a convolution inside a Bottleneck block."""
-    first = [getattr(block, "conv1", None), getattr(block, "shortcut_conv", None)]
-    first += list(getattr(block, "branch_conv1", []))
-    if conv in first:
+    if conv in (block.conv1, block.shortcut_conv, *block.branch_conv1):
         return block_input
-    if conv is getattr(block, "conv3", None):
+    if conv is block.conv3:
         out = block.compute_output_shape(block_input)
         return (*out[:-1], block.width)
     # The 3x3: input is the block input's spatial size with `width` (or one branch's) channels.

@@ -1,4 +1,5 @@
-"""JAX kernels behind the model layers; imported only when Keras runs on the JAX backend.
+"""JAX kernels behind the model layers; `resnext_tf.backend_ops` imports this module only when
+Keras runs on the JAX backend.
 
 Training-mode batch normalization as one function with a hand-written gradient. Keras' own
 JAX path computes the statistics with `jnp.mean` and `jnp.var` (the variance re-reads its
@@ -14,6 +15,11 @@ import functools
 
 import jax
 import jax.numpy as jnp
+
+
+def on_gpu():
+    """Whether JAX computes on a GPU by default."""
+    return jax.default_backend() == "gpu"
 
 
 def _reduce_axes(x):

@@ -1,12 +1,11 @@
 """Keras 3 layers of ResNeXt: the grouped convolution, batch normalization, the bottleneck block.
 
 Pure Keras (keras.layers / keras.ops), so the same model runs on the TensorFlow, JAX and PyTorch
-backends. On TensorFlow, two layers call TensorFlow kernels that Keras does not reach (a native
-grouped convolution and the fused batch normalization, see `resnext_tf.tf_ops`); on JAX,
-training-mode batch normalization runs `resnext_tf.jax_ops`. Those modules are imported inside
-the calls, only on their own backend. Every convolution is bias-free and
-every strided convolution pads explicitly and symmetrically as Torch does, so weights converted
-from Torch give the same outputs.
+backends. Where a backend has a faster kernel than keras.ops reaches (TensorFlow's native grouped
+convolution and fused batch normalization, JAX's one-pass batch normalization), the layers reach
+it through `resnext_tf.backend_ops`, which alone knows the backends. Every convolution is
+bias-free and every strided convolution pads explicitly and symmetrically as Torch does, so
+weights converted from Torch give the same outputs.
 """
 
 import math
@@ -14,6 +13,10 @@ import math
 import keras
 from keras import ops
 
+from resnext_tf import backend_ops
+
+# tf_native_grouped_conv: resnext_tf.export imports it from here.
+from resnext_tf.backend_ops import CONV_IMPLS, resolve_conv_impl, tf_native_grouped_conv  # noqa: F401
 from resnext_tf.errors import check_choice
 
 # Torch's nn.SpatialBatchNormalization / nn.BatchNorm2d defaults: eps 1e-5, running-average
@@ -23,14 +26,11 @@ BN_MOMENTUM = 0.9
 
 BOTTLENECK_TYPES = ("resnext_C", "resnext_B", "resnet")
 SHORTCUT_TYPES = ("A", "B", "C")
-CONV_IMPLS = ("auto", "grouped", "split", "block_diagonal")
 # "block_diagonal" merges this many groups (or all of them, where fewer divide the cardinality)
-# into one group whose kernel is block-diagonal. resnext50_32x4d training on one H200 (JAX,
-# bf16, batch 256, benchmarks/results/h200_2026-11-26): 2 -> 5,571, 4 -> 5,650 and 5,633,
-# 8 -> 5,412 images/s, against 5,448 unmerged.
+# into one group whose kernel is block-diagonal: wider groups give cuDNN more arithmetic per
+# byte, while more merged groups multiply more zeros; 4 trained fastest of 2, 4 and 8
+# (docs/performance.md, "GPU").
 GROUP_MERGE = 4
-# Input dtypes of TensorFlow's fused batch normalization kernel (it computes in float32).
-FUSED_BN_DTYPES = ("float32", "float16", "bfloat16")
 
 
 def conv_initializer():
@@ -38,59 +38,6 @@ def conv_initializer():
     return keras.initializers.VarianceScaling(
         scale=2.0, mode="fan_out", distribution="untruncated_normal"
     )
-
-
-def tf_native_grouped_conv(dtype="float32"):
-    """Whether grouped convolutions in `dtype` run as TensorFlow's own kernel in this process.
-
-    False on JAX and PyTorch. On TensorFlow, the answer of a small probe run once per process
-    and dtype (`resnext_tf.tf_ops.grouped_conv_supported`): True with oneDNN (x86 CPUs, on by
-    default) or cuDNN (GPUs), False where TensorFlow has no grouped gradient (e.g. CPU with
-    TF_ENABLE_ONEDNN_OPTS=0).
-    """
-    if keras.backend.backend() != "tensorflow":
-        return False
-    from resnext_tf import tf_ops
-
-    return tf_ops.grouped_conv_supported(dtype)
-
-
-def resolve_conv_impl(conv_impl, dtype="float32"):
-    """Picks the grouped-convolution implementation for the current Keras backend.
-
-    "auto" resolves, from measurements of resnext50_32x4d (docs/performance.md):
-      * TensorFlow -> "grouped" where TensorFlow runs the grouped convolution natively, forward
-        and gradients (`tf_native_grouped_conv`: oneDNN on x86 CPUs, cuDNN on GPUs): one
-        convolution a layer instead of `cardinality` small ones plus the slicing and
-        concatenation, 1.2x a CPU training step and 1.26x CPU inference over "split". Else
-        "split": Keras' own grouped convolution (the fallback of "grouped" there) runs on TF
-        inside an XLA-compiled function, whose CPU gradient is ~30x slower than split
-        convolutions and which a SavedModel then needs at serving time.
-      * JAX on a GPU -> "block_diagonal": cuDNN's grouped kernels are slow for groups of 4-32
-        channels, and groups merged 4 at a time into block-diagonal kernels train 1.04x faster
-        (inference 1.04x) on an H200, although they multiply 4x as many zeros.
-      * JAX elsewhere and PyTorch -> "grouped". Both lower groups natively (XLA
-        feature_group_count, cuDNN grouped kernels), one kernel launch instead of
-        `cardinality` of them.
-
-    Args:
-      conv_impl: "auto", "grouped", "split" or "block_diagonal".
-      dtype: Compute dtype of the convolution (TensorFlow's support is probed per dtype).
-
-    Returns:
-      "grouped", "split" or "block_diagonal".
-    """
-    check_choice("conv_impl", conv_impl, CONV_IMPLS)
-    if conv_impl != "auto":
-        return conv_impl
-    backend = keras.backend.backend()
-    if backend == "jax":
-        import jax
-
-        return "block_diagonal" if jax.default_backend() == "gpu" else "grouped"
-    if backend != "tensorflow" or tf_native_grouped_conv(dtype):
-        return "grouped"
-    return "split"
 
 
 def block_diagonal_kernel(kernel, groups, merge):
@@ -127,9 +74,8 @@ class GroupedConv2D(keras.layers.Layer):
 
     The kernel has Keras Conv2D(groups) layout, (kh, kw, in_channels // groups, filters), with
     output channels ordered group by group, as Torch's weight transposed. Both implementations use
-    this one variable, so weights move between them unchanged. On TensorFlow a 1x1 convolution
-    without padding runs as one matrix product where that is faster on the CPU
-    (`resnext_tf.tf_ops.pointwise_as_matmul`: the later stages of ImageNet models).
+    this one variable, so weights move between them unchanged. The convolutions themselves run
+    through `resnext_tf.backend_ops.conv2d`.
 
     Args:
       filters: Output channels; divisible by `groups`.
@@ -138,10 +84,10 @@ class GroupedConv2D(keras.layers.Layer):
       groups: Number of groups (the cardinality).
       padding: Zero padding on each side of height and width.
       conv_impl: "grouped" (one grouped convolution; on TensorFlow its native kernel where
-        `tf_native_grouped_conv`, else Keras' XLA-compiled one), "split" (slice the channels,
-        one convolution a group, concatenate; needs no XLA anywhere), "block_diagonal" (one
-        grouped convolution of groups / GROUP_MERGE wider groups, see
-        `block_diagonal_kernel`) or "auto" (see `resolve_conv_impl`).
+        `backend_ops.tf_native_grouped_conv`, else Keras' XLA-compiled one), "split" (slice the
+        channels, one convolution a group, concatenate; needs no XLA anywhere),
+        "block_diagonal" (one grouped convolution of groups / GROUP_MERGE wider groups, see
+        `block_diagonal_kernel`) or "auto" (see `backend_ops.resolve_conv_impl`).
       kernel_initializer: Kernel initializer; He fan_out normal by default.
       **kwargs: Base layer arguments (name, dtype, ...).
     """
@@ -208,34 +154,19 @@ class GroupedConv2D(keras.layers.Layer):
         if not same:
             inputs = symmetric_pad(inputs, self.padding)
         padding = "same" if same else "valid"
-        if self.groups == 1:
-            if (
-                self.kernel_size == 1
-                and self.padding == 0
-                and keras.backend.backend() == "tensorflow"
-            ):
-                from resnext_tf import tf_ops
-
-                if tf_ops.pointwise_as_matmul(tuple(inputs.shape), self.strides, self.filters):
-                    return tf_ops.pointwise_conv2d(inputs, kernel, self.strides)
-            return ops.conv(inputs, kernel, strides=self.strides, padding=padding)
-        impl = resolve_conv_impl(self.conv_impl, self.compute_dtype)
+        impl = resolve_conv_impl(self.conv_impl, self.compute_dtype) if self.groups > 1 else None
+        if impl == "split":
+            pairs = zip(
+                ops.split(inputs, self.groups, axis=-1),
+                ops.split(kernel, self.groups, axis=-1),
+                strict=True,
+            )
+            outputs = [backend_ops.conv2d(x, k, self.strides, padding) for x, k in pairs]
+            return ops.concatenate(outputs, axis=-1)
         if impl == "block_diagonal":
             merge = math.gcd(self.groups, GROUP_MERGE)
             kernel = block_diagonal_kernel(kernel, self.groups, merge)
-        if impl == "split":
-            groups_in = ops.split(inputs, self.groups, axis=-1)
-            groups_kernel = ops.split(kernel, self.groups, axis=-1)
-            outputs = [
-                ops.conv(x, k, strides=self.strides, padding=padding)
-                for x, k in zip(groups_in, groups_kernel, strict=True)
-            ]
-            return ops.concatenate(outputs, axis=-1)
-        if tf_native_grouped_conv(self.compute_dtype):
-            from resnext_tf import tf_ops
-
-            return tf_ops.grouped_conv2d(inputs, kernel, self.strides, padding.upper())
-        return ops.conv(inputs, kernel, strides=self.strides, padding=padding)
+        return backend_ops.conv2d(inputs, kernel, self.strides, padding)
 
     def compute_output_shape(self, input_shape):
         def out(size):
@@ -266,58 +197,41 @@ class BatchNorm(keras.layers.BatchNormalization):
     The same arguments, variables, config and results as the Keras layer: training normalizes
     with the batch statistics and moves `moving_mean` / `moving_variance` towards the batch mean
     and biased batch variance by `1 - momentum`; inference, and training of a frozen layer
-    (trainable=False, as in Keras 3), use the moving statistics. For 4D channels-last
-    float32/float16/bfloat16 inputs without a mask, synchronization or renormalization:
-      * TensorFlow computes them with FusedBatchNormV3 (`resnext_tf.tf_ops`): one kernel
-        forward and one backward instead of Keras' moments and element-wise normalization,
-        which took 30% of a CPU training step (docs/performance.md).
-      * JAX trains with `resnext_tf.jax_ops.batch_norm_train` (one-pass statistics in float32
-        and a hand-written gradient): 1.07x a bf16 training step of resnext50_32x4d on an
-        H200. Inference stays Keras' element-wise normalization, which XLA fuses.
-    Otherwise, and on PyTorch, it is Keras' layer.
+    (trainable=False, as in Keras 3), use the moving statistics. A plain NHWC normalization
+    (4D channels-last input, no mask, synchronization or renormalization) runs on the fused
+    kernel of `resnext_tf.backend_ops.batch_norm` where the backend has one: one kernel forward
+    and one backward instead of Keras' moments and element-wise ops. Otherwise, and on PyTorch,
+    it is Keras' layer.
     """
 
-    def _fused_kernel(self, inputs, mask, training):
-        """The fused function of this backend for this call, or None for Keras' own path."""
-        backend = keras.backend.backend()
-        if not (
-            backend in ("tensorflow", "jax")
-            and mask is None
+    def _fused(self, inputs, mask, training):
+        """(outputs, mean, variance) of the backend's fused kernel, or None for Keras' path."""
+        plain = (
+            mask is None
             and not (self.synchronized or self.renorm)
             and self.center
             and self.scale
             and len(inputs.shape) == 4
             and self.axis in (-1, 3)
-            and keras.backend.standardize_dtype(inputs.dtype) in FUSED_BN_DTYPES
-        ):
+        )
+        if not plain:
             return None
-        if backend == "tensorflow":
-            from resnext_tf import tf_ops
-
-            return lambda x, training: tf_ops.fused_batch_norm(
-                x,
-                self.gamma,
-                self.beta,
-                self.moving_mean,
-                self.moving_variance,
-                self.epsilon,
-                training,
-            )
-        if not training:
-            return None
-        from resnext_tf import jax_ops
-
-        # The moving mean is the shift of the one-pass variance (see jax_ops._statistics).
-        return lambda x, training: jax_ops.batch_norm_train(
-            x, self.gamma.value, self.beta.value, self.moving_mean.value, self.epsilon
+        return backend_ops.batch_norm(
+            inputs,
+            self.gamma,
+            self.beta,
+            self.moving_mean,
+            self.moving_variance,
+            self.epsilon,
+            training,
         )
 
     def call(self, inputs, training=None, mask=None):
         training = bool(training and self.trainable)
-        kernel = self._fused_kernel(inputs, mask, training)
-        if kernel is None:
+        fused = self._fused(inputs, mask, training)
+        if fused is None:
             return super().call(inputs, training=training, mask=mask)
-        outputs, mean, variance = kernel(inputs, training)
+        outputs, mean, variance = fused
         if training:
             self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
             self.moving_variance.assign(
@@ -353,6 +267,20 @@ class Bottleneck(keras.layers.Layer):
       zero_init_residual: Start the last BN's gamma at zero so the block starts as identity.
       sync_bn: Synchronize BN statistics across replicas (TensorFlow backend only).
       **kwargs: Base layer arguments (name, dtype, ...).
+
+    Attributes:
+      width: Channels of the grouped 3x3, D * C (`bottleneck_width`).
+      out_channels: 4 * planes.
+      conv1, bn1, conv2, bn2: The 1x1 reduction and the grouped 3x3 with their BNs (None in a
+        resnext_B block).
+      branch_conv1, branch_bn1, branch_conv2, branch_bn2: resnext_B's branches, one entry each
+        (empty otherwise).
+      conv3, bn3: The 1x1 expansion and the block's last BN.
+      has_projection: Whether the shortcut is a projection.
+      shortcut_conv, shortcut_bn: The projection shortcut (None without one).
+    The sublayers exist once the block is built; their attribute names are part of the
+    .weights.h5 format. Subclasses change the layers the block is made of by overriding
+    `make_conv` and `make_norm` (e.g. BN folded away for inference).
     """
 
     def __init__(
@@ -397,8 +325,13 @@ class Bottleneck(keras.layers.Layer):
         self.sync_bn = sync_bn
         self.width = bottleneck_width(planes, cardinality, base_width)
         self.out_channels = 4 * planes
+        # The sublayers (see Attributes), made in build.
+        self.conv1 = self.bn1 = self.conv2 = self.bn2 = self.conv3 = self.bn3 = None
+        self.shortcut_conv = self.shortcut_bn = self.has_projection = None
+        self.branch_conv1, self.branch_bn1, self.branch_conv2, self.branch_bn2 = [], [], [], []
 
-    def _conv(self, suffix, filters, kernel_size=1, strides=1, groups=1):
+    def make_conv(self, suffix, filters, kernel_size=1, strides=1, groups=1):
+        """A convolution of the block, named `<block>_<suffix>`, padded as Torch pads."""
         return GroupedConv2D(
             filters,
             kernel_size=kernel_size,
@@ -410,7 +343,9 @@ class Bottleneck(keras.layers.Layer):
             dtype=self.dtype_policy,
         )
 
-    def _bn(self, suffix, zero_gamma=False):
+    def make_norm(self, suffix, zero_gamma=False):
+        """A BatchNorm of the block, named `<block>_<suffix>`; gamma starts at 0 with
+        `zero_gamma`."""
         return BatchNorm(
             epsilon=BN_EPSILON,
             momentum=BN_MOMENTUM,
@@ -419,6 +354,14 @@ class Bottleneck(keras.layers.Layer):
             name=f"{self.name}_{suffix}",
             dtype=self.dtype_policy,
         )
+
+    # `build` creates its layers through these two; resnext_tf.export and resnext_tf.fold override
+    # them, until they override make_conv and make_norm instead.
+    def _conv(self, *args, **kwargs):
+        return self.make_conv(*args, **kwargs)
+
+    def _bn(self, *args, **kwargs):
+        return self.make_norm(*args, **kwargs)
 
     def _needs_projection(self, in_channels):
         return self.shortcut_type == "C" or (

@@ -186,7 +186,7 @@ def build_resnext(
         "resnet" (plain bottleneck; requires cardinality 1 and base_width 64).
       shortcut_type: "A", "B" or "C", as the original's shortcutType.
       conv_impl: "auto", "grouped", "split" or "block_diagonal"; see
-        `resnext_tf.layers.resolve_conv_impl`.
+        `resnext_tf.backend_ops.resolve_conv_impl`.
       zero_init_residual: Zero-initialise the last BN gamma of every block.
       sync_bn: Synchronized BatchNormalization across replicas (TensorFlow backend only).
       include_top: Attach global average pooling and the classifier.

@@ -2,13 +2,13 @@
 
 Keras 3 reaches neither of the two TensorFlow kernels that make ResNeXt fast on TensorFlow:
 `keras.ops.conv` wraps every grouped convolution in an XLA-compiled function (whose CPU
-gradient is ~30x slower than split convolutions, docs/performance.md), and Keras'
-BatchNormalization computes moments and the normalization as separate element-wise ops. Here
-they run as one `tf.nn.conv2d` with a grouped kernel (oneDNN on x86 CPUs and cuDNN on GPUs
-implement it, forward and gradients, without XLA) and as FusedBatchNormV3.
+gradient is far slower than split convolutions), and Keras' BatchNormalization computes moments
+and the normalization as separate element-wise ops. Here they run as one `tf.nn.conv2d` with a
+grouped kernel (oneDNN on x86 CPUs and cuDNN on GPUs implement it, forward and gradients,
+without XLA) and as FusedBatchNormV3. docs/performance.md has the measurements.
 
-`resnext_tf.layers` imports this module only inside functions, and only when the Keras backend
-is TensorFlow, so the model library never imports TensorFlow under JAX or PyTorch.
+`resnext_tf.backend_ops` imports this module on first use, and only when the Keras backend is
+TensorFlow, so the model library never imports TensorFlow under JAX or PyTorch.
 """
 
 import functools
@@ -26,9 +26,9 @@ PROBE_TOLERANCE = 0.25
 # A 1x1 convolution runs as one matrix product (`pointwise_conv2d`) on CPUs where its kernel
 # holds at least this many elements per element of its input and output. oneDNN's convolution
 # reorders the kernel into its blocked layout at every call (forward, and both gradients),
-# which costs most where the kernel is large against the activations: resnext50_32x4d's last
-# stage at 7x7 and batch 16 runs 1.25x faster as a matrix product forward and backward, while
-# at 56x56 the convolution is 1.1x faster (benchmarks/pointwise_conv.py).
+# which costs most where the kernel is large against the activations (the last stages of
+# ImageNet models); at large spatial sizes the convolution stays faster (docs/performance.md,
+# "1x1 convolutions as matrix products").
 POINTWISE_MATMUL_MIN_RATIO = 0.25
 
 

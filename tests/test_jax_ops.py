@@ -102,12 +102,12 @@ JAX_LAYERS_CHILD = textwrap.dedent(
     def max_diff(a, b):
         return max(float(np.max(np.abs(x - y))) for x, y in zip(a, b, strict=True))
 
-    keras_bn = layers.BatchNorm._fused_kernel
+    keras_bn = layers.BatchNorm._fused
     fused = run("grouped")
-    layers.BatchNorm._fused_kernel = lambda self, inputs, mask, training: None
+    layers.BatchNorm._fused = lambda self, inputs, mask, training: None
     stock = run("grouped")
     stock_bf16 = run("grouped", "mixed_bfloat16")
-    layers.BatchNorm._fused_kernel = keras_bn
+    layers.BatchNorm._fused = keras_bn
     fused_bf16 = run("grouped", "mixed_bfloat16")
     merged = run("block_diagonal")
     print("fused_vs_keras", max_diff(fused, stock))

@@ -10,7 +10,8 @@ from child_process import run_child, run_jax_child
 from tensorflow.python.util import _pywrap_util_port
 
 from resnext_tf import build_resnext, tf_ops
-from resnext_tf.layers import BatchNorm, GroupedConv2D, resolve_conv_impl
+from resnext_tf.backend_ops import resolve_conv_impl
+from resnext_tf.layers import BatchNorm, GroupedConv2D
 
 RNG = np.random.default_rng(0)
 TINY = dict(depth=11, stem="cifar", cardinality=4, base_width=4, input_shape=(8, 8, 3))

@@ -79,7 +79,7 @@ class TrainConfig:
     conv_impl: str = option(
         "auto",
         "model",
-        "Grouped convolution implementation (auto: resnext_tf.layers.resolve_conv_impl).",
+        "Grouped convolution implementation (auto: resnext_tf.backend_ops.resolve_conv_impl).",
         CONV_IMPLS,
     )
     num_classes: int | None = option(
