@@ -1,25 +1,11 @@
 """Entry point of the library: run a TrainConfig (train, or evaluate with test_only)."""
 
-from resnext_tf.training import modeling
 from resnext_tf.training.run_log import say
 from resnext_tf.training.trainer import NonFiniteLossError, Trainer
 
 # Exit codes of `run` (and of run_cifar.py / run_imagenet.py).
 EXIT_OK = 0  # finished, or stopped by SIGTERM after saving a checkpoint (rerun to continue)
 EXIT_NON_FINITE_LOSS = 3  # loss became NaN/inf; the last good checkpoint is kept
-
-
-def _exporter(export_dir):
-    """The SavedModel export function, checked before training starts rather than after."""
-    if not export_dir:
-        return None
-    module = modeling.optional_module("resnext_tf.export")
-    if module is None:
-        raise ValueError(
-            f"export_dir={export_dir!r} needs the resnext_tf.export module, which is not "
-            "installed; expected export_dir unset."
-        )
-    return module.export_saved_model
 
 
 def run(config):
@@ -31,7 +17,11 @@ def run(config):
     Returns:
         A process exit code: EXIT_OK or EXIT_NON_FINITE_LOSS.
     """
-    export = _exporter(config.export_dir)
+    if config.export_dir:
+        # Only runs that export load the exporter, and before training rather than after it.
+        # resnext_tf.export reads runs through training.modeling: the export depends on the
+        # training package, never the other way round at import time.
+        from resnext_tf.export import export_saved_model
     trainer = Trainer(config)
     if config.test_only:
         trainer.test()
@@ -44,7 +34,9 @@ def run(config):
         if outcome == "preempted":
             say(" * Preempted: checkpoint saved; rerun the same command to continue.")
             return EXIT_OK
-    if export and trainer.is_chief:
-        path = export(trainer.export_model, config.export_dir, data_config=trainer.data_config)
+    if config.export_dir and trainer.is_chief:
+        path = export_saved_model(
+            trainer.export_model, config.export_dir, data_config=trainer.data_config
+        )
         say(f" => Exported SavedModel to {path}")
     return EXIT_OK

@@ -1,11 +1,11 @@
 """Model construction for a run: architecture from the config, optional pretrained weights
 (`--retrain`) and a fresh classifier (`--reset_classifier`)."""
 
-import importlib
 import os
 
 import h5py
 
+from resnext_tf import weights
 from resnext_tf.errors import WeightsError
 from resnext_tf.resnext import build_resnext
 from resnext_tf.training import checkpoint
@@ -32,27 +32,6 @@ def build_model(config, input_shape, num_classes):
     )
 
 
-def optional_module(name):
-    """Imports module `name` when it is installed (parts written separately), else None."""
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as e:
-        if e.name != name:
-            raise
-        return None
-
-
-def _converter(path):
-    converter = optional_module("resnext_tf.weights")
-    if converter is None:
-        raise ValueError(
-            f"Cannot load weights; received path={path!r}; expected a .weights.h5 file, a "
-            ".keras file or a checkpoint directory of this project (weight names and Torch "
-            "files need the resnext_tf.weights module, which is not installed)."
-        )
-    return converter
-
-
 def _own_checkpoint(path):
     # A model_dir, checkpoints/ folder or `latest` resolves to its newest checkpoint that
     # verifies (a damaged one is skipped with a warning); see checkpoint.find_checkpoint.
@@ -63,8 +42,9 @@ def _own_checkpoint(path):
     return checkpoint.find_checkpoint(path)
 
 
-def load_weights(model, path):
-    """Loads weights (only) into `model`, whose architecture must match the file.
+def load_run_or_weights(model, path):
+    """Loads weights (only) into `model` from a training run or any weights file; the
+    architecture must match.
 
     Args:
         model: the target keras model.
@@ -81,9 +61,13 @@ def load_weights(model, path):
     if found:
         checkpoint.restore_model_weights(model, found)
     elif path.endswith(".keras"):
-        copy_layer_weights(_converter(path).load_keras_model(path), model)
+        copy_layer_weights(weights.load_keras_model(path), model)
     else:
-        _converter(path).load_weights(model, path)
+        weights.load_weights(model, path)
+
+
+# The former name, which resnext_tf.export still calls.
+load_weights = load_run_or_weights
 
 
 def copy_layer_weights(source, target, skip=()):
@@ -96,10 +80,10 @@ def copy_layer_weights(source, target, skip=()):
         if layer.name in skip or not layer.weights:
             continue
         try:
-            weights = source.get_layer(layer.name).get_weights()
+            values = source.get_layer(layer.name).get_weights()
         except ValueError as e:
             raise ValueError(f"Layer {layer.name!r} of the target has no counterpart: {e}") from e
-        layer.set_weights(weights)
+        layer.set_weights(values)
 
 
 def source_num_classes(path, default):
@@ -129,22 +113,22 @@ def initialise_from(model, path, reset_classifier, build_source):
 
     Args:
         model: the model to train (its head already has the new size when resetting).
-        path: weights to load, see `load_weights`.
+        path: weights to load, see `load_run_or_weights`.
         reset_classifier: keep the freshly initialised head of `model` (-resetClassifier);
             every other layer is copied from the pretrained model.
         build_source: callable(num_classes) -> model of the same architecture, used to hold the
             pretrained weights with their original head.
     """
     if not reset_classifier:
-        load_weights(model, path)
+        load_run_or_weights(model, path)
         return
     if not (_own_checkpoint(path) or path.endswith((".weights.h5", ".keras"))):
         # Torch files and published names: the converter skips the classifier itself.
-        _converter(path).load_weights(model, path, skip_classifier=True)
+        weights.load_weights(model, path, skip_classifier=True)
         return
     if path.endswith(".keras"):
-        source = _converter(path).load_keras_model(path)
+        source = weights.load_keras_model(path)
     else:
         source = build_source(source_num_classes(path, default=model.output_shape[-1]))
-        load_weights(source, path)
+        load_run_or_weights(source, path)
     copy_layer_weights(source, model, skip=(HEAD,))

@@ -41,7 +41,7 @@ def source(tmp_path_factory):
 def test_load_weights_from_each_format(source, name):
     model, root = source
     target = build(10, seed=2)
-    modeling.load_weights(target, str(root / name))
+    modeling.load_run_or_weights(target, str(root / name))
     assert_layers_equal(model, target)
 
 
@@ -65,17 +65,16 @@ def test_source_num_classes(source):
     assert modeling.source_num_classes(str(root / "m.keras"), default=3) == 3
 
 
-def test_unknown_format_without_converter(tmp_path, monkeypatch):
+def test_unknown_format_is_named(tmp_path):
     path = tmp_path / "model.t7"
     path.write_bytes(b"torch")
-    monkeypatch.setattr(modeling, "optional_module", lambda name: None)
-    with pytest.raises(ValueError, match=r"model\.t7.*resnext_tf\.weights"):
-        modeling.load_weights(build(10, seed=1), str(path))
+    with pytest.raises(ValueError, match=r"model\.t7"):
+        modeling.load_run_or_weights(build(10, seed=1), str(path))
 
 
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(ValueError, match="nothing.h5"):
-        modeling.load_weights(build(10, seed=1), str(tmp_path / "nothing.h5"))
+        modeling.load_run_or_weights(build(10, seed=1), str(tmp_path / "nothing.h5"))
 
 
 def test_torch_files_go_to_the_converter_which_skips_the_head(tmp_path, monkeypatch):
@@ -86,9 +85,9 @@ def test_torch_files_go_to_the_converter_which_skips_the_head(tmp_path, monkeypa
         def load_weights(model, path, skip_classifier=False):
             calls.append((path, skip_classifier))
 
-    monkeypatch.setattr(modeling, "optional_module", lambda name: FakeConverter)
+    monkeypatch.setattr(modeling, "weights", FakeConverter)
     model, path = build(7, seed=1), str(tmp_path / "resnext.pth")
-    modeling.load_weights(model, path)
+    modeling.load_run_or_weights(model, path)
     modeling.initialise_from(model, path, True, build_source=None)
     assert calls == [(path, False), (path, True)]
 

@@ -1,0 +1,87 @@
+"""The package's import graph has no cycle, counting imports inside functions and
+importlib.import_module calls with a literal name."""
+
+import ast
+import os
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGES = ("resnext_tf", "flags")
+
+
+def modules():
+    """{module name: path} of every module of PACKAGES."""
+    found = {}
+    for package in PACKAGES:
+        for folder, _, files in os.walk(os.path.join(REPO, package)):
+            for name in files:
+                if name.endswith(".py"):
+                    path = os.path.join(folder, name)
+                    parts = os.path.relpath(path, REPO)[:-3].split(os.sep)
+                    found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+def imported_names(tree, known):
+    """The modules of `known` an import statement or import_module("...") in `tree` loads.
+
+    `from package import module` counts as an import of the module, not of the package (its
+    parent, which Python initialises first in any case); `from package import name` of the
+    package.
+    """
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for alias in node.names:
+                name = f"{node.module}.{alias.name}"
+                yield name if name in known else node.module
+        elif (
+            isinstance(node, ast.Call)
+            and getattr(node.func, "attr", getattr(node.func, "id", None)) == "import_module"
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+        ):
+            yield node.args[0].value
+
+
+def import_graph():
+    known = modules()
+    graph = {}
+    for name, path in known.items():
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+        graph[name] = {m for m in imported_names(tree, known) if m in known and m != name}
+    return graph
+
+
+def find_cycle(graph):
+    """A list of modules that import each other in a circle, or None."""
+    state, stack = {}, []
+
+    def visit(node):
+        state[node] = "open"
+        stack.append(node)
+        for child in sorted(graph[node]):
+            if state.get(child) == "open":
+                return stack[stack.index(child) :] + [child]
+            if child not in state and (cycle := visit(child)):
+                return cycle
+        state[node] = "done"
+        stack.pop()
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_no_import_cycle():
+    graph = import_graph()
+    assert graph["resnext_tf.training.main"] >= {"resnext_tf.export"}  # the graph sees lazy imports
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+def test_the_checker_finds_a_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
