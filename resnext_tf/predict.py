@@ -280,8 +280,8 @@ class KerasPredictor:
                 f"--ten_crop is an ImageNet evaluation; received a {data_config.dataset} model."
             )
         if ten_crop:
-            cfg = dataclasses.replace(data_config, ten_crop=True)
-            transform = functools.partial(transforms.imagenet_eval, cfg=cfg)
+            ten_crops = dataclasses.replace(data_config, ten_crop=True)
+            transform = functools.partial(transforms.imagenet_eval, cfg=ten_crops)
         else:
             # The serving signature's own transform, so predict and serving cannot drift.
             transform = export.eval_transform(data_config)

@@ -101,7 +101,7 @@ def encode(array, fmt="JPEG", mode=None, **options):
 
 
 def gradient(rng, height, width):
-    """A smooth random colour image, uint8 [height, width, 3]."""
+    """A smooth random color image, uint8 [height, width, 3]."""
     y, x = np.mgrid[0:height, 0:width] / max(height, width, 1)
     phase = rng.uniform(0, 6, 3)
     image = [128 + 100 * np.sin(3 * x + 2 * y + p) for p in phase]

@@ -80,10 +80,10 @@ def _example_shape(config, train):
 
 def _standin(config, train):
     """What an example none of whose files decodes becomes: a mid-grey image, left as it is
-    by the colour map in training."""
+    by the color map in training."""
     if train:
         grey = tf.fill(_example_shape(config, train), 255.0 * GREY)
-        neutral = transforms.colour_map(
+        neutral = transforms.color_map(
             tf.fill([3], 255.0 * GREY), tf.constant(transforms.NO_JITTER), tf.zeros([3])
         )
         return grey, neutral
@@ -378,9 +378,9 @@ def _batches(config, data, train, batching, start, count, epoch, input_context):
     ds = _decode_batches(ds, fetch, _imagenet_transform(config, train), config, train)
     if not train:
         return ds
-    # The colour work of a whole batch at once (transforms.apply_colour).
+    # The color work of a whole batch at once (transforms.apply_color).
     return ds.map(
-        lambda out, labels: (transforms.apply_colour(*out), labels),
+        lambda out, labels: (transforms.apply_color(*out), labels),
         num_parallel_calls=AUTOTUNE,
         deterministic=True,
     )

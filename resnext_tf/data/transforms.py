@@ -4,10 +4,10 @@ Every random draw is stateless: a transform takes a seed of shape [2] and gives 
 output for the same seed. Geometry follows Torch: integer sizes are truncated, centre crops
 start at ceil((size - crop) / 2), RandomSizedCrop rounds half away from zero.
 
-The ImageNet training colour work (jitter, lighting, normalization) is linear in the pixel
+The ImageNet training color work (jitter, lighting, normalization) is linear in the pixel
 values once an image's random draws and mean grey level are known, and the original clamps
-nowhere in between; so each image gets one affine colour map (3x3 matrix and bias), drawn in
-`imagenet_train`, and `apply_colour` applies the maps of a whole batch in one pass.
+nowhere in between; so each image gets one affine color map (3x3 matrix and bias), drawn in
+`imagenet_train`, and `apply_color` applies the maps of a whole batch in one pass.
 
 Encoded images are checked against `ImageLimits` from their header before anything decodes
 them (`check_image`), and the evaluation crop of a wide image is computed from the source
@@ -193,8 +193,8 @@ def lighting_shift(seed, alphastd):
     return tf.linalg.matvec(eigvec, alpha * tf.constant(PCA_EIGVAL, tf.float32))
 
 
-def colour_map(channel_mean, coefficients, shift):
-    """The affine colour map of one image: jitter, then lighting, then normalization.
+def color_map(channel_mean, coefficients, shift):
+    """The affine color map of one image: jitter, then lighting, then normalization.
 
     For a 0-255 image x and u = x / 255, the training recipe computes per pixel
     (p * u + q * grey(u) + r * mean(grey(u)) + shift - MEAN) / STD, grey(u) = u @ GREY_WEIGHTS,
@@ -218,23 +218,27 @@ def colour_map(channel_mean, coefficients, shift):
     return tf.concat([matrix, bias[None]], axis=0)
 
 
-def apply_colour(images, colour):
-    """Applies per-image colour maps to a batch.
+def apply_color(images, color):
+    """Applies per-image color maps to a batch.
 
     Args:
         images: float32 [b, H, W, 3].
-        colour: float32 [b, 4, 3], each image's colour_map.
+        color: float32 [b, 4, 3], each image's color_map.
 
     Returns:
         float32 [b, H, W, 3]: images @ matrix + bias, image by image.
     """
     shape = tf.shape(images)
-    pixels = tf.matmul(tf.reshape(images, [shape[0], -1, 3]), colour[:, :3])
+    pixels = tf.matmul(tf.reshape(images, [shape[0], -1, 3]), color[:, :3])
     # Adding the bias to rows of W * 3 values (the bias tiled W times) runs about twice as
     # fast as broadcasting a 3-vector over every pixel.
     rows = tf.reshape(pixels, [shape[0], shape[1], -1])
-    rows += tf.tile(colour[:, 3], [1, shape[2]])[:, None]
+    rows += tf.tile(color[:, 3], [1, shape[2]])[:, None]
     return tf.reshape(rows, shape)
+
+
+# The former name, which benchmarks/input_pipeline.py still calls.
+apply_colour = apply_color
 
 
 # ---------------------------------------------------------------------------------------------
@@ -282,8 +286,8 @@ def _be(head, offset, count):
     return sum(head[offset + k] * 256 ** (count - 1 - k) for k in range(count))
 
 
-def _colour_table_bytes(flags):
-    """Bytes of the colour table that a GIF flags byte announces."""
+def _color_table_bytes(flags):
+    """Bytes of the color table that a GIF flags byte announces."""
     flags = tf.maximum(flags, 0)
     return tf.where(flags >= 128, 3 * tf.bitwise.left_shift(tf.constant(2, tf.int64), flags % 8), 0)
 
@@ -320,9 +324,9 @@ def _gif_frame_pixels(data):
         image, extension = tf.equal(kind, 0x2C), tf.equal(kind, 0x21)
         width = tf.maximum(byte(pos + 5), 0) + 256 * tf.maximum(byte(pos + 6), 0)
         height = tf.maximum(byte(pos + 7), 0) + 256 * tf.maximum(byte(pos + 8), 0)
-        # Image: descriptor (10 bytes), local colour table, LZW code size, then sub-blocks.
+        # Image: descriptor (10 bytes), local color table, LZW code size, then sub-blocks.
         # Extension: introducer and label, then sub-blocks.
-        next_pos = tf.where(image, pos + 11 + _colour_table_bytes(byte(pos + 9)), pos + 2)
+        next_pos = tf.where(image, pos + 11 + _color_table_bytes(byte(pos + 9)), pos + 2)
         pixels += tf.where(image, width * height, 0)
         return next_pos, image | extension, pixels, ~(image | extension)
 
@@ -332,7 +336,7 @@ def _gif_frame_pixels(data):
         )
         return pos, in_sub_blocks, pixels, steps + 1, done
 
-    start = 13 + _colour_table_bytes(byte(10))
+    start = 13 + _color_table_bytes(byte(10))
     zero = tf.constant(0, tf.int64)
     _, _, pixels, _, done = tf.while_loop(
         lambda pos, in_sub_blocks, pixels, steps, done: ~done & (steps < GIF_MAX_STEPS),
@@ -717,8 +721,8 @@ def _centre_window(data, source, resized, corner, size, antialias):
 def imagenet_train(data, seed, cfg, limits=DEFAULT_LIMITS):
     """The per-image part of the ImageNet training transform of an encoded image.
 
-    Crops a RandomSizedCrop window, resizes it and flips it, and draws the image's colour
-    jitter and lighting; `apply_colour` on a batch of these completes the transform (jitter,
+    Crops a RandomSizedCrop window, resizes it and flips it, and draws the image's color
+    jitter and lighting; `apply_color` on a batch of these completes the transform (jitter,
     lighting, normalize).
 
     Args:
@@ -728,8 +732,8 @@ def imagenet_train(data, seed, cfg, limits=DEFAULT_LIMITS):
         limits: ImageLimits; an image over them raises InvalidArgumentError undecoded.
 
     Returns:
-        (image, colour): float32 [size, size, 3] on the 0-255 scale (bicubic may overshoot
-        it), and the image's float32 [4, 3] colour_map.
+        (image, color): float32 [size, size, 3] on the 0-255 scale (bicubic may overshoot
+        it), and the image's float32 [4, 3] color_map.
     """
     data = checked(data, limits)
     size = cfg.crop_size
@@ -748,8 +752,8 @@ def imagenet_train(data, seed, cfg, limits=DEFAULT_LIMITS):
     if cfg.color_jitter > 0:
         coefficients = jitter_coefficients(*sample_color_jitter(jitter_seed, cfg.color_jitter))
     shift = lighting_shift(light_seed, cfg.lighting) if cfg.lighting > 0 else tf.zeros([3])
-    colour = colour_map(tf.reduce_mean(image, axis=[0, 1]), coefficients, shift)
-    return (random_flip(image, flip_seed) if cfg.flip else image), colour
+    color = color_map(tf.reduce_mean(image, axis=[0, 1]), coefficients, shift)
+    return (random_flip(image, flip_seed) if cfg.flip else image), color
 
 
 def imagenet_eval(data, cfg, limits=DEFAULT_LIMITS):

@@ -1,5 +1,5 @@
 """Training curves in the paper's style: top-1 error vs. epoch, train dashed, val solid, one
-colour per run (Xie et al., Fig. 5 / 7).
+color per run (Xie et al., Fig. 5 / 7).
 
     python -m resnext_tf.training.plot --runs runs/a,runs/b --out curves.png
 
@@ -54,12 +54,12 @@ def plot_runs(run_dirs, out, labels=None):
     plt = _pyplot()
     labels = labels or [os.path.basename(os.path.normpath(d)) for d in run_dirs]
     figure, axes = plt.subplots(figsize=(6, 4.5))
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (run_dir, label) in enumerate(zip(run_dirs, labels, strict=True)):
         epochs, train, val = load_curves(run_dir)
-        colour = colours[i % len(colours)]
-        axes.plot(epochs, train, linestyle="--", color=colour, label=f"{label} (train)")
-        axes.plot(epochs, val, linestyle="-", color=colour, label=f"{label} (val)")
+        color = colors[i % len(colors)]
+        axes.plot(epochs, train, linestyle="--", color=color, label=f"{label} (train)")
+        axes.plot(epochs, val, linestyle="-", color=color, label=f"{label} (val)")
     axes.set_xlabel("epochs")
     axes.set_ylabel("top-1 error (%)")
     axes.grid(alpha=0.3)

@@ -9,7 +9,7 @@ untrusted input: a file that cannot be used raises a one-line WeightsError namin
 
 from resnext_tf.weights.loading import (
     architecture_name,
-    convert,
+    convert_weights,
     load_keras_model,
     load_weights,
     read_source,
@@ -30,7 +30,7 @@ __all__ = [
     "WeightsUnavailable",
     "architecture_name",
     "assign_state_dict",
-    "convert",
+    "convert_weights",
     "list_pretrained",
     "load_keras_model",
     "load_weights",

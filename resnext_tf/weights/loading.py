@@ -138,7 +138,7 @@ def save_weights_atomic(model, path):
             os.remove(tmp)
 
 
-def convert(src, model, out, skip_classifier=False):
+def convert_weights(src, model, out, skip_classifier=False):
     """Converts a Torch weight file for `model` and writes it as a Keras .weights.h5 file.
 
     Args:

@@ -10,7 +10,7 @@ uniform image the same:
                scaled by 3 / C, so the C weights of an input position still sum as the 3 did.
 
 Weights of another channel count than 3 are adapted only to the count they have: a grayscale
-kernel carries no colour to spread back over RGB.
+kernel carries no color to spread back over RGB.
 """
 
 import contextlib

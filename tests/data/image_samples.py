@@ -23,7 +23,7 @@ WNIDS = ("n01440764", "n01443537", "n01484850")
 
 
 def natural_image(rng, height, width):
-    """A smooth colour gradient with texture and mild noise, as uint8 [height, width, 3]."""
+    """A smooth color gradient with texture and mild noise, as uint8 [height, width, 3]."""
     y, x = np.mgrid[0:height, 0:width] / max(height, width)
     phase = rng.uniform(0, 2 * np.pi, 3)
     channels = [
@@ -62,13 +62,13 @@ def write_cifar_batches(folder, names, sizes, label_key, seed):
 
 
 def train_image(data, seed, cfg):
-    """transforms.imagenet_train of one encoded image, completed by apply_colour, as numpy."""
-    image, colour = transforms.imagenet_train(data, seed, cfg)
-    return transforms.apply_colour(image[None], colour[None])[0].numpy()
+    """transforms.imagenet_train of one encoded image, completed by apply_color, as numpy."""
+    image, color = transforms.imagenet_train(data, seed, cfg)
+    return transforms.apply_color(image[None], color[None])[0].numpy()
 
 
-def numpy_colour(image, factors, order, shift):
-    """fb.resnet's colour steps one after the other on a 0-255 image: jitter blends in
+def numpy_color(image, factors, order, shift):
+    """fb.resnet's color steps one after the other on a 0-255 image: jitter blends in
     `order`, lighting `shift`, normalization (float64, no clamping).
 
     Returns:

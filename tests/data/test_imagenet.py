@@ -14,7 +14,7 @@ from image_samples import (
     WNIDS,
     encode,
     natural_image,
-    numpy_colour,
+    numpy_color,
     requires_tfds_prepare,
     train_image,
     with_jpeg_size,
@@ -194,7 +194,7 @@ def _broken_tree(root):
 
 def _reference_example(paths, broken, i, seed, cfg):
     """Example i of a training epoch, computed image by image: the first readable of files
-    i and i + 1 through crop, resize and flip, then fb.resnet's colour steps one after the
+    i and i + 1 through crop, resize and flip, then fb.resnet's color steps one after the
     other in NumPy; a normalized grey image when neither file reads."""
     for j in (i, (i + 1) % len(paths)):
         if j not in broken:
@@ -207,7 +207,7 @@ def _reference_example(paths, broken, i, seed, cfg):
     factors, order = transforms.sample_color_jitter(jitter_seed, 0.4)
     alpha = tf.random.stateless_normal([3], light_seed, stddev=0.1).numpy()
     shift = np.array(transforms.PCA_EIGVEC) @ (alpha * np.array(transforms.PCA_EIGVAL))
-    expected, _ = numpy_colour(image.numpy().astype(np.float64), factors.numpy(), order, shift)
+    expected, _ = numpy_color(image.numpy().astype(np.float64), factors.numpy(), order, shift)
     return expected, j // 4
 
 

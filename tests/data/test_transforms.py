@@ -11,7 +11,7 @@ from image_samples import (
     animated_gif,
     encode,
     natural_image,
-    numpy_colour,
+    numpy_color,
     train_image,
     with_jpeg_size,
 )
@@ -148,22 +148,22 @@ def test_color_jitter_draws():
 
 
 @pytest.mark.parametrize("order", list(itertools.permutations(range(3))))
-def test_batched_colour_maps_equal_the_steps_one_after_the_other(order):
+def test_batched_color_maps_equal_the_steps_one_after_the_other(order):
     rng = np.random.default_rng(1)
     images = rng.uniform(0, 255, (2, 6, 5, 3)).astype(np.float32)
     factors = np.array([[1.3, 0.7, 1.35], [0.65, 1.2, 0.8]], np.float32)
     shifts = np.array([[0.02, -0.01, 0.005], [-0.03, 0.0, 0.01]], np.float32)
-    colour = [
-        transforms.colour_map(
+    color = [
+        transforms.color_map(
             tf.reduce_mean(images[i], axis=[0, 1]),
             transforms.jitter_coefficients(tf.constant(factors[i]), tf.constant(order)),
             tf.constant(shifts[i]),
         )
         for i in range(2)
     ]
-    out = transforms.apply_colour(tf.constant(images), tf.stack(colour)).numpy()
+    out = transforms.apply_color(tf.constant(images), tf.stack(color)).numpy()
     for i in range(2):
-        expected, unclamped_max = numpy_colour(
+        expected, unclamped_max = numpy_color(
             images[i].astype(np.float64), factors[i], order, shifts[i]
         )
         np.testing.assert_allclose(out[i], expected, atol=2e-5)

@@ -7,7 +7,7 @@ import train_helpers
 
 @pytest.fixture(scope="session")
 def cifar_dir(tmp_path_factory):
-    """A CIFAR-10 python-version folder with 5 x 64 training and 100 test images of 10 colour
+    """A CIFAR-10 python-version folder with 5 x 64 training and 100 test images of 10 color
     classes. Not named cifar-10-batches-py: the reader checks official names against the
     official MD5."""
     folder = tmp_path_factory.mktemp("cifar") / "cifar10-sample"

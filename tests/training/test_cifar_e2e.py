@@ -1,4 +1,4 @@
-"""run_cifar.py end to end on a small colour-coded CIFAR-10: learning, logs, mid-epoch resume,
+"""run_cifar.py end to end on a small color-coded CIFAR-10: learning, logs, mid-epoch resume,
 --test_only and --retrain."""
 
 import glob

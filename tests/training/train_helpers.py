@@ -1,4 +1,4 @@
-"""Helpers of the training tests: colour-coded images, a runner for the entry points (run in
+"""Helpers of the training tests: color-coded images, a runner for the entry points (run in
 subprocesses, as users run them) and parsers of their output."""
 
 import os
@@ -18,7 +18,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # trains at a few steps per second on two CPU cores.
 TINY_MODEL = ["--depth=11", "--cardinality=2", "--base_width=4", "--shortcut_type=A"]
 
-# One colour per class, far apart in RGB so that a few SGD steps separate the classes.
+# One color per class, far apart in RGB so that a few SGD steps separate the classes.
 COLOURS = np.array(
     [
         [230, 25, 25],
@@ -37,15 +37,15 @@ COLOURS = np.array(
 NOISE = 40.0  # per-pixel uniform noise amplitude, so that the images of a class differ
 
 
-def colour_images(labels, size, rng):
-    """uint8 [n, size, size, 3] images: the class colour plus uniform noise."""
+def color_images(labels, size, rng):
+    """uint8 [n, size, size, 3] images: the class color plus uniform noise."""
     base = COLOURS[labels][:, None, None, :]
     noise = rng.uniform(-NOISE, NOISE, size=(len(labels), size, size, 3))
     return np.clip(base + noise, 0, 255).astype(np.uint8)
 
 
 def _cifar_batch(labels, rng):
-    images = colour_images(labels, 32, rng)
+    images = color_images(labels, 32, rng)
     # Official layout: 1024 R, then 1024 G, then 1024 B values per row (docs/reference.md).
     data = images.transpose(0, 3, 1, 2).reshape(len(labels), 3 * 32 * 32)
     return {b"data": data, b"labels": [int(v) for v in labels]}
@@ -61,12 +61,12 @@ def write_cifar10(folder, rng, train_per_batch=64, num_test=100):
 
 
 def write_imagenet(root, rng, num_classes=4, train_per_class=24, val_per_class=6, size=40):
-    """Writes train/<wnid>/*.JPEG and val/<wnid>/*.JPEG colour images with PIL."""
+    """Writes train/<wnid>/*.JPEG and val/<wnid>/*.JPEG color images with PIL."""
     for split, count in (("train", train_per_class), ("val", val_per_class)):
         for label in range(num_classes):
             folder = os.path.join(root, split, f"n{label:08d}")
             os.makedirs(folder)
-            for i, image in enumerate(colour_images(np.full(count, label), size, rng)):
+            for i, image in enumerate(color_images(np.full(count, label), size, rng)):
                 Image.fromarray(image).save(os.path.join(folder, f"img_{i}.JPEG"), quality=90)
 
 

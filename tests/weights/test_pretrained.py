@@ -12,7 +12,7 @@ from resnext_tf.applications import ResNeXt50
 from resnext_tf.errors import WeightsError
 from resnext_tf.weights import (
     architecture_name,
-    convert,
+    convert_weights,
     list_pretrained,
     load_weights,
     pretrained,
@@ -167,7 +167,10 @@ def tiny_safetensors(tmp_path):
 
 def test_convert_writes_a_keras_weights_file(tmp_path, tiny_safetensors):
     path, state = tiny_safetensors
-    convert(path, tiny_cifar(), str(tmp_path / "tiny.weights.h5"))
+    convert_weights(path, tiny_cifar(), str(tmp_path / "tiny.weights.h5"))
+    # The function and the `python -m resnext_tf.weights.convert` module have their own names.
+    assert resnext_tf.weights.convert_weights is convert_weights
+    assert resnext_tf.weights.convert.main is convert_main
     model = tiny_cifar()
     load_weights(model, str(tmp_path / "tiny.weights.h5"))
     np.testing.assert_array_equal(model.get_layer("head").bias.numpy(), state["fc.bias"])
