@@ -59,7 +59,9 @@ def create_model(name, **overrides):
         of `input_shape`) sets the number of input channels, 3 by default; `load_weights` adapts
         RGB weights to other counts (`resnext_tf.weights.stem`). "resnext_B" may replace
         "resnext_C" (the same function). Overrides of the architecture (stem, depth,
-        cardinality, base_width) must agree with the variant.
+        cardinality, base_width) must agree with the variant. The input is the variant's size
+        unless `input_shape` says otherwise; `input_shape=(None, None, 3)` takes any size, as
+        timm's and torchvision's models do (the head pools globally).
 
     Returns:
       A `keras.Model`.

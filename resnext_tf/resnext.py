@@ -64,7 +64,7 @@ def stage_blocks(stem, depth):
     return ((depth - 2) // 9,) * 3
 
 
-def check_input_shape(input_shape, stem, include_top, in_channels=None):
+def check_input_shape(input_shape, stem, in_channels=None):
     """Validates an (H, W, C) input shape for a stem, keras.applications style.
 
     Any number of channels is accepted (grayscale, RGB-D, multispectral). Published weights are
@@ -72,9 +72,9 @@ def check_input_shape(input_shape, stem, include_top, in_channels=None):
     keras.applications-style constructors refuse weights="imagenet" with them, as Keras does.
 
     Args:
-      input_shape: A tuple (height, width, channels); height/width may be None without the top.
+      input_shape: A tuple (height, width, channels); height and width may be None, with or
+        without the top (its global pooling takes any size), for a model of any input size.
       stem: "imagenet" or "cifar".
-      include_top: Whether the classifier is attached.
       in_channels: Optional channel count; must agree with `input_shape` when both are given.
 
     Returns:
@@ -192,7 +192,8 @@ def build_resnext(
       include_top: Attach global average pooling and the classifier.
       pooling: Without the top: None (4D features), "avg" or "max".
       input_shape: (height, width, channels), any number of channels; defaults to 224x224
-        (ImageNet) or 32x32 (CIFAR) with `in_channels` channels.
+        (ImageNet) or 32x32 (CIFAR) with `in_channels` channels. (None, None, channels) takes
+        images of any size (at least the stem's minimum), the top included.
       input_tensor: Optional Keras tensor to use as the model input.
       classifier_activation: None for logits (the default here), or e.g. "softmax".
       name: Model name; derived from the architecture by default.
@@ -229,7 +230,7 @@ def build_resnext(
         )
     if input_tensor is not None and input_shape is None:
         input_shape = tuple(input_tensor.shape[1:])
-    input_shape = check_input_shape(input_shape, stem, include_top, in_channels)
+    input_shape = check_input_shape(input_shape, stem, in_channels)
     inputs = input_tensor if input_tensor is not None else keras.Input(input_shape, name="images")
 
     x = _stem(inputs, stem, conv_impl, sync_bn)

@@ -393,6 +393,24 @@ def test_registry_overrides():
         create_model("resnext51")
 
 
+def test_any_image_size_with_the_top():
+    """As timm's and torchvision's: the head pools globally, so (None, None, 3) takes any size
+    from the stem's minimum on, and the logits do not depend on the batch's other sizes."""
+    model = create_model("resnext50_32x4d", input_shape=(None, None, 3))
+    assert model.input_shape == (None, None, None, 3)
+    rng = np.random.default_rng(0)
+    for size in (64, 320, 33):
+        images = rng.standard_normal((1, size, size, 3)).astype("float32")
+        logits = model(images, training=False)
+        assert logits.shape == (1, 1000) and np.all(np.isfinite(logits))
+    fixed = create_model("resnext50_32x4d", input_shape=(64, 64, 3))
+    fixed.set_weights(model.get_weights())
+    images = rng.standard_normal((2, 64, 64, 3)).astype("float32")
+    np.testing.assert_allclose(fixed(images), model(images), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="at least 32x32"):
+        create_model("resnext50_32x4d", input_shape=(16, None, 3))
+
+
 @pytest.mark.parametrize("in_channels", [1, 3, 4])
 def test_any_number_of_input_channels(in_channels):
     by_shape = build_resnext(**{**TINY, "input_shape": (8, 8, in_channels)})
