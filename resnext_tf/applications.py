@@ -13,12 +13,10 @@ import numpy as np
 from keras import ops
 
 from resnext_tf.errors import WeightsError
+from resnext_tf.recipes import RECIPES
 from resnext_tf.resnext import build_resnext
 from resnext_tf.weights.pretrained import IMAGENET, PRETRAINED
 
-# ImageNet normalisation of fb.resnet.torch (and torchvision), on images scaled to [0, 1].
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 CLASS_INDEX_PATH = os.path.join(
     os.path.dirname(__file__), "data_files", "imagenet_class_index.json"
 )
@@ -165,8 +163,9 @@ def preprocess_input(x, data_format=None):
             "data_format should be one of None, 'channels_last', 'channels_first'; received "
             f"data_format={data_format!r}."
         )
-    mean = np.asarray(IMAGENET_MEAN, np.float32)
-    std = np.asarray(IMAGENET_STD, np.float32)
+    # The ImageNet recipe's normalization, on images scaled to [0, 1].
+    mean = np.asarray(RECIPES["imagenet"].mean, np.float32)
+    std = np.asarray(RECIPES["imagenet"].std, np.float32)
     if data_format == "channels_first":
         mean, std = mean[:, None, None], std[:, None, None]
     x = ops.cast(x, "float32") / 255.0

@@ -27,6 +27,8 @@ class Recipe:
     Attributes:
         stem: "imagenet" or "cifar": the network stem and stages the dataset trains.
         num_classes, num_train, num_eval: classes and official split sizes.
+        mean, std: per-channel normalization of the original (docs/reference.md "Data"), on
+            the scale it normalizes: [0, 1] images on ImageNet, 0-255 on CIFAR.
         image_size: side of the square crops the model sees.
         eval_resize: evaluation resizes the shorter side to this before the centre crop of
             image_size (equal to image_size: no resize).
@@ -42,6 +44,8 @@ class Recipe:
     num_classes: int
     num_train: int
     num_eval: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
     image_size: int
     eval_resize: int
     depth: int
@@ -84,6 +88,8 @@ _CIFAR10 = Recipe(
     num_classes=10,
     num_train=50_000,
     num_eval=10_000,
+    mean=(125.3, 123.0, 113.9),
+    std=(63.0, 62.1, 66.7),
     image_size=32,
     eval_resize=32,
     depth=29,
@@ -94,12 +100,16 @@ _CIFAR10 = Recipe(
 )
 RECIPES = {
     "cifar10": _CIFAR10,
-    "cifar100": dataclasses.replace(_CIFAR10, num_classes=100),
+    "cifar100": dataclasses.replace(
+        _CIFAR10, num_classes=100, mean=(129.3, 124.1, 112.4), std=(68.2, 65.4, 70.4)
+    ),
     "imagenet": Recipe(
         stem="imagenet",
         num_classes=1000,
         num_train=1_281_167,
         num_eval=50_000,
+        mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225),
         image_size=224,
         eval_resize=256,
         depth=50,

@@ -1,24 +1,26 @@
 """Named variants from the paper and the original's README: `create_model` and `list_models`."""
 
+from resnext_tf.recipes import RECIPES
 from resnext_tf.resnext import build_resnext
 
-# name -> (stem, depth, cardinality, base_width, bottleneck_type, default num_classes).
-# "CxWd" is cardinality C with base width W. The ResNeXt-50 2x40d/4x24d/8x14d/32x4d set keeps
-# the complexity of ResNet-50 (1x64d), the paper's Table 3.
+# name -> (dataset, depth, cardinality, base_width, bottleneck_type); the dataset's recipe gives
+# the stem and the default class count. "CxWd" is cardinality C with base width W. The
+# ResNeXt-50 2x40d/4x24d/8x14d/32x4d set keeps the complexity of ResNet-50 (1x64d), the paper's
+# Table 3.
 MODEL_SPECS = {
-    "resnext29_8x64d": ("cifar", 29, 8, 64, "resnext_C", 10),
-    "resnext29_16x64d": ("cifar", 29, 16, 64, "resnext_C", 10),
-    "resnext50_2x40d": ("imagenet", 50, 2, 40, "resnext_C", 1000),
-    "resnext50_4x24d": ("imagenet", 50, 4, 24, "resnext_C", 1000),
-    "resnext50_8x14d": ("imagenet", 50, 8, 14, "resnext_C", 1000),
-    "resnext50_32x4d": ("imagenet", 50, 32, 4, "resnext_C", 1000),
-    "resnext101_32x4d": ("imagenet", 101, 32, 4, "resnext_C", 1000),
-    "resnext101_32x8d": ("imagenet", 101, 32, 8, "resnext_C", 1000),
-    "resnext101_64x4d": ("imagenet", 101, 64, 4, "resnext_C", 1000),
-    "resnext152_32x4d": ("imagenet", 152, 32, 4, "resnext_C", 1000),
-    "resnet50": ("imagenet", 50, 1, 64, "resnet", 1000),
-    "resnet101": ("imagenet", 101, 1, 64, "resnet", 1000),
-    "resnet152": ("imagenet", 152, 1, 64, "resnet", 1000),
+    "resnext29_8x64d": ("cifar10", 29, 8, 64, "resnext_C"),
+    "resnext29_16x64d": ("cifar10", 29, 16, 64, "resnext_C"),
+    "resnext50_2x40d": ("imagenet", 50, 2, 40, "resnext_C"),
+    "resnext50_4x24d": ("imagenet", 50, 4, 24, "resnext_C"),
+    "resnext50_8x14d": ("imagenet", 50, 8, 14, "resnext_C"),
+    "resnext50_32x4d": ("imagenet", 50, 32, 4, "resnext_C"),
+    "resnext101_32x4d": ("imagenet", 101, 32, 4, "resnext_C"),
+    "resnext101_32x8d": ("imagenet", 101, 32, 8, "resnext_C"),
+    "resnext101_64x4d": ("imagenet", 101, 64, 4, "resnext_C"),
+    "resnext152_32x4d": ("imagenet", 152, 32, 4, "resnext_C"),
+    "resnet50": ("imagenet", 50, 1, 64, "resnet"),
+    "resnet101": ("imagenet", 101, 1, 64, "resnet"),
+    "resnet152": ("imagenet", 152, 1, 64, "resnet"),
 }
 # Arguments that define a variant; an override may repeat them but not change them.
 ARCHITECTURE_ARGS = ("stem", "depth", "cardinality", "base_width")
@@ -37,14 +39,14 @@ def model_kwargs(name):
     """
     if name not in MODEL_SPECS:
         raise ValueError(f"Unknown model; received name={name!r}, expected one of {list_models()}.")
-    stem, depth, cardinality, base_width, bottleneck_type, num_classes = MODEL_SPECS[name]
+    dataset, depth, cardinality, base_width, bottleneck_type = MODEL_SPECS[name]
     return dict(
-        stem=stem,
+        stem=RECIPES[dataset].stem,
         depth=depth,
         cardinality=cardinality,
         base_width=base_width,
         bottleneck_type=bottleneck_type,
-        num_classes=num_classes,
+        num_classes=RECIPES[dataset].num_classes,
         name=name,
     )
 

@@ -238,9 +238,7 @@ def test_labels_file_names_the_classes(run_dir, photos, tmp_path):
 
 def test_weights_file_of_a_registered_model(photos, tmp_path, monkeypatch):
     # A tiny variant registered for the test keeps the model small.
-    monkeypatch.setitem(
-        registry.MODEL_SPECS, "resnext11_2x4d", ("cifar", 11, 2, 4, "resnext_C", 10)
-    )
+    monkeypatch.setitem(registry.MODEL_SPECS, "resnext11_2x4d", ("cifar10", 11, 2, 4, "resnext_C"))
     keras.utils.set_random_seed(0)
     model = resnext_tf.create_model("resnext11_2x4d")
     path = str(tmp_path / "tiny.weights.h5")

@@ -19,11 +19,12 @@ import tensorflow as tf
 
 # ImageLimits is defined with the other pure configuration; the transforms apply it.
 from resnext_tf.data.config import ImageLimits
-from resnext_tf.recipes import recipe
+from resnext_tf.recipes import RECIPES, recipe
 
-# ImageNet channel mean and std on [0, 1] RGB images (docs/reference.md "Data", step 4).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+# ImageNet channel mean and std on [0, 1] RGB images, and CIFAR's (mean, std) on 0-255 images,
+# from the recipes.
+IMAGENET_MEAN, IMAGENET_STD = RECIPES["imagenet"].mean, RECIPES["imagenet"].std
+CIFAR_MEAN_STD = {name: (r.mean, r.std) for name, r in RECIPES.items() if r.stem == "cifar"}
 # AlexNet PCA lighting noise: eigenvalues and eigenvector rows (docs/reference.md "Data", step 3).
 PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
 PCA_EIGVEC = (
@@ -35,11 +36,6 @@ PCA_EIGVEC = (
 GREY_WEIGHTS = (0.299, 0.587, 0.114)
 # Jitter coefficients (p, q, r) of p * x + q * grey(x) + r * mean(grey(x)) that leave x as it is.
 NO_JITTER = (1.0, 0.0, 0.0)
-# CIFAR (mean, std) per channel on 0-255 images (docs/reference.md "Data").
-CIFAR_MEAN_STD = {
-    "cifar10": ((125.3, 123.0, 113.9), (63.0, 62.1, 66.7)),
-    "cifar100": ((129.3, 124.1, 112.4), (68.2, 65.4, 70.4)),
-}
 # libjpeg's accurate integer IDCT, the default of Torch's image.load and of PIL; TF's own
 # default (fast IDCT) differs from them by up to 4 levels.
 JPEG_DCT = "INTEGER_ACCURATE"

@@ -11,6 +11,7 @@ import zipfile
 
 from resnext_tf.errors import WeightsError, one_line
 from resnext_tf.layers import Bottleneck
+from resnext_tf.recipes import RECIPES
 from resnext_tf.registry import MODEL_SPECS
 from resnext_tf.resnext import stage_blocks
 from resnext_tf.weights import pretrained, torch7
@@ -50,8 +51,8 @@ def architecture_name(model):
         return None
     per_stage = collections.Counter(int(match[1]) for match in names)
     counts = tuple(per_stage[s] for s in sorted(per_stage))
-    for name, (stem, depth, cardinality, base_width, _, _) in MODEL_SPECS.items():
-        if stage_blocks(stem, depth) == counts and (cardinality, base_width) == (
+    for name, (dataset, depth, cardinality, base_width, _) in MODEL_SPECS.items():
+        if stage_blocks(RECIPES[dataset].stem, depth) == counts and (cardinality, base_width) == (
             blocks[0].cardinality,
             blocks[0].base_width,
         ):
