@@ -275,12 +275,11 @@ class KerasPredictor:
                 f"predict decodes images to RGB; received a model with {channels} input "
                 "channels. Call the model on your own arrays instead."
             )
-        if ten_crop and data_config.is_cifar:
-            raise UserError(
-                f"--ten_crop is an ImageNet evaluation; received a {data_config.dataset} model."
-            )
         if ten_crop:
-            ten_crops = dataclasses.replace(data_config, ten_crop=True)
+            try:
+                ten_crops = dataclasses.replace(data_config, ten_crop=True)
+            except ValueError as e:  # DataConfig's rule: ten crops are an ImageNet evaluation
+                raise UserError(f"--ten_crop: {e}") from e
             transform = functools.partial(transforms.imagenet_eval, cfg=ten_crops)
         else:
             # The serving signature's own transform, so predict and serving cannot drift.

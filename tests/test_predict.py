@@ -206,7 +206,7 @@ def test_command_line_on_a_saved_model(saved_model, photos):
         (["--saved_model={saved}", "--ten_crop"], r"--ten_crop does not apply to --saved_model"),
         (["--saved_model={saved}", "--top_k=9"], r"top 5 classes; received --top_k=9"),
         (["--model_dir={photos}"], r"No checkpoint in --model_dir"),
-        (["--model_dir={run}", "--ten_crop"], r"--ten_crop is an ImageNet evaluation"),
+        (["--model_dir={run}", "--ten_crop"], r"--ten_crop: ten_crop is an ImageNet evaluation"),
         (["--model_dir={run}", "--model=resnext50_32x4d"], r"differs from the run"),
         (["--model_dir={run}", "--labels={photos}/notes.txt"], r"names 1 classes.*has 10"),
     ],
