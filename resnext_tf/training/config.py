@@ -51,255 +51,155 @@ class TrainConfig:
 
     dataset: str = option("cifar10", "data", "Dataset.", recipes.DATASETS)
     depth: int | None = option(
-        None,
-        "model",
-        "Network depth: 50, 101 or 152 with the ImageNet stem, 9n+2 with the CIFAR stem "
-        "(default: {depth}).",
+        None, "model", "Depth: 50, 101 or 152 (ImageNet stem), 9n+2 (CIFAR) (default: {depth})."
     )
     cardinality: int = option(1, "model", "Groups C of the grouped 3x3 convolutions.", low=1)
     base_width: int = option(
-        64,
-        "model",
-        "Width d of one group in the first stage (ResNeXt-50 32x4d: 4; CIFAR 16x64d: 64).",
-        low=1,
+        64, "model", "Width d of a group in the first stage (ResNeXt-50 32x4d: 4).", low=1
     )
     bottleneck_type: str = option(
-        "resnext_C",
-        "model",
-        "Block form: grouped conv (C), parallel branches (B) or plain ResNet bottleneck.",
-        BOTTLENECK_TYPES,
+        "resnext_C", "model", "Grouped conv (C), branches (B), ResNet block.", BOTTLENECK_TYPES
     )
     shortcut_type: str = option(
         "B",
         "model",
-        "Shortcut: A zero-padded identity, B projection when the shape changes, C always "
-        "projection.",
+        "A: zero-padded identity; B: projection where needed; C: always.",
         SHORTCUT_TYPES,
     )
     conv_impl: str = option(
-        "auto",
-        "model",
-        "Grouped convolution implementation (auto: resnext_tf.backend_ops.resolve_conv_impl).",
-        CONV_IMPLS,
+        "auto", "model", "Grouped convolution (auto: backend_ops.resolve_conv_impl).", CONV_IMPLS
     )
     num_classes: int | None = option(
-        None,
-        "model",
-        "Classifier outputs (default: {num_classes}); the new head size with --reset_classifier.",
-        low=1,
+        None, "model", "Classifier outputs (default: {num_classes}); the new head's size.", low=1
     )
     sync_bn: bool = option(
-        False,
-        "distribution",
-        "BatchNorm statistics over the global batch (the original keeps them per GPU).",
+        False, "distribution", "BN statistics of the global batch (the original's: per GPU)."
     )
     zero_init_residual: bool = option(
-        False,
-        "model",
-        "Start each block's last BatchNorm gamma at 0, so every block begins as the identity "
-        "(Goyal et al.'s large-batch recipe; off in the original).",
+        False, "model", "Gamma 0 in each block's last BN (Goyal et al.; off in the original)."
     )
 
     data_dir: str | None = option(
         None,
         "data",
-        "Dataset location: CIFAR python-version folder, ImageNet folder with train/ and val/, "
-        "a TFDS data_dir, or 'synthetic' for random images. Default: the TFDS folder.",
+        "CIFAR python-version folder, ImageNet folder with train/ and val/, a TFDS data_dir, "
+        "or 'synthetic'. Default: the TFDS folder.",
     )
     image_size: int | None = option(
-        None, "data", "Side of the square model input (default: {image_size}).", low=1
+        None, "data", "Model input side (default: {image_size}).", low=1
     )
-    ten_crop: bool = option(
-        False,
-        "data",
-        "ImageNet evaluation on 10 crops (corners, centre and their mirrors), logits summed.",
-    )
+    ten_crop: bool = option(False, "data", "ImageNet evaluation on 10 crops, logits summed.")
     max_image_pixels: int | None = option(
         None,
         "data",
-        "ImageNet images with more pixels (width x height, read from the header before "
-        "decoding) are replaced like unreadable files. Default: ImageLimits' (PIL's limit).",
+        "ImageNet images with more pixels count as unreadable (default: ImageLimits').",
     )
     max_image_aspect: float | None = option(
-        None,
-        "data",
-        "ImageNet images with a longer / shorter side ratio above this are replaced like "
-        "unreadable files. Default: ImageLimits'.",
+        None, "data", "ImageNet images with a longer / shorter side ratio above this, too."
     )
     max_image_bytes: int | None = option(
-        None,
-        "data",
-        "ImageNet files longer than this are replaced like unreadable files. Default: "
-        "ImageLimits'.",
+        None, "data", "ImageNet files with more bytes count as unreadable (default: ImageLimits')."
     )
 
     batch_size: int | None = option(
-        None,
-        "optimization",
-        "Global batch size over all replicas (default: {batch_size}).",
-        low=1,
+        None, "optimization", "Global batch over all replicas (default: {batch_size}).", low=1
     )
     lr: float | None = option(
-        None,
-        "optimization",
-        "Initial learning rate (default: linear scaling, {lr} * batch_size / {batch_size}).",
-        low=0,
+        None, "optimization", "Initial LR (default: {lr} * batch_size / {batch_size}).", low=0
     )
     momentum: float = option(recipes.MOMENTUM, "optimization", "SGD momentum.", low=0, high=1)
     weight_decay: float | None = option(
-        None,
-        "optimization",
-        "Coupled L2 weight decay on every parameter (default: {weight_decay}).",
-        low=0,
+        None, "optimization", "Coupled L2 on every parameter (default: {weight_decay}).", low=0
     )
     nesterov: bool = option(recipes.NESTEROV, "optimization", "Nesterov momentum.")
     epochs: int | None = option(
-        None,
-        "optimization",
-        "Total epochs (default: {epochs}); the CIFAR decay points are fractions of it.",
-        low=1,
+        None, "optimization", "Epochs (default: {epochs}); CIFAR decays at fractions.", low=1
     )
-    epoch_number: int = option(
-        1,
-        "optimization",
-        "First epoch of a fresh run (1-based); a resumed run continues from its checkpoint.",
-        low=1,
-    )
+    epoch_number: int = option(1, "optimization", "First epoch of a fresh run (1-based).", low=1)
     seed: int = option(0, "optimization", "Seed of initialisation, shuffling and augmentation.")
     steps_per_epoch: int | None = option(
-        None,
-        "optimization",
-        "Cap on the batches of one epoch (smoke runs); default: the whole training split.",
-        low=1,
+        None, "optimization", "Cap on the batches of an epoch (smoke runs).", low=1
     )
     train_steps: int | None = option(
-        None,
-        "optimization",
-        "Stop once this many global steps are done (smoke runs); default: no limit.",
-        low=1,
+        None, "optimization", "Stop after this many global steps (smoke runs).", low=1
     )
     lr_schedule: str = option(
         "step",
         "optimization",
-        "step: the original's x0.1 decays ({step_decays}); cosine: per-step cosine decay to "
-        "zero after the warmup.",
+        "step: the original's x0.1 ({step_decays}); cosine: to zero after the warmup.",
         LR_SCHEDULES,
     )
     warmup_epochs: float = option(
         0.0,
         "optimization",
-        "Linear per-step warmup from lr / warmup_steps to --lr over this many epochs (fractions "
-        "allowed; must be < --epochs); 0: none, as the original. 5 for global batches over 1k "
-        "(Goyal et al. 2017).",
+        "Epochs of linear per-step warmup, fractions allowed, < epochs (0: none).",
         low=0,
     )
     label_smoothing: float = option(
-        0.0,
-        "optimization",
-        "Label smoothing eps of the training loss, in [0, 1); 0: plain cross-entropy.",
-        low=0,
-        high=1,
+        0.0, "optimization", "Label smoothing of the loss, in [0, 1).", low=0, high=1
     )
     no_weight_decay_on: tuple[str, ...] = option(
         (),
         "optimization",
-        "Comma-separated kinds of variables without weight decay (bn: BatchNorm gamma and "
-        "beta; bias: the classifier bias); default: decay on all, as the original.",
+        "Variables without weight decay: bn (gamma, beta), bias.",
         NO_DECAY_KINDS,
     )
     ema_decay: float = option(
         0.0,
         "optimization",
-        "Decay of an exponential moving average of all weights (BatchNorm statistics included), "
-        "e.g. 0.9999; the EMA is validated (own log line and CSV columns), checkpointed and "
-        "exported. 0: off.",
+        "Decay of an EMA of the weights, validated, checkpointed, exported (0: off).",
         low=0,
         high=1,
     )
 
     model_dir: str | None = option(
-        None,
-        "checkpointing",
-        "Run directory for checkpoints, train_log.csv and TensorBoard events "
-        "(default: runs/<dataset>_resnext<depth>_<C>x<d>d); a local or network file system.",
+        None, "checkpointing", "Run folder (default: runs/<dataset>_resnext<depth>_<C>x<d>d)."
     )
-    test_only: bool = option(
-        False,
-        "data",
-        "Only evaluate (weights from --retrain, --resume or model_dir) and print "
-        "' * Results top1: X  top5: Y'.",
-    )
+    test_only: bool = option(False, "data", "Only evaluate and print ' * Results top1 top5'.")
     resume: str = option(
-        "auto",
-        "checkpointing",
-        "auto: continue from model_dir's latest checkpoint when there is one; none: start "
-        "fresh; or a model_dir / checkpoint directory to continue from.",
+        "auto", "checkpointing", "auto: model_dir's latest checkpoint if any; none; or a folder."
     )
     overwrite: bool = option(
         False,
         "checkpointing",
-        "With --resume=none (or --resume=DIR of another run): first delete model_dir's "
-        "checkpoints, train_log.csv and TensorBoard events. Without it, such a run into a "
-        "model_dir that holds checkpoints is refused. Do not keep it in a command you rerun "
-        "to resume.",
+        "With --resume=none or another run's folder: delete model_dir's checkpoints and logs "
+        "first (else such a run is refused). Not in a command you rerun to resume.",
     )
     retrain: str | None = option(
-        None,
-        "checkpointing",
-        "Initialise a fresh run with these weights (optimizer state not loaded): .weights.h5, "
-        ".keras, a checkpoint directory of this project, or a file resnext_tf.weights converts.",
+        None, "checkpointing", "Weights of a fresh start: a run, .weights.h5, .keras, Torch file."
     )
     reset_classifier: bool = option(
-        False,
-        "model",
-        "Replace the classifier loaded by --retrain with a new one of --num_classes outputs.",
+        False, "model", "Replace the --retrain classifier by one of --num_classes outputs."
     )
-    export_dir: str | None = option(
-        None, "checkpointing", "Export a SavedModel here after training."
-    )
+    export_dir: str | None = option(None, "checkpointing", "Export a SavedModel here at the end.")
 
     distribution_strategy: str = option(
         "auto",
         "distribution",
-        "auto: multi_worker_mirrored when TF_CONFIG lists several workers, mirrored with "
-        "several GPUs, one_device otherwise. off: TensorFlow's default strategy.",
+        "auto: multi_worker_mirrored with several TF_CONFIG workers, mirrored with several "
+        "GPUs, else one_device; off: TensorFlow's default strategy.",
         STRATEGIES,
     )
     num_gpus: int = option(-1, "distribution", "GPUs to use (-1: all visible, 0: CPU).", low=-1)
     tpu: str | None = option(
-        None,
-        "distribution",
-        "TPU for --distribution_strategy=tpu: 'local' on a TPU VM, or a TPU name / grpc address.",
+        None, "distribution", "--distribution_strategy=tpu: 'local' on a TPU VM, or a name."
     )
 
     dtype: str = option(
-        "float32",
-        "performance",
-        "Keras precision policy; mixed_float16 adds dynamic loss scaling (GPU), "
-        "mixed_bfloat16 suits TPUs and recent GPUs.",
-        DTYPES,
+        "float32", "performance", "Keras precision policy (mixed_float16 scales the loss).", DTYPES
     )
-    jit_compile: bool = option(
-        False, "performance", "Compile the forward and backward pass with XLA."
-    )
+    jit_compile: bool = option(False, "performance", "XLA for the forward and backward pass.")
     deterministic: bool = option(
         False,
         "performance",
-        "Deterministic TensorFlow ops and one inter-op thread: with the seeded input pipeline, "
-        "reruns and resumed runs reproduce the weights bit for bit on one device.",
+        "Deterministic ops and one inter-op thread: reruns repeat the weights.",
     )
 
     checkpoint_steps: int = option(
-        0,
-        "checkpointing",
-        "Also save a checkpoint every this many global steps (0: only at the end of epochs).",
-        low=0,
+        0, "checkpointing", "Also checkpoint every this many steps (0: epoch ends only).", low=0
     )
     keep_checkpoints: int = option(
-        5,
-        "checkpointing",
-        "End-of-epoch checkpoints kept (0: all); latest and best are always kept.",
-        low=0,
+        5, "checkpointing", "Epoch checkpoints kept (0: all); latest and best always.", low=0
     )
     log_steps: int = option(10, "checkpointing", "Print a batch line every this many steps.", low=1)
 
