@@ -41,10 +41,11 @@ import numpy as np
 import tensorflow as tf
 
 from resnext_tf import fold
+from resnext_tf.backend_ops import tf_native_grouped_conv
 from resnext_tf.data import pipeline, transforms
 from resnext_tf.data.config import DataConfig
 from resnext_tf.errors import user_errors_exit
-from resnext_tf.layers import Bottleneck, tf_native_grouped_conv
+from resnext_tf.layers import Bottleneck
 
 logger = logging.getLogger(__name__)
 
@@ -66,8 +67,8 @@ CLASS_INDEX_PATH = os.path.join(
 IMAGENET_CLASSES = 1000
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 # Grouped convolutions in the exported graph: "grouped", one tf.nn.conv2d a layer (the
-# library's native path, `resnext_tf.layers.tf_native_grouped_conv`; needs a TensorFlow that runs
-# it natively where the export is made: oneDNN on x86 CPUs, on by default, or cuDNN), or
+# library's native path, `resnext_tf.backend_ops.tf_native_grouped_conv`; needs a TensorFlow
+# that runs it natively where the export is made: oneDNN on x86 CPUs, on by default, or cuDNN), or
 # "split", one convolution a group. "grouped" serves one JPEG about 1.2-1.3x faster with oneDNN
 # (TF's default on x86) and as fast without it; the measurements are in docs/export.md.
 SERVING_CONV_IMPLS = ("grouped", "split")
@@ -93,9 +94,9 @@ class _ServingBottleneck(Bottleneck):
     SavedModel. Keras' element-wise normalization is not fused that way.
     """
 
-    def _bn(self, *args, **kwargs):
+    def make_norm(self, *args, **kwargs):
         return keras.layers.BatchNormalization.from_config(
-            super()._bn(*args, **kwargs).get_config()
+            super().make_norm(*args, **kwargs).get_config()
         )
 
 
@@ -181,7 +182,7 @@ def default_data_config(model):
     """The evaluation DataConfig a model was trained for, read from its stem and input size.
 
     The ImageNet stem gets the ImageNet evaluation at the model's input size (shorter side to
-    `transforms.eval_resize_size(size)`, centre crop); the CIFAR stem gets CIFAR-10 or
+    the recipe's evaluation resize, centre crop); the CIFAR stem gets CIFAR-10 or
     CIFAR-100 by its number of classes.
 
     Raises:
@@ -189,9 +190,7 @@ def default_data_config(model):
     """
     size = model.input_shape[1]
     if any(layer.name == "stem_pool" for layer in model.layers):
-        return DataConfig(
-            "imagenet", image_size=size, eval_resize=transforms.eval_resize_size(size)
-        )
+        return DataConfig("imagenet", image_size=size)
     num_classes = model.output_shape[-1]
     datasets = {10: "cifar10", 100: "cifar100"}
     if num_classes not in datasets:
@@ -827,7 +826,7 @@ def main(argv=None):
         if args.num_classes is None:
             num_classes = modeling.source_num_classes(args.model_dir, default=num_classes)
         model = create_model(args.model, num_classes=num_classes)
-        modeling.load_weights(model, args.model_dir)
+        modeling.load_run_or_weights(model, args.model_dir)
     else:
         from resnext_tf.weights import load_weights
 

@@ -87,7 +87,7 @@ class FoldedBottleneck(Bottleneck):
     The same configuration as the block it replaces; `fold_batchnorm` fills in the weights.
     """
 
-    def _conv(self, suffix, filters, kernel_size=1, strides=1, groups=1):
+    def make_conv(self, suffix, filters, kernel_size=1, strides=1, groups=1):
         return FoldedConv2D(
             filters,
             kernel_size=kernel_size,
@@ -99,7 +99,7 @@ class FoldedBottleneck(Bottleneck):
             dtype=self.dtype_policy,
         )
 
-    def _bn(self, suffix, zero_gamma=False):
+    def make_norm(self, suffix, zero_gamma=False):
         return FoldedAway(name=f"{self.name}_{suffix}", dtype=self.dtype_policy)
 
     def conv_bn_pairs(self, source):

@@ -14,9 +14,7 @@ import keras
 from keras import ops
 
 from resnext_tf import backend_ops
-
-# tf_native_grouped_conv: resnext_tf.export imports it from here.
-from resnext_tf.backend_ops import CONV_IMPLS, resolve_conv_impl, tf_native_grouped_conv  # noqa: F401
+from resnext_tf.backend_ops import CONV_IMPLS, resolve_conv_impl
 from resnext_tf.errors import check_choice
 
 # Torch's nn.SpatialBatchNormalization / nn.BatchNorm2d defaults: eps 1e-5, running-average
@@ -355,14 +353,6 @@ class Bottleneck(keras.layers.Layer):
             dtype=self.dtype_policy,
         )
 
-    # `build` creates its layers through these two; resnext_tf.export and resnext_tf.fold override
-    # them, until they override make_conv and make_norm instead.
-    def _conv(self, *args, **kwargs):
-        return self.make_conv(*args, **kwargs)
-
-    def _bn(self, *args, **kwargs):
-        return self.make_norm(*args, **kwargs)
-
     def _needs_projection(self, in_channels):
         return self.shortcut_type == "C" or (
             self.shortcut_type == "B" and in_channels != self.out_channels
@@ -377,12 +367,15 @@ class Bottleneck(keras.layers.Layer):
             )
         d = self.width // self.cardinality
         if self.bottleneck_type == "resnext_B":
-            self.branch_conv1 = [self._conv(f"branch{i}_conv1", d) for i in range(self.cardinality)]
-            self.branch_bn1 = [self._bn(f"branch{i}_bn1") for i in range(self.cardinality)]
-            self.branch_conv2 = [
-                self._conv(f"branch{i}_conv2", d, 3, self.strides) for i in range(self.cardinality)
+            self.branch_conv1 = [
+                self.make_conv(f"branch{i}_conv1", d) for i in range(self.cardinality)
             ]
-            self.branch_bn2 = [self._bn(f"branch{i}_bn2") for i in range(self.cardinality)]
+            self.branch_bn1 = [self.make_norm(f"branch{i}_bn1") for i in range(self.cardinality)]
+            self.branch_conv2 = [
+                self.make_conv(f"branch{i}_conv2", d, 3, self.strides)
+                for i in range(self.cardinality)
+            ]
+            self.branch_bn2 = [self.make_norm(f"branch{i}_bn2") for i in range(self.cardinality)]
             in_branch = (*input_shape[:-1], d)
             for conv1, bn1, conv2, bn2 in zip(
                 self.branch_conv1,
@@ -396,24 +389,24 @@ class Bottleneck(keras.layers.Layer):
                 conv2.build(in_branch)
                 bn2.build(conv2.compute_output_shape(in_branch))
         else:
-            self.conv1 = self._conv("conv1", self.width)
-            self.bn1 = self._bn("bn1")
-            self.conv2 = self._conv("conv2", self.width, 3, self.strides, self.cardinality)
-            self.bn2 = self._bn("bn2")
+            self.conv1 = self.make_conv("conv1", self.width)
+            self.bn1 = self.make_norm("bn1")
+            self.conv2 = self.make_conv("conv2", self.width, 3, self.strides, self.cardinality)
+            self.bn2 = self.make_norm("bn2")
             mid = (*input_shape[:-1], self.width)
             self.conv1.build(input_shape)
             self.bn1.build(mid)
             self.conv2.build(mid)
             self.bn2.build(self.conv2.compute_output_shape(mid))
         out_shape = self.compute_output_shape(input_shape)
-        self.conv3 = self._conv("conv3", self.out_channels)
-        self.bn3 = self._bn("bn3", zero_gamma=self.zero_init_residual)
+        self.conv3 = self.make_conv("conv3", self.out_channels)
+        self.bn3 = self.make_norm("bn3", zero_gamma=self.zero_init_residual)
         self.conv3.build((*out_shape[:-1], self.width))
         self.bn3.build(out_shape)
         self.has_projection = self._needs_projection(in_channels)
         if self.has_projection:
-            self.shortcut_conv = self._conv("shortcut_conv", self.out_channels, 1, self.strides)
-            self.shortcut_bn = self._bn("shortcut_bn")
+            self.shortcut_conv = self.make_conv("shortcut_conv", self.out_channels, 1, self.strides)
+            self.shortcut_bn = self.make_norm("shortcut_bn")
             self.shortcut_conv.build(input_shape)
             self.shortcut_bn.build(out_shape)
 

@@ -12,8 +12,9 @@ import os
 import warnings
 
 from resnext_tf import recipes
+from resnext_tf.backend_ops import CONV_IMPLS
 from resnext_tf.errors import check_choice
-from resnext_tf.layers import BOTTLENECK_TYPES, CONV_IMPLS, SHORTCUT_TYPES
+from resnext_tf.layers import BOTTLENECK_TYPES, SHORTCUT_TYPES
 from resnext_tf.resnext import stage_blocks
 from resnext_tf.training.optimizer import NO_DECAY_KINDS
 from resnext_tf.training.schedules import LR_SCHEDULES

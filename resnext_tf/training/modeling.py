@@ -66,9 +66,6 @@ def load_run_or_weights(model, path):
         weights.load_weights(model, path)
 
 
-# The former name, which resnext_tf.export still calls.
-load_weights = load_run_or_weights
-
 
 def copy_layer_weights(source, target, skip=()):
     """Copies weights layer by layer, matched by name (layer names are deterministic).
