@@ -44,7 +44,7 @@ def write_jpegs(root, count, width, height, seed=0):
 
 def stage(cfg, batch_size, colour):
     """epoch -> batches of transforms.imagenet_train over the train files in a plain parallel
-    map, with apply_colour per batch when `colour`."""
+    map, with apply_color per batch when `colour`."""
     paths = sorted(glob.glob(os.path.join(cfg.data_dir, "train", "*", "*")))
     autotune = tf.data.AUTOTUNE
 
@@ -52,7 +52,7 @@ def stage(cfg, batch_size, colour):
         return transforms.imagenet_train(tf.io.read_file(path), seed, cfg), 0
 
     def finish(out, labels):
-        return (transforms.apply_colour(*out) if colour else out[0]), labels
+        return (transforms.apply_color(*out) if colour else out[0]), labels
 
     def make_epoch(epoch):
         seeds = tf.random.experimental.stateless_split([cfg.seed, epoch], len(paths))
@@ -95,7 +95,7 @@ def main():
         print(f"fused / full decode: {rates[True] / rates[False]:.2f}x")
         for colour in (False, True) if args.stages else ():
             rate = images_per_second(stage(cfg, args.batch_size, colour), args.epochs)
-            parts = "imagenet_train" + (" + apply_colour" if colour else "")
+            parts = "imagenet_train" + (" + apply_color" if colour else "")
             print(f"stage {parts}: {rate:.1f} images/s")
     finally:
         if not args.data_dir:

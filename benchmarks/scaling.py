@@ -19,10 +19,11 @@ and 5,633 images/s in two runs; benchmarks/results/h200_2026-11-26).
 
 import argparse
 
-# ResNeXt-50 32x4d trainable parameters (REFERENCE.md, torchvision publishes the same count).
+# ResNeXt-50 32x4d trainable parameters (docs/reference.md "Parameter counts and multiply-adds";
+# torchvision publishes the same count).
 PARAMS = 25_028_904
 GRAD_BYTES = 4  # fp32 gradients
-# ImageNet-1k train images and the original recipe's epochs (REFERENCE.md).
+# ImageNet-1k train images and the original recipe's epochs (docs/reference.md "Recipes").
 IMAGENET_TRAIN = 1_281_167
 EPOCHS = 100
 # Measured single-H200 training rate, bf16, batch 256 (median of the two runs' 5,650 and 5,633).

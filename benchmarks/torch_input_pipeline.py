@@ -5,7 +5,7 @@
 Reads DATA/train/<wnid>/*.JPEG with ImageFolder (PIL decode) in --workers processes and applies
 RandomResizedCrop(224, scale (0.08, 1), ratio (3/4, 4/3), bicubic), ColorJitter(0.4, 0.4, 0.4),
 ToTensor, PCA lighting (0.1), Normalize and a horizontal flip: the augmentation of
-`resnext_tf.data` (REFERENCE.md "Data"). Throughput is measured as benchmarks/input_pipeline.py
+`resnext_tf.data` (docs/reference.md "Data"). Throughput is measured as benchmarks/input_pipeline.py
 measures the tf.data side: per epoch, from the first batch to the last.
 """
 
@@ -18,7 +18,7 @@ import torchvision
 from epoch_timing import images_per_second
 from torchvision.transforms import v2
 
-# AlexNet PCA lighting and ImageNet mean/std (REFERENCE.md "Data").
+# AlexNet PCA lighting and ImageNet mean/std (docs/reference.md "Data").
 EIGVAL = (0.2175, 0.0188, 0.0045)
 EIGVEC = (
     (-0.5675, 0.7192, 0.4009),

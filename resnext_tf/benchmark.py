@@ -24,16 +24,15 @@ import time
 import keras
 import numpy as np
 
-from resnext_tf.layers import CONV_IMPLS, Bottleneck, GroupedConv2D, resolve_conv_impl
+from resnext_tf import recipes
+from resnext_tf.backend_ops import CONV_IMPLS, resolve_conv_impl
+from resnext_tf.layers import Bottleneck, GroupedConv2D
 from resnext_tf.registry import create_model, list_models
 
 MODES = ("train", "infer")
 # Keras dtype policy of each --dtype; float16 training adds dynamic loss scaling.
 DTYPE_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 JIT_CHOICES = ("auto", "true", "false")
-# SGD of the original recipe (REFERENCE.md "Command-line surface"): LR 0.1, momentum 0.9.
-LEARNING_RATE = 0.1
-MOMENTUM = 0.9
 # Marks the machine-readable result line.
 JSON_PREFIX = "BENCHMARK_JSON "
 
@@ -60,7 +59,7 @@ class BenchmarkConfig:
       image_size: Side of the square synthetic images (ignored with `data_dir`'s own size).
       dtype: "float32", "bfloat16" or "float16" (mixed precision for the last two).
       conv_impl: Grouped convolution implementation: "auto", "grouped", "split" or
-        "block_diagonal" (resnext_tf.layers.CONV_IMPLS).
+        "block_diagonal" (resnext_tf.backend_ops.CONV_IMPLS).
       jit_compile: "auto" (XLA on TensorFlow only with a GPU, as Keras decides), "true" or
         "false". JAX always compiles; PyTorch runs eagerly.
       fold_bn: Inference only, TensorFlow backend: run a graph with every BatchNormalization
@@ -295,7 +294,7 @@ def fold_batchnorm(model):
 
 
 def _optimizer(dtype):
-    optimizer = keras.optimizers.SGD(LEARNING_RATE, momentum=MOMENTUM)
+    optimizer = keras.optimizers.SGD(recipes.LR, momentum=recipes.MOMENTUM)
     return keras.optimizers.LossScaleOptimizer(optimizer) if dtype == "float16" else optimizer
 
 

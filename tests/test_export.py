@@ -21,7 +21,7 @@ from resnext_tf.data.config import DataConfig
 from resnext_tf.layers import BatchNorm, GroupedConv2D
 
 SIZE = 64  # input side of the small ImageNet-stem model
-# CIFAR-10 mean and std on 0-255 images (REFERENCE.md "Data").
+# CIFAR-10 mean and std on 0-255 images (docs/reference.md "Data").
 CIFAR10_MEAN, CIFAR10_STD = (125.3, 123.0, 113.9), (63.0, 62.1, 66.7)
 XLA = "_XlaMustCompile"
 CLASS_INDEX = os.path.join(

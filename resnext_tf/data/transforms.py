@@ -233,10 +233,6 @@ def apply_color(images, color):
     return tf.reshape(rows, shape)
 
 
-# The former name, which benchmarks/input_pipeline.py still calls.
-apply_colour = apply_color
-
-
 # ---------------------------------------------------------------------------------------------
 # Limits on encoded images, checked from the header before anything is decoded.
 
