@@ -14,8 +14,8 @@ from train_helpers import REPO, TINY_MODEL, check_ok, digest, script_env
 
 from resnext_tf.training import checkpoint, distribute
 
-# One step on one device and on two mirrored replicas (sync BN), from the same weights and the
-# same global batch, split in halves for the replicas.
+# Two steps on one device and on two mirrored replicas (sync BN, weight EMA), from the same
+# weights and the same global batch, split in halves for the replicas.
 MIRRORED_SCRIPT = """
 import json, sys
 import tensorflow as tf
@@ -27,13 +27,14 @@ from resnext_tf.training.trainer import Trainer
 
 tmp, data_dir = sys.argv[1:]
 config = dict(dataset="cifar10", data_dir=data_dir, depth=11, cardinality=2, base_width=4,
-              shortcut_type="A", batch_size=16, sync_bn=True)
+              shortcut_type="A", batch_size=16, sync_bn=True, ema_decay=0.5)
 single = Trainer(TrainConfig(**config, model_dir=tmp + "/single"),
                  tf.distribute.OneDeviceStrategy("/cpu:0"))
 mirrored = Trainer(TrainConfig(**config, model_dir=tmp + "/mirrored"),
                    distribute.build_strategy("mirrored"))
 initial = single.model.get_weights()
 mirrored.model.set_weights(initial)
+mirrored.ema.reset()
 rng = np.random.default_rng(0)
 images = rng.normal(size=(16, 32, 32, 3)).astype(np.float32)
 labels = rng.integers(0, 10, 16).astype(np.int32)
@@ -46,13 +47,21 @@ for _ in range(2):
     a = single._train_step((tf.constant(images), tf.constant(labels))).numpy()
     b = mirrored._train_step(
         mirrored.strategy.experimental_distribute_values_from_function(halves)).numpy()
-after = [single.model.get_weights(), mirrored.model.get_weights()]
-# Disagreement relative to the size of the update, over all variables (per-variable ratios are
-# noisy for BatchNorm betas, whose gradients are sums with heavy cancellation). Without sync BN
-# the ratio is ~3e-2; with it, float32 rounding gives ~1e-5.
-num = sum(float(np.sum((x - y) ** 2)) for x, y in zip(*after))
-den = sum(float(np.sum((x - w) ** 2)) for x, w in zip(after[0], initial))
-print(json.dumps({"replicas": mirrored.strategy.num_replicas_in_sync, "diff": (num / den) ** 0.5,
+
+def relative_diff(after):
+    # Disagreement relative to the size of the update, over all variables (per-variable ratios
+    # are noisy for BatchNorm betas, whose gradients are sums with heavy cancellation). Without
+    # sync BN the ratio is ~3e-2; with it, float32 rounding gives ~1e-5.
+    num = sum(float(np.sum((x - y) ** 2)) for x, y in zip(*after))
+    den = sum(float(np.sum((x - w) ** 2)) for x, w in zip(after[0], initial))
+    return (num / den) ** 0.5
+
+raw = [single.model.get_weights(), mirrored.model.get_weights()]
+ema = [single.ema.average.get_weights(), mirrored.ema.average.get_weights()]
+# The average after two steps with decay 0.5: w0 / 4 + w1 / 4 + w2 / 2, not the raw weights.
+ema_vs_raw = relative_diff([raw[0], ema[0]])
+print(json.dumps({"replicas": mirrored.strategy.num_replicas_in_sync, "diff": relative_diff(raw),
+                  "ema_diff": relative_diff(ema), "ema_vs_raw": ema_vs_raw,
                   "stats": [a.tolist(), b.tolist()]}))
 """
 
@@ -70,6 +79,10 @@ def test_mirrored_two_cpus_matches_one_device(cifar_dir, tmp_path):
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["replicas"] == 2
     assert result["diff"] < 1e-4
+    # The replicas' averages agree as closely as their weights, and the average is not the
+    # raw model.
+    assert result["ema_diff"] < 1e-4
+    assert result["ema_vs_raw"] > 0.1
     single, mirrored = result["stats"]
     assert mirrored == pytest.approx(single, rel=1e-5)
 
