@@ -243,6 +243,7 @@ def main(argv=None):
     path = os.pathsep.join(p for p in (os.path.dirname(HERE), os.environ.get("PYTHONPATH")) if p)
     env = dict(os.environ, KERAS_BACKEND=args.backend, PYTHONPATH=path)
     results = {}
+    failed = []
     print(f"load average at start: {os.getloadavg()[0]:.2f}; {args}", flush=True)
     try:
         for command in writes if export_dir else []:
@@ -251,7 +252,10 @@ def main(argv=None):
                 raise SystemExit(f"FAILED: {' '.join(command)}\n{proc.stderr[-3000:]}")
         for repeat in range(args.repeats):
             for label, command, parse in commands:
-                for name, result in run(label, command, parse, env).items():
+                measured = run(label, command, parse, env)
+                if not measured:
+                    failed.append(label)
+                for name, result in measured.items():
                     results.setdefault(name, []).append(result)
                     rate = result["images_per_sec"]
                     print(f"[{repeat + 1}/{args.repeats}] {name}: {rate} img/s", flush=True)
@@ -262,6 +266,9 @@ def main(argv=None):
             shutil.rmtree(export_dir)
     peers = [label for label in results if label.startswith("torchvision")]
     print(table(results, peers))
+    if failed:
+        # The table holds what ran; a configuration that did not run fails the command.
+        raise SystemExit(f"{len(failed)} configuration(s) failed: {', '.join(failed)}")
 
 
 if __name__ == "__main__":

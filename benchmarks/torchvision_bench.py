@@ -21,9 +21,7 @@ import torch  # noqa: E402
 import torchvision  # noqa: E402
 
 from resnext_tf.benchmark import (  # noqa: E402
-    LEARNING_RATE,
     MODES,
-    MOMENTUM,
     device_peak_memory_mb,
     emit,
     latency_percentiles,
@@ -32,6 +30,7 @@ from resnext_tf.benchmark import (  # noqa: E402
     throughput,
     time_windows,
 )
+from resnext_tf.recipes import LR, MOMENTUM  # noqa: E402
 
 AUTOCAST_DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -78,7 +77,7 @@ def make_step(args, device):
 
         return step
     model.train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM)
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
     scaler = torch.amp.GradScaler(device.type, enabled=args.dtype == "float16")
 
     def step():

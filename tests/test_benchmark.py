@@ -1,6 +1,10 @@
 """Tests of the throughput harness: timing arithmetic, flags, BN folding, one end-to-end run."""
 
+import importlib.util
 import json
+import os
+import subprocess
+import sys
 import textwrap
 
 import keras
@@ -170,3 +174,37 @@ def test_train_step_of_every_backend_fits_a_batch(backend):
     env = JAX_CPU if backend == "jax" else {"KERAS_BACKEND": backend}
     losses = json.loads(run_child(code, **env).strip().splitlines()[-1])
     assert losses[0] > 1.0 and min(losses[-3:]) < 0.5 * losses[0], losses
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMPARE = os.path.join(REPO, "benchmarks", "compare.py")
+
+
+@pytest.mark.slow
+def test_compare_runs_ours_and_the_torchvision_peer():
+    # benchmarks/compare.py runs each side in its own process; both rows and the ratio to the
+    # peer appear, so the peer script imports and runs with the library's current names.
+    command = [sys.executable, COMPARE, "--mode=train", "--batch_size=2", "--image_size=32"]
+    command += ["--steps=1", "--windows=1", "--warmup=1", "--ours=grouped", "--peers=eager"]
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
+    assert rows[0].endswith("| x torchvision eager |")
+    labels = [row.split("|")[1].strip() for row in rows[1:]]
+    assert labels == ["resnext_tf[tensorflow] grouped", "torchvision eager"]
+    assert rows[-1].split("|")[-2].strip() == "1.00"
+
+
+def test_compare_fails_when_a_configuration_fails(monkeypatch, capsys):
+    spec = importlib.util.spec_from_file_location("compare", COMPARE)
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+
+    def run(label, command, parse, env):
+        # Our configuration measures; the peer fails as a broken import does (no JSON line).
+        return {} if label.startswith("torchvision") else {label: {"images_per_sec": 12.0}}
+
+    monkeypatch.setattr(compare, "run", run)
+    with pytest.raises(SystemExit, match=r"1 configuration\(s\) failed: torchvision eager"):
+        compare.main(["--ours=grouped", "--peers=eager"])
+    assert "| resnext_tf[tensorflow] grouped | 12.00 |" in capsys.readouterr().out
