@@ -33,7 +33,8 @@ import subprocess
 import sys
 import tempfile
 
-from resnext_tf.benchmark import JSON_PREFIX
+from resnext_tf import recipes
+from resnext_tf.timing import JSON_PREFIX
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUR_FLAGS = {"fold": "--fold_bn", "xla": "--jit_compile=true", "nojit": "--jit_compile=false"}
@@ -58,6 +59,8 @@ def peer_command(token, common):
     flags = [PEER_FLAGS[part] for part in token.split("+") if PEER_FLAGS[part]]
     if "--dtype=bfloat16" in flags:
         common = [c for c in common if not c.startswith("--dtype=")]
+    # The recipe's SGD, as resnext_tf.benchmark's train step uses it.
+    flags += [f"--lr={recipes.LR}", f"--momentum={recipes.MOMENTUM}"]
     script = os.path.join(HERE, "torchvision_bench.py")
     return f"torchvision {token}", [sys.executable, script] + common + flags
 

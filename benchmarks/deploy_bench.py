@@ -11,7 +11,8 @@ predict_images signature, which also computes the softmax and the top-k); --late
 times that many batch-1 calls one at a time (p50, p99). Runtimes: TensorFlow
 (tf.saved_model.load), ONNX Runtime (CPU provider), OpenVINO (CPU plugin, synchronous calls,
 INFERENCE_PRECISION_HINT from export_info.json unless --precision), LiteRT (XNNPACK, --threads).
-The timing and the JSON line are `resnext_tf.benchmark`'s, so rows compare with
+The timing and the JSON line are `resnext_tf.benchmark`'s (resnext_tf/timing.py, loaded without
+Keras by benchmarks/shared_timing.py), so rows compare with
 benchmarks/compare.py's others.
 """
 
@@ -19,20 +20,8 @@ import argparse
 import json
 import os
 
-# The timing helpers import Keras; its NumPy backend keeps TensorFlow and torch out of the
-# processes of the other runtimes (must be set before the import).
-os.environ.setdefault("KERAS_BACKEND", "numpy")
-
-import numpy as np  # noqa: E402
-
-from resnext_tf.benchmark import (  # noqa: E402
-    emit,
-    latency_percentiles,
-    machine_load,
-    peak_host_memory_mb,
-    throughput,
-    time_windows,
-)
+import numpy as np
+from shared_timing import timing
 
 
 def parse_args(argv=None):
@@ -110,16 +99,16 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     batch = rng.standard_normal((args.batch_size, *size)).astype(np.float32)
     one = batch[:1].copy()
-    warmup_s, seconds, cpu_seconds = time_windows(
+    warmup_s, seconds, cpu_seconds = timing.time_windows(
         lambda: run(batch), lambda out: out, args.steps, args.windows, args.warmup
     )
     latency = {}
     if args.latency_calls:
-        latency = latency_percentiles(
+        latency = timing.latency_percentiles(
             lambda: run(one), lambda out: out, args.latency_calls, max(args.warmup, 3)
         )
     dtype = info.get("precision", info["dtype"])
-    emit(
+    timing.emit(
         {
             "framework": f"export/{fmt}",
             "variant": f"{fmt} {dtype}",
@@ -129,10 +118,10 @@ def main(argv=None):
             "image_size": size[0],
             "dtype": dtype,
             "data": "synthetic",
-            **throughput(args.batch_size, args.steps, seconds, cpu_seconds),
+            **timing.throughput(args.batch_size, args.steps, seconds, cpu_seconds),
             "warmup_s": round(warmup_s, 1),
-            "peak_rss_mb": peak_host_memory_mb(),
-            "load_avg": machine_load(),
+            "peak_rss_mb": timing.peak_host_memory_mb(),
+            "load_avg": timing.machine_load(),
             **latency,
         }
     )

@@ -16,6 +16,7 @@ import os
 import torch
 import torchvision
 from epoch_timing import images_per_second
+from shared_timing import timing
 from torchvision.transforms import v2
 
 # AlexNet PCA lighting and ImageNet mean/std (docs/reference.md "Data").
@@ -27,9 +28,6 @@ EIGVEC = (
 )
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
-# Marks the machine-readable line, as resnext_tf.benchmark.JSON_PREFIX (not imported: this
-# process and its workers stay free of TensorFlow).
-JSON_PREFIX = "BENCHMARK_JSON "
 
 
 class Lighting(torch.nn.Module):
@@ -100,7 +98,7 @@ def main():
         "images_per_sec": round(rate, 1),
         "load_avg": round(os.getloadavg()[0], 2),
     }
-    print(JSON_PREFIX + json.dumps(result), flush=True)
+    print(timing.JSON_PREFIX + json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

@@ -7,30 +7,17 @@ Synthetic data sits on the device once. A train step is zero_grad, forward, cros
 backward and SGD (momentum 0.9) step; infer runs the forward under torch.inference_mode in
 eval mode. `--compile` wraps the model in torch.compile (inductor; on CPU it builds C++ with
 the system compiler). `--dtype=bfloat16|float16` runs the forward under torch.autocast. The
-timing, summary and JSON line are `resnext_tf.benchmark`'s, so the two sides compare exactly.
+timing, summary and JSON line are `resnext_tf.benchmark`'s (resnext_tf/timing.py, loaded by
+benchmarks/shared_timing.py without Keras or TensorFlow), so the two sides compare exactly. A
+train step needs --lr and --momentum; benchmarks/compare.py passes the recipe's.
 """
 
 import argparse
 import os
 
-# The shared timing helpers live in resnext_tf.benchmark, which imports Keras; the torch
-# backend keeps TensorFlow out of this process (must be set before the import).
-os.environ["KERAS_BACKEND"] = "torch"
-
-import torch  # noqa: E402
-import torchvision  # noqa: E402
-
-from resnext_tf.benchmark import (  # noqa: E402
-    MODES,
-    device_peak_memory_mb,
-    emit,
-    latency_percentiles,
-    machine_load,
-    peak_host_memory_mb,
-    throughput,
-    time_windows,
-)
-from resnext_tf.recipes import LR, MOMENTUM  # noqa: E402
+import torch
+import torchvision
+from shared_timing import timing
 
 AUTOCAST_DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -38,7 +25,7 @@ AUTOCAST_DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="resnext50_32x4d")
-    parser.add_argument("--mode", choices=MODES, default="train")
+    parser.add_argument("--mode", choices=timing.MODES, default="train")
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--image_size", type=int, default=224)
     parser.add_argument("--dtype", choices=tuple(AUTOCAST_DTYPES), default="float32")
@@ -54,7 +41,19 @@ def parse_args(argv=None):
         default=0,
         help="then time this many batch-1 calls one by one (p50, p99); infer mode only",
     )
-    return parser.parse_args(argv)
+    parser.add_argument("--lr", type=float, help="SGD learning rate (train mode)")
+    parser.add_argument("--momentum", type=float, help="SGD momentum (train mode)")
+    args = parser.parse_args(argv)
+    if args.mode == "train" and (args.lr is None or args.momentum is None):
+        parser.error("--mode=train needs --lr and --momentum (compare.py passes the recipe's)")
+    return args
+
+
+def device_peak_mb(device):
+    """Peak CUDA memory in MB, or None on the CPU."""
+    if device.type != "cuda":
+        return None
+    return round(torch.cuda.max_memory_allocated() / 2**20, 1)
 
 
 def make_step(args, device):
@@ -77,7 +76,7 @@ def make_step(args, device):
 
         return step
     model.train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
     scaler = torch.amp.GradScaler(device.type, enabled=args.dtype == "float16")
 
     def step():
@@ -102,16 +101,20 @@ def main(argv=None):
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    warmup_s, seconds, cpu_seconds = time_windows(step, sync, args.steps, args.windows, args.warmup)
+    warmup_s, seconds, cpu_seconds = timing.time_windows(
+        step, sync, args.steps, args.windows, args.warmup
+    )
     latency = {}
     if args.latency_calls and args.mode == "infer":
         # A batch-1 model of its own (torch.compile specialises on the shape).
         one = make_step(argparse.Namespace(**{**vars(args), "batch_size": 1}), device)
-        latency = latency_percentiles(one, sync, args.latency_calls, warmup=max(args.warmup, 3))
+        latency = timing.latency_percentiles(
+            one, sync, args.latency_calls, warmup=max(args.warmup, 3)
+        )
     variant = ("compiled" if args.compile else "eager") + (
         " channels_last" if args.channels_last else ""
     )
-    emit(
+    timing.emit(
         {
             "framework": "torchvision",
             "variant": variant,
@@ -124,11 +127,11 @@ def main(argv=None):
             "channels_last": args.channels_last,
             "threads": args.threads,
             "data": "synthetic",
-            **throughput(args.batch_size, args.steps, seconds, cpu_seconds),
+            **timing.throughput(args.batch_size, args.steps, seconds, cpu_seconds),
             "warmup_s": round(warmup_s, 1),
-            "peak_rss_mb": peak_host_memory_mb(),
-            "device_peak_mb": device_peak_memory_mb(),
-            "load_avg": machine_load(),
+            "peak_rss_mb": timing.peak_host_memory_mb(),
+            "device_peak_mb": device_peak_mb(device),
+            "load_avg": timing.machine_load(),
             **latency,
         }
     )

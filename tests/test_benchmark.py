@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 from child_process import JAX_CPU, run_child
 
-from resnext_tf import benchmark, build_resnext
+from resnext_tf import benchmark, build_resnext, timing
 
 TINY = dict(depth=11, stem="cifar", cardinality=4, base_width=4, input_shape=(8, 8, 3))
 RNG = np.random.default_rng(0)
@@ -77,7 +77,7 @@ def test_fold_batchnorm_runs_grouped_convolution_natively():
 
 def test_time_windows_counts_calls_and_syncs():
     calls, synced = [], []
-    warmup_s, seconds, cpu_seconds = benchmark.time_windows(
+    warmup_s, seconds, cpu_seconds = timing.time_windows(
         lambda: calls.append(1) or len(calls), synced.append, steps=3, windows=4, warmup=2
     )
     assert len(calls) == 2 + 3 * 4
@@ -87,7 +87,7 @@ def test_time_windows_counts_calls_and_syncs():
 
 
 def test_throughput_summarises_windows():
-    result = benchmark.throughput(batch_size=16, steps=4, seconds=[2.0, 4.0, 1.0], cpu_seconds=8)
+    result = timing.throughput(batch_size=16, steps=4, seconds=[2.0, 4.0, 1.0], cpu_seconds=8)
     assert result == {
         "images_per_sec": 32.0,
         "images_per_sec_min": 16.0,
@@ -134,9 +134,9 @@ def test_run_benchmark_end_to_end_emits_parsable_result(capsys):
         steps=1, windows=3, warmup=1,
     )  # fmt: skip
     result = benchmark.run_benchmark(cfg)
-    benchmark.emit(result)
+    timing.emit(result)
     line = capsys.readouterr().out.splitlines()[-1]
-    assert json.loads(line.removeprefix(benchmark.JSON_PREFIX)) == result
+    assert json.loads(line.removeprefix(timing.JSON_PREFIX)) == result
     assert result["conv_impl"] == "grouped" and result["fold_bn_max_abs_diff"] < 1e-4
     # One image per step: images/s is the inverse of the step time.
     assert result["images_per_sec"] == pytest.approx(1e3 / result["step_ms"], rel=0.01)
@@ -146,7 +146,7 @@ def test_run_benchmark_end_to_end_emits_parsable_result(capsys):
 BACKEND_STEP_CHILD = textwrap.dedent(
     """
     import json, numpy as np, keras
-    from resnext_tf import benchmark, build_resnext
+    from resnext_tf import benchmark, build_resnext, timing
     keras.utils.set_random_seed(0)
     model = build_resnext(**TINY, num_classes=5)
     step, sync, jit = benchmark.STEP_BUILDERS[keras.backend.backend()](
@@ -208,3 +208,49 @@ def test_compare_fails_when_a_configuration_fails(monkeypatch, capsys):
     with pytest.raises(SystemExit, match=r"1 configuration\(s\) failed: torchvision eager"):
         compare.main(["--ours=grouped", "--peers=eager"])
     assert "| resnext_tf[tensorflow] grouped | 12.00 |" in capsys.readouterr().out
+
+
+PEER_IMPORTS_CHILD = textwrap.dedent(
+    """
+    import json, os, runpy, sys
+    script, *argv = sys.argv[1:]
+    # As `python script`: argv, and the script's folder first on sys.path.
+    sys.argv = [script, *argv]
+    sys.path.insert(0, os.path.dirname(script))
+    runpy.run_path(script, run_name="__main__")
+    frameworks = ("keras", "tensorflow", "jax", "resnext_tf")
+    print(json.dumps(sorted(m for m in frameworks if m in sys.modules)))
+    """
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["infer", "train"])
+def test_torchvision_peer_runs_without_keras_or_the_package(mode, tmp_path):
+    # The peer times torchvision alone: its process imports neither Keras, TensorFlow nor JAX,
+    # and it runs from any working directory.
+    script = os.path.join(REPO, "benchmarks", "torchvision_bench.py")
+    argv = [script, f"--mode={mode}", "--batch_size=2", "--image_size=32", "--steps=1"]
+    argv += ["--windows=1", "--warmup=1", "--lr=0.1", "--momentum=0.9"]
+    proc = subprocess.run(
+        [sys.executable, "-c", PEER_IMPORTS_CHILD, *argv],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert json.loads(lines[-1]) == []
+    line = next(x for x in lines if x.startswith(timing.JSON_PREFIX))
+    result = json.loads(line.removeprefix(timing.JSON_PREFIX))
+    assert result["framework"] == "torchvision" and result["mode"] == mode
+    assert result["images_per_sec"] > 0
+
+
+def test_torchvision_peer_train_needs_the_optimizer_settings():
+    script = os.path.join(REPO, "benchmarks", "torchvision_bench.py")
+    proc = subprocess.run(
+        [sys.executable, script, "--mode=train"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2 and "needs --lr and --momentum" in proc.stderr
