@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -247,6 +248,9 @@ def main(argv=None):
     env = dict(os.environ, KERAS_BACKEND=args.backend, PYTHONPATH=path)
     results = {}
     failed = []
+    # The log names the command that reproduces it.
+    command = shlex.join([os.path.relpath(__file__), *(sys.argv[1:] if argv is None else argv)])
+    print(f"command: python {command}", flush=True)
     print(f"load average at start: {os.getloadavg()[0]:.2f}; {args}", flush=True)
     try:
         for command in writes if export_dir else []:

@@ -188,6 +188,8 @@ def test_compare_runs_ours_and_the_torchvision_peer():
     command += ["--steps=1", "--windows=1", "--warmup=1", "--ours=grouped", "--peers=eager"]
     proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # The output starts with the command that reproduces it.
+    assert proc.stdout.startswith("command: python benchmarks/compare.py --mode=train ")
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
     assert rows[0].endswith("| x torchvision eager |")
     labels = [row.split("|")[1].strip() for row in rows[1:]]
