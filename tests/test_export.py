@@ -231,9 +231,7 @@ def test_saved_model_cli_reports_a_bad_image_as_an_error(exported):
 
 
 def test_warmup_request_is_a_real_prediction_log(exported):
-    pytest.importorskip(
-        "tensorflow_serving", reason="PredictionLog needs pip install tensorflow-serving-api"
-    )
+    # tensorflow-serving-api comes with the test extra.
     from tensorflow_serving.apis import prediction_log_pb2
 
     records = list(tf.data.TFRecordDataset(os.path.join(exported, export.WARMUP_FILE)))

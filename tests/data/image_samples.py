@@ -1,22 +1,14 @@
 """Writers of images and CIFAR pickles in the official formats, and a one-image ImageNet
 training transform, shared by the data tests."""
 
-import importlib.util
 import io
 import os
 import pickle
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from resnext_tf.data import transforms
-
-# TFDS 4.9 imports importlib_resources (undeclared) whenever it downloads or prepares a dataset.
-requires_tfds_prepare = pytest.mark.skipif(
-    importlib.util.find_spec("importlib_resources") is None,
-    reason="TFDS cannot prepare datasets without importlib_resources (pip install it)",
-)
 
 # Class folders of the tiny ImageNet; sorted order gives the labels.
 WNIDS = ("n01440764", "n01443537", "n01484850")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from image_samples import requires_tfds_prepare, write_cifar_batches
+from image_samples import write_cifar_batches
 
 from resnext_tf.data import DataConfig, DataNotFoundError, build_dataset, cifar, dataset_spec
 from resnext_tf.data.cifar import load_cifar
@@ -84,7 +84,6 @@ def test_offline_fails_fast_and_says_what_to_download(tmp_path, monkeypatch):
     _assert_says_what_to_download(info.value, "www.cs.toronto.edu is unreachable")
 
 
-@requires_tfds_prepare
 def test_failed_download_says_what_to_download(tmp_path, monkeypatch):
     def offline(*args, **kwargs):
         raise ConnectionError("Failed to resolve 'www.cs.toronto.edu'")

@@ -15,7 +15,6 @@ from image_samples import (
     encode,
     natural_image,
     numpy_color,
-    requires_tfds_prepare,
     train_image,
     with_jpeg_size,
 )
@@ -323,7 +322,6 @@ def tfds_imagenet(tmp_path_factory):
 
 
 @pytest.mark.slow
-@requires_tfds_prepare
 def test_tfds_imagenet_epochs_resume_and_eval(tfds_imagenet):
     cfg = DataConfig("imagenet", data_dir=tfds_imagenet, image_size=32, eval_resize=40)
     assert dataset_spec(cfg) == (1000, 12, 5, (32, 32, 3))
@@ -366,9 +364,7 @@ def _planted(relpaths, labels, pickled=False):
     ],
     ids=["parent-path", "absolute-path", "label-range", "pickled-objects"],
 )
-def test_a_planted_index_is_refused_and_the_folders_listed_again(
-    tmp_path, caplog, plant, reason
-):
+def test_a_planted_index_is_refused_and_the_folders_listed_again(tmp_path, caplog, plant, reason):
     # The cache sits inside the dataset's folder, which may come from anyone: a crafted index
     # must not point the pipeline outside the class folders, carry bad labels or unpickle.
     data_dir = _small_tree(tmp_path)
