@@ -248,9 +248,10 @@ def main(argv=None):
     env = dict(os.environ, KERAS_BACKEND=args.backend, PYTHONPATH=path)
     results = {}
     failed = []
-    # The log names the command that reproduces it.
-    command = shlex.join([os.path.relpath(__file__), *(sys.argv[1:] if argv is None else argv)])
-    print(f"command: python {command}", flush=True)
+    # The log names the command that reproduces it, from the repository root.
+    script = os.path.relpath(os.path.abspath(__file__), os.path.dirname(HERE))
+    invocation = shlex.join([script, *(sys.argv[1:] if argv is None else argv)])
+    print(f"command: python {invocation}", flush=True)
     print(f"load average at start: {os.getloadavg()[0]:.2f}; {args}", flush=True)
     try:
         for command in writes if export_dir else []:

@@ -96,7 +96,7 @@ def main():
         "batch_size": args.batch_size,
         "images": len(dataset),
         "images_per_sec": round(rate, 1),
-        "load_avg": round(os.getloadavg()[0], 2),
+        "load_avg": timing.machine_load(),
     }
     print(timing.JSON_PREFIX + json.dumps(result), flush=True)
 

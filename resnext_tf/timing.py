@@ -1,8 +1,10 @@
-"""Timing and reporting shared by `resnext_tf.benchmark` and the torchvision peer
-(benchmarks/torchvision_bench.py), so both sides measure and print the same way.
+"""Timing and reporting shared by `resnext_tf.benchmark` and the scripts that time the other
+side (benchmarks/torchvision_bench.py, torch_input_pipeline.py, deploy_bench.py), so every row
+of a comparison is measured and printed the same way.
 
-The standard library and numpy only, and no imports from the package: the peer loads this file
-by its path, so that its process imports neither Keras nor TensorFlow.
+The standard library and numpy only, and no imports from the package: those scripts load this
+file by its path (benchmarks/shared_timing.py), so that their processes import neither Keras nor
+TensorFlow.
 """
 
 import json
