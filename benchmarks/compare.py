@@ -14,7 +14,7 @@ each row to every peer. The pipeline suite runs benchmarks/input_pipeline.py (tf
 crop-decode modes) and benchmarks/torch_input_pipeline.py on one folder of JPEGs (generated
 500x375 photos unless --data_dir). Model configuration tokens (joined with "+"):
   ours:  auto | grouped | split | block_diagonal, then any of fold (BN folded, TF),
-         xla (jit_compile=true), nojit (jit_compile=false)
+         xla (jit_compile=true), nojit (jit_compile=false), dnn / nodnn (oneDNN forced on / off)
   peers: eager | compiled, then cl (channels_last), bf16 (autocast to bfloat16)
   exported: saved_model | onnx | openvino | litert, then bf16 (the SavedModel computes in
          bfloat16; OpenVINO compiles the IR with INFERENCE_PRECISION_HINT=bf16) or f32
@@ -34,11 +34,24 @@ import subprocess
 import sys
 import tempfile
 
-from resnext_tf import recipes
+from resnext_tf import hardware, recipes
 from resnext_tf.timing import JSON_PREFIX
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUR_FLAGS = {"fold": "--fold_bn", "xla": "--jit_compile=true", "nojit": "--jit_compile=false"}
+# TF_ENABLE_ONEDNN_OPTS of our runs: "dnn" forces oneDNN on, "nodnn" off (TensorFlow's own
+# kernels, its default on CPUs without AVX512-VNNI, AVX512-BF16 or AMX); neither keeps the
+# library's default (resnext_tf.hardware.request_onednn).
+ONEDNN_TOKENS = {"dnn": "1", "nodnn": "0"}
+# Variables that change which kernels the runs pick, printed in the header when set (e.g.
+# ONEDNN_MAX_CPU_ISA=AVX2 limits oneDNN, in TensorFlow and PyTorch, to AVX2 kernels).
+KERNEL_ENV = (
+    "TF_ENABLE_ONEDNN_OPTS",
+    "ONEDNN_MAX_CPU_ISA",
+    "ATEN_CPU_CAPABILITY",
+    "MKL_ENABLE_INSTRUCTIONS",
+    "OMP_NUM_THREADS",
+)
 PEER_FLAGS = {
     "eager": None,
     "compiled": "--compile",
@@ -53,6 +66,9 @@ def our_command(token, common, backend):
     impl, *extras = token.split("+")
     flags = [f"--conv_impl={impl}"] + [OUR_FLAGS[e] for e in extras if e in OUR_FLAGS]
     command = [sys.executable, "-m", "resnext_tf.benchmark", *common, *flags]
+    onednn = [ONEDNN_TOKENS[e] for e in extras if e in ONEDNN_TOKENS]
+    if onednn:
+        command = ["env", f"TF_ENABLE_ONEDNN_OPTS={onednn[-1]}", *command]
     return f"resnext_tf[{backend}] {token}", command
 
 
@@ -111,6 +127,22 @@ def exported_command(token, path, args):
     return f"exported {token}", command
 
 
+def machine_header():
+    """The CPU, its instruction sets and the kernel-choosing variables, for the log's head."""
+    flags = hardware.cpu_flags()
+    isa = hardware.cpu_isa(flags)
+    settings = [f"{name}={os.environ[name]}" for name in KERNEL_ENV if name in os.environ]
+    onednn = (
+        "TensorFlow turns oneDNN on by itself"
+        if flags and flags & set(hardware.ONEDNN_DEFAULT_FLAGS)
+        else "TensorFlow leaves oneDNN off unless asked (resnext_tf asks)"
+    )
+    return (
+        f"CPU: {hardware.cpu_model()} ({isa}), {os.cpu_count()} logical CPUs; {onednn}; "
+        f"kernel settings: {', '.join(settings) or 'none'}"
+    )
+
+
 def parse_json(label, stdout):
     """The result of a harness run: its JSON line, under the configuration's label."""
     for line in stdout.splitlines():
@@ -142,15 +174,17 @@ def table(results, peers):
         label: statistics.median(r["images_per_sec"] for r in runs)
         for label, runs in results.items()
     }
-    head = "| configuration | img/s | runs (min-max) | img/CPU-s | peak RSS MB | load |"
+    head = "| configuration | oneDNN | img/s | runs (min-max) | img/CPU-s | peak RSS MB | load |"
     latency = any(r.get("p50_ms") is not None for runs in results.values() for r in runs)
     if latency:
         head += " bs1 p50 ms | bs1 p99 ms |"
     head += "".join(f" x {p} |" for p in peers)
-    rows = [head, "|" + "---|" * (6 + 2 * latency + len(peers))]
+    rows = [head, "|" + "---|" * (7 + 2 * latency + len(peers))]
     for label, runs in results.items():
         rates = [r["images_per_sec"] for r in runs]
+        onednn = {r.get("onednn") for r in runs}
         cells = [
+            "/".join(sorted({True: "on", False: "off"}.get(v, "-") for v in onednn)),
             f"{medians[label]:.2f}",
             f"{min(rates):.2f}-{max(rates):.2f}",
             _median_cell(runs, "images_per_cpu_sec", "{:.2f}"),
@@ -252,6 +286,7 @@ def main(argv=None):
     script = os.path.relpath(os.path.abspath(__file__), os.path.dirname(HERE))
     invocation = shlex.join([script, *(sys.argv[1:] if argv is None else argv)])
     print(f"command: python {invocation}", flush=True)
+    print(machine_header(), flush=True)
     print(f"load average at start: {os.getloadavg()[0]:.2f}; {args}", flush=True)
     try:
         for command in writes if export_dir else []:

@@ -40,25 +40,28 @@ def _backend():
     return backend, _kernels(backend)
 
 
-def tf_native_grouped_conv(dtype="float32"):
+def tf_native_grouped_conv(dtype="float32", inference=False):
     """Whether grouped convolutions in `dtype` run as TensorFlow's own kernel in this process.
 
     False on JAX and PyTorch. On TensorFlow, the answer of a small probe run once per process
-    and dtype (`resnext_tf.tf_ops.grouped_conv_supported`): True with oneDNN (x86 CPUs, on by
-    default) or cuDNN (GPUs), False where TensorFlow has no grouped gradient (e.g. CPU with
-    TF_ENABLE_ONEDNN_OPTS=0).
+    and dtype (`resnext_tf.tf_ops.grouped_conv_supported`). For training (forward and
+    gradients): True with oneDNN or cuDNN (GPUs), False where TensorFlow has no grouped gradient
+    (a CPU without oneDNN: TensorFlow leaves it off on CPUs without AVX512-VNNI, AVX512-BF16 or
+    AMX, and with TF_ENABLE_ONEDNN_OPTS=0). For `inference` (the forward pass only): True
+    wherever TensorFlow runs, its own CPU kernels included.
     """
     backend, kernels = _backend()
-    return backend == "tensorflow" and kernels.grouped_conv_supported(dtype)
+    return backend == "tensorflow" and kernels.grouped_conv_supported(dtype, not inference)
 
 
-def resolve_conv_impl(conv_impl, dtype="float32"):
+def resolve_conv_impl(conv_impl, dtype="float32", inference=False):
     """Picks the grouped-convolution implementation for the current Keras backend.
 
     "auto" resolves to:
       * TensorFlow: "grouped" where TensorFlow runs the grouped convolution natively, forward and
-        gradients (`tf_native_grouped_conv`): one convolution a layer instead of `cardinality`
-        small ones plus the slicing and concatenation. Else "split": Keras' own grouped
+        gradients, or forward only for an `inference` layer (`tf_native_grouped_conv`): one
+        convolution a layer instead of `cardinality` small ones plus the slicing and
+        concatenation. Else "split": Keras' own grouped
         convolution (the fallback of "grouped" there) runs inside an XLA-compiled function,
         whose CPU gradient is far slower than split convolutions and which a SavedModel then
         needs at serving time.
@@ -72,6 +75,7 @@ def resolve_conv_impl(conv_impl, dtype="float32"):
     Args:
       conv_impl: "auto", "grouped", "split" or "block_diagonal".
       dtype: Compute dtype of the convolution (TensorFlow's support is probed per dtype).
+      inference: The layer never computes gradients (e.g. `resnext_tf.fold.FoldedConv2D`).
 
     Returns:
       "grouped", "split" or "block_diagonal".
@@ -82,12 +86,30 @@ def resolve_conv_impl(conv_impl, dtype="float32"):
     backend, kernels = _backend()
     if backend == "jax":
         return "block_diagonal" if kernels.on_gpu() else "grouped"
-    if backend != "tensorflow" or tf_native_grouped_conv(dtype):
+    if backend != "tensorflow" or tf_native_grouped_conv(dtype, inference):
         return "grouped"
     return "split"
 
 
-def conv2d(inputs, kernel, strides, padding):
+def explain_conv_impl(conv_impl, dtype="float32"):
+    """(implementation, why) of `resolve_conv_impl` for a training layer, for the run's log."""
+    impl = resolve_conv_impl(conv_impl, dtype)
+    backend = keras.backend.backend()
+    if conv_impl != "auto":
+        return impl, "as requested"
+    if impl == "block_diagonal":
+        return impl, "JAX on a GPU: merged groups run faster on cuDNN"
+    if backend != "tensorflow":
+        return impl, f"{backend}'s native grouped convolution"
+    if impl == "grouped":
+        return impl, "TensorFlow runs grouped convolutions natively, forward and gradients"
+    return impl, (
+        "TensorFlow has no native grouped gradient here (oneDNN is off; "
+        "TF_ENABLE_ONEDNN_OPTS=1 before TensorFlow is imported turns it on)"
+    )
+
+
+def conv2d(inputs, kernel, strides, padding, inference=False):
     """Bias-free NHWC convolution; the groups are in_channels / kernel.shape[2].
 
     On TensorFlow a grouped convolution runs as TensorFlow's own grouped kernel where there is
@@ -99,11 +121,14 @@ def conv2d(inputs, kernel, strides, padding):
       kernel: (kh, kw, in_channels // groups, filters), in the dtype of `inputs`.
       strides: Square stride.
       padding: "same" or "valid".
+      inference: No gradient is ever taken: TensorFlow's native grouped kernel serves wherever
+        it runs forward, whether or not it has the gradients.
     """
     backend, kernels = _backend()
     if backend == "tensorflow":
         grouped = inputs.shape[-1] != kernel.shape[2]
-        if grouped and tf_native_grouped_conv(keras.backend.standardize_dtype(kernel.dtype)):
+        dtype = keras.backend.standardize_dtype(kernel.dtype)
+        if grouped and tf_native_grouped_conv(dtype, inference):
             return kernels.grouped_conv2d(inputs, kernel, strides, padding.upper())
         pointwise = not grouped and tuple(kernel.shape[:2]) == (1, 1)
         shape, filters = tuple(inputs.shape), kernel.shape[-1]

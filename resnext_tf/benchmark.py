@@ -18,7 +18,7 @@ import dataclasses
 import keras
 import numpy as np
 
-from resnext_tf import recipes
+from resnext_tf import hardware, recipes
 from resnext_tf.backend_ops import CONV_IMPLS, resolve_conv_impl
 from resnext_tf.layers import Bottleneck, GroupedConv2D
 from resnext_tf.registry import create_model, list_models
@@ -393,6 +393,7 @@ def run_benchmark(cfg):
         "jit_compile": jit,
         "fold_bn": cfg.fold_bn,
         "data": cfg.data_dir or "synthetic",
+        "onednn": hardware.onednn_enabled() if backend == "tensorflow" else None,
         **checks,
         **throughput(cfg.batch_size, cfg.steps, seconds, cpu_seconds),
         "warmup_s": round(warmup_s, 1),

@@ -37,6 +37,10 @@ class CheckpointError(UserError, RuntimeError):
     """No checkpoint in a model_dir can be restored, or the model_dir refuses the run."""
 
 
+class ExportError(UserError, ValueError):
+    """An export cannot be written where or as asked (name, version, folder, dependencies)."""
+
+
 class LockedError(UserError, RuntimeError):
     """Another live process holds the model_dir."""
 

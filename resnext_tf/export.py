@@ -40,11 +40,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from resnext_tf import fold
+from resnext_tf import fold, hardware
 from resnext_tf.backend_ops import tf_native_grouped_conv
 from resnext_tf.data import pipeline, transforms
 from resnext_tf.data.config import DataConfig
-from resnext_tf.errors import user_errors_exit
+from resnext_tf.errors import ExportError, one_line, user_errors_exit
 from resnext_tf.layers import Bottleneck
 
 logger = logging.getLogger(__name__)
@@ -66,11 +66,10 @@ CLASS_INDEX_PATH = os.path.join(
 )
 IMAGENET_CLASSES = 1000
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-# Grouped convolutions in the exported graph: "grouped", one tf.nn.conv2d a layer (the
-# library's native path, `resnext_tf.backend_ops.tf_native_grouped_conv`; needs a TensorFlow
-# that runs it natively where the export is made: oneDNN on x86 CPUs, on by default, or cuDNN), or
-# "split", one convolution a group. "grouped" serves one JPEG about 1.2-1.3x faster with oneDNN
-# (TF's default on x86) and as fast without it; the measurements are in docs/export.md.
+# Grouped convolutions in the exported graph: "grouped", one tf.nn.conv2d a layer (TensorFlow's
+# native grouped kernel, which every TensorFlow runs forward, with or without oneDNN, so the
+# graph is the same whichever CPU exports it and serves on stock TF Serving), or "split", one
+# convolution a group. docs/export.md compares the two.
 SERVING_CONV_IMPLS = ("grouped", "split")
 FORMATS = ("saved_model", "onnx", "openvino", "litert")
 # The model file each float-input format writes into the version directory.
@@ -98,6 +97,11 @@ class _ServingBottleneck(Bottleneck):
         return keras.layers.BatchNormalization.from_config(
             super().make_norm(*args, **kwargs).get_config()
         )
+
+    def make_conv(self, *args, **kwargs):
+        conv = super().make_conv(*args, **kwargs)
+        conv.inference_only = True  # the serving graph takes no gradients
+        return conv
 
 
 # Substituted when the exported graph holds grouped convolutions (see _ServingBottleneck).
@@ -140,12 +144,11 @@ def serving_model(model, conv_impl="grouped", dtype="float32", fold_bn=True):
             f"dtype must be one of {fold.DTYPES} (bfloat16 with fold_bn=True); received "
             f"dtype={dtype!r}, fold_bn={fold_bn!r}."
         )
-    if conv_impl == "grouped" and not tf_native_grouped_conv():
+    if conv_impl == "grouped" and not tf_native_grouped_conv(inference=True):
         # The library would fall back to Keras' grouped convolution, which needs XLA.
         raise ValueError(
-            "conv_impl='grouped' needs TensorFlow's native grouped convolution, which this "
-            "TensorFlow does not run (e.g. TF_ENABLE_ONEDNN_OPTS=0 on a CPU); received "
-            "conv_impl='grouped', use conv_impl='split'."
+            "conv_impl='grouped' needs TensorFlow's native grouped convolution forward, which "
+            "this TensorFlow does not run; received conv_impl='grouped', use conv_impl='split'."
         )
     config = model.get_config()
     outputs = config.get("output_layers") if isinstance(config, dict) else None
@@ -572,7 +575,7 @@ def export_saved_model(
         raise ValueError(f"top_k must be a positive integer; received top_k={top_k!r}.")
     _check_rgb(model)
     served = serving_model(model, conv_impl, dtype)
-    fold.warn_if_bf16_emulated(dtype)
+    hardware.warn_if_bf16_emulated(dtype)
     data_config = _checked_data_config(served, data_config)
     names = _class_names(data_config, served.output_shape[-1], class_names)
     limits = image_limits or transforms.DEFAULT_LIMITS
@@ -711,7 +714,7 @@ def export_model(
     model_base, version, final = _version_target(export_dir, model_name, version, overwrite)
     _check_rgb(model)
     served = serving_model(model, conv_impl, "float32")
-    fold.warn_if_bf16_emulated(dtype)
+    hardware.warn_if_bf16_emulated(dtype)
     data_config = _checked_data_config(served, data_config)
     names = _class_names(data_config, served.output_shape[-1], class_names)
 
@@ -722,6 +725,55 @@ def export_model(
     _write_version(model_base, version, final, overwrite, write)
     logger.info("Exported %s version %d (%s, %s) to %s.", model_name, version, fmt, dtype, final)
     return final
+
+
+def check_export(
+    model,
+    export_dir,
+    model_name=None,
+    version=None,
+    *,
+    fmt="saved_model",
+    dtype="float32",
+    data_config=None,
+    overwrite=False,
+    conv_impl="grouped",
+):
+    """Runs the checks of `export_model` without writing anything, so a run that exports at its
+    end fails at its start instead (a training run calls it before its first step).
+
+    Checks the name, version and format, that `export_dir` can be written, the format's
+    optional dependencies, and that the serving copy of `model` builds and runs one image in
+    a TensorFlow graph, which is where this CPU's kernels and graph optimizer could refuse it.
+
+    Raises:
+      ExportError: naming what would make the export fail.
+    """
+    try:
+        _check_target(model, export_dir, model_name, version, fmt, overwrite)
+        served = serving_model(model, conv_impl, dtype if fmt == "saved_model" else "float32")
+        _checked_data_config(served, data_config)
+        image = tf.zeros((1, *served.input_shape[1:]), tf.float32)
+        tf.function(lambda x: served(x, training=False))(image)
+    except (ValueError, OSError, ImportError, tf.errors.OpError) as e:
+        raise ExportError(f"The export would fail: {one_line(e)}") from e
+
+
+def _check_target(model, export_dir, model_name, version, fmt, overwrite):
+    if fmt not in FORMATS:
+        raise ValueError(f"Unknown format; received fmt={fmt!r}, expected one of {FORMATS}.")
+    if fmt != "saved_model":
+        _require(fmt)
+    _version_target(export_dir, model_name or model.name, version, overwrite)
+    existing = os.path.abspath(os.fspath(export_dir))
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(
+            f"export_dir={os.fspath(export_dir)!r} cannot be written: {existing} is not a "
+            "writable folder."
+        )
+    _check_rgb(model)
 
 
 # The modules each format needs, and the setup.py extra that installs them.

@@ -15,14 +15,10 @@ CPUs with AVX512-BF16 or AMX run natively; images come in and logits go out in f
 pooling and the classifier run in float32, so the logits are not rounded to bfloat16).
 """
 
-import logging
-
 import keras
 from keras import ops
 
 from resnext_tf.layers import Bottleneck, GroupedConv2D
-
-logger = logging.getLogger(__name__)
 
 DTYPES = ("float32", "bfloat16")
 # How far bfloat16 logits may be from float32 ones: this fraction of the image's largest
@@ -33,14 +29,6 @@ BF16_LOGIT_TOLERANCE = 0.03
 # Layers that stay in float32 in a bfloat16 graph: the average over the last feature map and
 # the classifier (a small share of the work; their float32 sums keep the logits' precision).
 FLOAT32_LAYERS = ("GlobalAveragePooling2D", "Dense", "GlobalMaxPooling2D", "Flatten")
-# /proc/cpuinfo flags of the native bfloat16 instructions: AVX512-BF16 (dot products) and AMX.
-BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
-CPUINFO = "/proc/cpuinfo"
-BF16_EMULATED = (
-    "bfloat16 was requested, but this CPU has no native bfloat16 instructions ({flags} not in "
-    "/proc/cpuinfo): bfloat16 is emulated there and usually slower than float32. Serve the "
-    "float32 export on such machines."
-)
 
 
 @keras.saving.register_keras_serializable(package="resnext_tf")
@@ -53,6 +41,8 @@ class FoldedConv2D(GroupedConv2D):
     convolutions ("Fused conv implementation does not support grouped convolutions"); with
     oneDNN the add is fused all the same.
     """
+
+    inference_only = True
 
     def build(self, input_shape):
         super().build(input_shape)
@@ -219,33 +209,3 @@ def _assign_folded(target, conv, bn):
     kernel, bias = folded_kernel_and_bias(conv, bn)
     target.kernel.assign(ops.cast(kernel, target.kernel.dtype))
     target.bias.assign(ops.cast(bias, target.bias.dtype))
-
-
-def cpu_flags(path=CPUINFO):
-    """The set of CPU feature flags in /proc/cpuinfo, or None where it cannot be read."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        return None
-    return None
-
-
-def native_bf16(path=CPUINFO):
-    """True where the CPU has bfloat16 instructions, False where it lacks them, None unknown."""
-    flags = cpu_flags(path)
-    if flags is None:
-        return None
-    return bool(flags & set(BF16_CPU_FLAGS))
-
-
-def warn_if_bf16_emulated(dtype, path=CPUINFO):
-    """Logs a warning (and returns its text) when `dtype` is bfloat16 on a CPU without native
-    bfloat16 instructions; returns None otherwise."""
-    if dtype != "bfloat16" or native_bf16(path) is not False:
-        return None
-    message = BF16_EMULATED.format(flags=" / ".join(BF16_CPU_FLAGS))
-    logger.warning(message)
-    return message

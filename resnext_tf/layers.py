@@ -90,6 +90,11 @@ class GroupedConv2D(keras.layers.Layer):
       **kwargs: Base layer arguments (name, dtype, ...).
     """
 
+    # True on layers that never compute gradients (inference graphs: `resnext_tf.fold`'s folded
+    # convolutions, the export's serving copy). TensorFlow then runs grouped convolutions as
+    # its native kernel wherever it runs them forward, even without the grouped gradient.
+    inference_only = False
+
     def __init__(
         self,
         filters,
@@ -152,19 +157,24 @@ class GroupedConv2D(keras.layers.Layer):
         if not same:
             inputs = symmetric_pad(inputs, self.padding)
         padding = "same" if same else "valid"
-        impl = resolve_conv_impl(self.conv_impl, self.compute_dtype) if self.groups > 1 else None
+        impl = None
+        if self.groups > 1:
+            impl = resolve_conv_impl(self.conv_impl, self.compute_dtype, self.inference_only)
         if impl == "split":
             pairs = zip(
                 ops.split(inputs, self.groups, axis=-1),
                 ops.split(kernel, self.groups, axis=-1),
                 strict=True,
             )
-            outputs = [backend_ops.conv2d(x, k, self.strides, padding) for x, k in pairs]
+            outputs = [
+                backend_ops.conv2d(x, k, self.strides, padding, self.inference_only)
+                for x, k in pairs
+            ]
             return ops.concatenate(outputs, axis=-1)
         if impl == "block_diagonal":
             merge = math.gcd(self.groups, GROUP_MERGE)
             kernel = block_diagonal_kernel(kernel, self.groups, merge)
-        return backend_ops.conv2d(inputs, kernel, self.strides, padding)
+        return backend_ops.conv2d(inputs, kernel, self.strides, padding, self.inference_only)
 
     def compute_output_shape(self, input_shape):
         def out(size):

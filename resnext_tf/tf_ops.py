@@ -93,13 +93,15 @@ def pointwise_conv2d(inputs, kernel, strides):
     return tf.reshape(outputs, tf.concat([shape[:-1], [kernel.shape[-1]]], 0))
 
 
-def _conv_and_gradients(inputs, kernel, strides, padding):
+def _conv_and_gradients(inputs, kernel, strides, padding, gradients=True):
     """Conv2D and the two ops its registered gradient runs, with an upstream gradient of ones.
 
     The gradient ops are called directly, not through a GradientTape: the probe runs under
-    tf.init_scope, which pauses tapes.
+    tf.init_scope, which pauses tapes. Without `gradients`, only the convolution.
     """
     outputs = tf.nn.conv2d(inputs, kernel, strides, padding)
+    if not gradients:
+        return [outputs]
     upstream = tf.ones_like(outputs)
     attrs = dict(out_backprop=upstream, strides=[1, strides, strides, 1], padding=padding)
     d_inputs = tf.raw_ops.Conv2DBackpropInput(input_sizes=tf.shape(inputs), filter=kernel, **attrs)
@@ -107,23 +109,23 @@ def _conv_and_gradients(inputs, kernel, strides, padding):
     return outputs, d_inputs, d_kernel
 
 
-def _split_conv_and_gradients(inputs, kernel, strides, padding):
+def _split_conv_and_gradients(inputs, kernel, strides, padding, gradients=True):
     """The same, one group at a time (plain convolutions), concatenated group by group."""
     groups = inputs.shape[-1] // kernel.shape[2]
     pairs = zip(tf.split(inputs, groups, -1), tf.split(kernel, groups, -1), strict=True)
-    parts = [_conv_and_gradients(x, k, strides, padding) for x, k in pairs]
+    parts = [_conv_and_gradients(x, k, strides, padding, gradients) for x, k in pairs]
     return [tf.concat(part, -1) for part in zip(*parts, strict=True)]
 
 
 @functools.cache
-def _grouped_conv_supported(dtype):
+def _grouped_conv_supported(dtype, gradients):
     rng = np.random.default_rng(0)
     inputs = tf.constant(rng.integers(-1, 2, PROBE_INPUT_SHAPE), dtype)
     kernel = tf.constant(rng.integers(-1, 2, PROBE_KERNEL_SHAPE), dtype)
     try:
         for strides, padding in PROBE_FORMS:
-            native = _conv_and_gradients(inputs, kernel, strides, padding)
-            split = _split_conv_and_gradients(inputs, kernel, strides, padding)
+            native = _conv_and_gradients(inputs, kernel, strides, padding, gradients)
+            split = _split_conv_and_gradients(inputs, kernel, strides, padding, gradients)
             for a, b in zip(native, split, strict=True):
                 a, b = (tf.cast(t, tf.float32).numpy() for t in (a, b))
                 if not np.allclose(a, b, atol=PROBE_TOLERANCE):
@@ -134,23 +136,26 @@ def _grouped_conv_supported(dtype):
     return True
 
 
-def grouped_conv_supported(dtype="float32"):
-    """Whether this process runs `grouped_conv2d` natively, forward and gradients, in `dtype`.
+def grouped_conv_supported(dtype="float32", gradients=True):
+    """Whether this process runs `grouped_conv2d` natively in `dtype`.
 
-    Decided by running a tiny grouped convolution and its gradients eagerly (also when called
-    while a tf.function is traced) and comparing them with one convolution a group; the answer
-    is cached for the process. TensorFlow's own CPU kernels compute grouped convolutions forward
-    but not their gradients; oneDNN (on by default in x86 builds, off with
-    TF_ENABLE_ONEDNN_OPTS=0) and cuDNN do both.
+    Decided by running a tiny grouped convolution (and, with `gradients`, its two gradient ops)
+    eagerly, also when called while a tf.function is traced, and comparing the results with one
+    convolution a group; the answer is cached for the process. TensorFlow's own CPU kernels
+    compute grouped convolutions forward but not their gradients; oneDNN (on by default in x86
+    builds on CPUs with AVX512-VNNI, AVX512-BF16 or AMX, on request elsewhere with
+    TF_ENABLE_ONEDNN_OPTS=1) and cuDNN do both.
 
     Args:
       dtype: The compute dtype, e.g. "float32" or "bfloat16".
+      gradients: Ask whether it trains (forward and gradients); False asks whether it
+        infers (the forward pass only), which is what an inference graph needs.
 
     Returns:
-      True when the native grouped convolution is usable for training in `dtype`.
+      True when the native grouped convolution is usable for that purpose in `dtype`.
     """
     with tf.init_scope():
-        return _grouped_conv_supported(tf.as_dtype(dtype))
+        return _grouped_conv_supported(tf.as_dtype(dtype), bool(gradients))
 
 
 def fused_batch_norm(inputs, gamma, beta, mean, variance, epsilon, training):

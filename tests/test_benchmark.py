@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 from child_process import JAX_CPU, run_child
 
-from resnext_tf import benchmark, build_resnext, timing
+from resnext_tf import benchmark, build_resnext, hardware, timing
 
 TINY = dict(depth=11, stem="cifar", cardinality=4, base_width=4, input_shape=(8, 8, 3))
 RNG = np.random.default_rng(0)
@@ -185,15 +185,23 @@ def test_compare_runs_ours_and_the_torchvision_peer():
     # benchmarks/compare.py runs each side in its own process; both rows and the ratio to the
     # peer appear, so the peer script imports and runs with the library's current names.
     command = [sys.executable, COMPARE, "--mode=train", "--batch_size=2", "--image_size=32"]
-    command += ["--steps=1", "--windows=1", "--warmup=1", "--ours=grouped", "--peers=eager"]
+    command += ["--steps=1", "--windows=1", "--warmup=1", "--ours=auto,auto+nodnn"]
+    command += ["--peers=eager"]
     proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    # The output starts with the command that reproduces it.
-    assert proc.stdout.startswith("command: python benchmarks/compare.py --mode=train ")
-    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
+    # The output starts with the command that reproduces it, then the machine.
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("command: python benchmarks/compare.py --mode=train ")
+    assert lines[1].startswith(f"CPU: {hardware.cpu_model()} (")
+    rows = [line for line in lines if line.startswith("| ")]
     assert rows[0].endswith("| x torchvision eager |")
-    labels = [row.split("|")[1].strip() for row in rows[1:]]
-    assert labels == ["resnext_tf[tensorflow] grouped", "torchvision eager"]
+    cells = [[cell.strip() for cell in row.split("|")[1:3]] for row in rows[1:]]
+    # oneDNN as the library leaves it (on, by TensorFlow or at the library's request), and off.
+    assert cells == [
+        ["resnext_tf[tensorflow] auto", "on"],
+        ["resnext_tf[tensorflow] auto+nodnn", "off"],
+        ["torchvision eager", "-"],
+    ]
     assert rows[-1].split("|")[-2].strip() == "1.00"
 
 
@@ -209,7 +217,7 @@ def test_compare_fails_when_a_configuration_fails(monkeypatch, capsys):
     monkeypatch.setattr(compare, "run", run)
     with pytest.raises(SystemExit, match=r"1 configuration\(s\) failed: torchvision eager"):
         compare.main(["--ours=grouped", "--peers=eager"])
-    assert "| resnext_tf[tensorflow] grouped | 12.00 |" in capsys.readouterr().out
+    assert "| resnext_tf[tensorflow] grouped | - | 12.00 |" in capsys.readouterr().out
 
 
 PEER_IMPORTS_CHILD = textwrap.dedent(

@@ -5,7 +5,6 @@ a few generated photos, one export per format shared by the module.
 """
 
 import json
-import logging
 import os
 
 import keras
@@ -125,22 +124,6 @@ def test_folded_bfloat16_computes_in_bfloat16_with_float32_in_and_out():
 def test_folding_refuses_an_unknown_dtype():
     with pytest.raises(ValueError, match="dtype='float16'"):
         fold.fold_batchnorm(tiny(), "float16")
-
-
-@pytest.mark.parametrize(
-    "flags, native",
-    [("fpu avx512f avx512_bf16", True), ("fpu amx_bf16 amx_tile", True), ("fpu avx512f", False)],
-)
-def test_bf16_support_is_read_from_cpuinfo(tmp_path, caplog, flags, native):
-    path = tmp_path / "cpuinfo"
-    path.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
-    assert fold.native_bf16(str(path)) is native
-    with caplog.at_level(logging.WARNING):
-        message = fold.warn_if_bf16_emulated("bfloat16", str(path))
-    assert (message is None) == native
-    assert ("emulated" in caplog.text) != native
-    assert fold.warn_if_bf16_emulated("float32", str(path)) is None
-    assert fold.native_bf16(str(tmp_path / "missing")) is None
 
 
 # ----------------------------------------------------------------------------------------------

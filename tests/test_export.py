@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 from tensorflow.core.protobuf import saved_model_pb2
+from test_tf_ops import traced_ops
 
 import resnext_tf
 from resnext_tf import export, tf_ops
@@ -184,7 +185,9 @@ def test_each_variable_is_stored_once(model, exported):
 def test_check_no_xla_catches_keras_grouped_convolution(tmp_path, monkeypatch):
     # Keras' own grouped convolution (the library's fallback where TF has no native one) runs
     # on TF under XLA.
-    monkeypatch.setattr(tf_ops, "grouped_conv_supported", lambda dtype="float32": False)
+    monkeypatch.setattr(
+        tf_ops, "grouped_conv_supported", lambda dtype="float32", gradients=True: False
+    )
     layer = GroupedConv2D(8, groups=2, conv_impl="grouped")
     layer.build((None, 8, 8, 8))
     module = tf.Module()
@@ -294,11 +297,22 @@ def test_serving_model_is_xla_free_float32_and_returns_logits(conv_impl):
     assert {layer.compute_dtype for layer in served.layers} == {"float32"}
 
 
-def test_grouped_serving_needs_the_native_grouped_convolution(monkeypatch):
-    monkeypatch.setattr(tf_ops, "grouped_conv_supported", lambda dtype="float32": False)
+def test_grouped_serving_needs_only_the_forward_convolution(monkeypatch):
+    # As TensorFlow without oneDNN: grouped forward runs natively, the gradient ops refuse.
+    monkeypatch.setattr(
+        tf_ops, "grouped_conv_supported", lambda dtype="float32", gradients=True: not gradients
+    )
+    model = tiny_cifar()
+    for fold_bn in (True, False):
+        served = export.serving_model(model, "grouped", fold_bn=fold_bn)
+        op_types, xla = traced_ops(served, tf.TensorSpec((1, 32, 32, 3)))
+        assert not xla and "Split" not in op_types, op_types
+    monkeypatch.setattr(
+        tf_ops, "grouped_conv_supported", lambda dtype="float32", gradients=True: False
+    )
     with pytest.raises(ValueError, match=r"conv_impl='grouped'.*conv_impl='split'"):
-        export.serving_model(tiny_cifar(), "grouped")
-    assert export.serving_model(tiny_cifar(), "split").get_layer("stem_conv").conv_impl == "split"
+        export.serving_model(model, "grouped")
+    assert export.serving_model(model, "split").get_layer("stem_conv").conv_impl == "split"
 
 
 def test_cifar_export_versions_and_overwrite(tmp_path):

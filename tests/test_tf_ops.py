@@ -83,7 +83,11 @@ def test_grouped_conv_matches_numpy_forward_and_gradients(conv_impl, groups, str
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4, err_msg=name)
 
 
-def test_grouped_runs_one_native_convolution_without_xla():
+def test_grouped_runs_one_native_convolution_without_xla(monkeypatch):
+    # As where TensorFlow has the grouped gradient (oneDNN or cuDNN), whatever this machine has.
+    monkeypatch.setattr(
+        tf_ops, "grouped_conv_supported", lambda dtype="float32", gradients=True: True
+    )
     conv = GroupedConv2D(16, 3, strides=2, groups=8, padding=1, conv_impl="grouped")
     conv.build((None, 7, 7, 16))
     op_types, xla = traced_ops(conv, tf.TensorSpec((2, 7, 7, 16)))
@@ -104,11 +108,16 @@ def test_probe_matches_this_build_and_runs_eagerly_inside_a_trace():
     assert answers == [onednn]
     assert tf_ops.grouped_conv_supported() == onednn
     assert resolve_conv_impl("auto") == ("grouped" if onednn else "split")
+    # Forward only, TensorFlow runs grouped convolutions with or without oneDNN.
+    assert tf_ops.grouped_conv_supported(gradients=False)
+    assert resolve_conv_impl("auto", inference=True) == "grouped"
 
 
 @pytest.mark.parametrize("supported,expected", [(True, "grouped"), (False, "split")])
 def test_auto_follows_the_probe(monkeypatch, supported, expected):
-    monkeypatch.setattr(tf_ops, "grouped_conv_supported", lambda dtype="float32": supported)
+    monkeypatch.setattr(
+        tf_ops, "grouped_conv_supported", lambda dtype="float32", gradients=True: supported
+    )
     assert resolve_conv_impl("auto") == expected
     assert resolve_conv_impl("grouped") == "grouped" and resolve_conv_impl("split") == "split"
     op_types, _ = traced_ops(
@@ -117,8 +126,25 @@ def test_auto_follows_the_probe(monkeypatch, supported, expected):
     assert ("Split" in op_types) == (not supported)
 
 
+def test_inference_layers_run_the_native_convolution_without_the_gradient(monkeypatch):
+    # TensorFlow without oneDNN: the forward kernel runs groups, the gradient ops refuse them.
+    monkeypatch.setattr(
+        tf_ops, "grouped_conv_supported", lambda dtype="float32", gradients=True: not gradients
+    )
+    conv = GroupedConv2D(16, 3, groups=8, padding=1, conv_impl="auto")
+    conv.inference_only = True
+    conv.build((None, 7, 7, 16))
+    op_types, xla = traced_ops(conv, tf.TensorSpec((2, 7, 7, 16)))
+    assert op_types.count("Conv2D") == 1 and "Split" not in op_types and not xla, op_types
+    trained = GroupedConv2D(16, 3, groups=8, padding=1, conv_impl="auto")
+    op_types, _ = traced_ops(trained, tf.TensorSpec((2, 7, 7, 16)))
+    assert op_types.count("Conv2D") == 8 and "Split" in op_types
+
+
 def test_grouped_falls_back_to_keras_when_unsupported(monkeypatch):
-    monkeypatch.setattr(tf_ops, "grouped_conv_supported", lambda dtype="float32": False)
+    monkeypatch.setattr(
+        tf_ops, "grouped_conv_supported", lambda dtype="float32", gradients=True: False
+    )
     conv = GroupedConv2D(8, 3, strides=2, groups=4, padding=1, conv_impl="grouped")
     conv.build((None, 7, 7, 8))
     # Keras' grouped convolution: an XLA-compiled function, not a Conv2D op in this graph.
@@ -210,6 +236,7 @@ WITHOUT_ONEDNN_CHILD = textwrap.dedent(
     import resnext_tf
     from resnext_tf import tf_ops
     assert not tf_ops.grouped_conv_supported()
+    assert tf_ops.grouped_conv_supported(gradients=False)
     assert resnext_tf.resolve_conv_impl("auto") == "split"
     model = resnext_tf.build_resnext(depth=11, stem="cifar", cardinality=4, base_width=4,
                                      input_shape=(8, 8, 3), num_classes=5, conv_impl="grouped")

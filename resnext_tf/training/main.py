@@ -21,8 +21,11 @@ def run(config):
         # Only runs that export load the exporter, and before training rather than after it.
         # resnext_tf.export reads runs through training.modeling: the export depends on the
         # training package, never the other way round at import time.
-        from resnext_tf.export import export_saved_model
+        from resnext_tf.export import check_export, export_saved_model
     trainer = Trainer(config)
+    if config.export_dir and trainer.is_chief:
+        # Whatever would stop the export stops the run now, not after the training.
+        check_export(trainer.export_model, config.export_dir, data_config=trainer.data_config)
     if config.test_only:
         trainer.test()
     else:

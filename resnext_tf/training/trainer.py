@@ -18,6 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from resnext_tf import backend_ops, hardware
 from resnext_tf.data import build_dataset, dataset_spec
 from resnext_tf.errors import CheckpointError
 from resnext_tf.training import checkpoint as ckpt_lib
@@ -25,6 +26,20 @@ from resnext_tf.training import distribute, losses, metrics, modeling, schedules
 from resnext_tf.training import ema as ema_lib
 from resnext_tf.training.optimizer import TorchSGD, no_decay_variables
 from resnext_tf.training.run_log import RunLogger, remove_logs, say
+
+
+def _log_platform(config):
+    """Says where the run computes: the CPU, oneDNN's state, GPUs, and what conv_impl runs."""
+    say(f" => {hardware.describe()}")
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        say(f" => GPUs: {len(gpus)}")
+    dtype = keras.mixed_precision.global_policy().compute_dtype
+    impl, why = backend_ops.explain_conv_impl(config.conv_impl, dtype)
+    say(f" => conv_impl={config.conv_impl}: {impl} ({why})")
+    warning = None if gpus else hardware.bf16_emulation_warning(config.dtype)
+    if warning:
+        say(f" => Warning: {warning}")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -59,6 +74,7 @@ class Trainer:
             config.distribution_strategy, config.num_gpus, config.tpu
         )
         distribute.check_batch_size(config.batch_size, self.strategy)
+        _log_platform(config)
         self.is_chief = distribute.is_chief(self.strategy)
         self.data_config = config.data_config
         self.spec = dataset_spec(self.data_config)
