@@ -9,7 +9,7 @@
 from absl import app
 
 import flags as resnext_flags
-from resnext_tf import training
+from resnext_tf import job
 from resnext_tf.errors import user_errors_exit
 
 resnext_flags.define_flags(datasets=("imagenet",))
@@ -19,7 +19,7 @@ resnext_flags.define_flags(datasets=("imagenet",))
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    return training.run(resnext_flags.config_from_flags())
+    return job.run(resnext_flags.config_from_flags())
 
 
 if __name__ == "__main__":

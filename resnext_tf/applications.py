@@ -5,21 +5,17 @@ input_shape, pooling, classes, classifier_activation, name) and add `cardinality
 `base_width`. Unlike `create_model`, the default head ends in a softmax, as in keras.applications.
 """
 
-import functools
-import json
 import os
 
 import numpy as np
 from keras import ops
 
+from resnext_tf.contract import imagenet_classes
 from resnext_tf.errors import WeightsError
 from resnext_tf.recipes import RECIPES
 from resnext_tf.resnext import build_resnext
 from resnext_tf.weights.pretrained import IMAGENET, PRETRAINED
 
-CLASS_INDEX_PATH = os.path.join(
-    os.path.dirname(__file__), "data_files", "imagenet_class_index.json"
-)
 # Weight names resolved by `resnext_tf.weights` (published ImageNet weights): "imagenet" and
 # the source tags ("torchvision_v2", "timm_a1h", ...; resnext_tf.weights.list_pretrained()).
 PRETRAINED_NAMES = (IMAGENET, *sorted({tag for tags in PRETRAINED.values() for tag in tags}))
@@ -172,12 +168,6 @@ def preprocess_input(x, data_format=None):
     return (x - mean) / std
 
 
-@functools.cache
-def _class_index():
-    with open(CLASS_INDEX_PATH, encoding="utf-8") as f:
-        return json.load(f)
-
-
 def decode_predictions(preds, top=5):
     """Decodes ImageNet predictions into (wnid, class name, score) tuples, best first.
 
@@ -199,9 +189,9 @@ def decode_predictions(preds, top=5):
             "`decode_predictions` expects a batch of predictions (i.e. a 2D array of shape "
             f"(samples, 1000)). Received array with shape: {preds.shape}"
         )
-    index = _class_index()
+    wnids, labels = imagenet_classes()
     results = []
     for row in preds:
         best = np.argsort(row)[::-1][:top]
-        results.append([(*index[str(i)], float(row[i])) for i in best])
+        results.append([(wnids[i], labels[i], float(row[i])) for i in best])
     return results

@@ -85,3 +85,17 @@ def user_errors_exit(main):
             raise SystemExit(EXIT_USER_ERROR) from None
 
     return wrapper
+
+
+def renamed_flags(argv, renamed, stream=None):
+    """`argv` with each old flag name of `renamed` ({old: new}) replaced by its new one, and a
+    one-line deprecation warning on stderr for each (the old names keep working)."""
+    stream = stream if stream is not None else sys.stderr
+    result = []
+    for arg in argv:
+        name, sep, value = arg.partition("=")
+        if name in renamed:
+            print(f"warning: {name} is deprecated; use {renamed[name]}", file=stream)
+            arg = renamed[name] + sep + value
+        result.append(arg)
+    return result

@@ -307,16 +307,14 @@ class Bottleneck(keras.layers.Layer):
         super().__init__(**kwargs)
         check_choice("bottleneck_type", bottleneck_type, BOTTLENECK_TYPES)
         check_choice("shortcut_type", shortcut_type, SHORTCUT_TYPES)
-        check_choice("conv_impl", conv_impl, CONV_IMPLS)
+        for name, value in (("cardinality", cardinality), ("base_width", base_width)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1; received {name}={value!r}.")
         if bottleneck_type == "resnet" and (cardinality, base_width) != (1, 64):
             raise ValueError(
                 "bottleneck_type='resnet' is the plain bottleneck (cardinality 1, base_width 64); "
                 f"received cardinality={cardinality}, base_width={base_width}."
             )
-        if cardinality < 1:
-            raise ValueError(f"cardinality must be >= 1; received cardinality={cardinality}.")
-        if base_width < 1:
-            raise ValueError(f"base_width must be >= 1; received base_width={base_width}.")
         if planes * base_width // 64 < 1:
             raise ValueError(
                 f"planes * base_width / 64 must be >= 1 (one channel a group); received "

@@ -1,5 +1,6 @@
 """Named variants from the paper and the original's README: `create_model` and `list_models`."""
 
+from resnext_tf.contract import DataContract, attach
 from resnext_tf.recipes import RECIPES
 from resnext_tf.resnext import build_resnext
 
@@ -66,7 +67,9 @@ def create_model(name, **overrides):
         timm's and torchvision's models do (the head pools globally).
 
     Returns:
-      A `keras.Model`.
+      A `keras.Model`. A classifier with a square RGB input carries the variant's data contract
+      (`resnext_tf.contract.of_model`): its dataset's evaluation, and its class names where the
+      model has the dataset's class count (a CIFAR variant with another count has none).
 
     Raises:
       ValueError: for an unknown name or an override that contradicts the variant.
@@ -86,4 +89,12 @@ def create_model(name, **overrides):
             f"bottleneck_type={block!r}."
         )
     kwargs.update(overrides)
-    return build_resnext(**kwargs)
+    model = build_resnext(**kwargs)
+    dataset, size = MODEL_SPECS[name][0], model.input_shape[1]
+    classes = model.output_shape[-1]
+    # Another class count on a CIFAR variant is another dataset, which the variant cannot know.
+    known = RECIPES[dataset].stem == "imagenet" or classes == RECIPES[dataset].num_classes
+    square = size and model.input_shape[1:] == (size, size, 3)
+    if kwargs.get("include_top", True) and known and square:
+        attach(model, DataContract.for_dataset(dataset, classes, size))
+    return model

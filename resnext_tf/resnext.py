@@ -4,13 +4,11 @@ import numbers
 
 import keras
 
+from resnext_tf.contract import DataContract, attach
 from resnext_tf.errors import check_choice
 from resnext_tf.layers import (
     BN_EPSILON,
     BN_MOMENTUM,
-    BOTTLENECK_TYPES,
-    CONV_IMPLS,
-    SHORTCUT_TYPES,
     BatchNorm,
     Bottleneck,
     GroupedConv2D,
@@ -202,22 +200,15 @@ def build_resnext(
         `resnext_tf.weights.load_weights` (see `resnext_tf.weights.stem`).
 
     Returns:
-      A `keras.Model`.
+      A `keras.Model`; an ImageNet-stem classifier of square RGB images carries the ImageNet
+      data contract (`resnext_tf.contract.of_model`).
 
     Raises:
       ValueError: for invalid depth, widths, names or input shape.
     """
     blocks = stage_blocks(stem, depth)
-    check_choice("bottleneck_type", bottleneck_type, BOTTLENECK_TYPES)
-    check_choice("shortcut_type", shortcut_type, SHORTCUT_TYPES)
-    check_choice("conv_impl", conv_impl, CONV_IMPLS)
     check_choice("pooling", pooling, POOLINGS)
-    if not isinstance(cardinality, int) or cardinality < 1:
-        raise ValueError(
-            f"cardinality must be an integer >= 1; received cardinality={cardinality!r}."
-        )
-    if not isinstance(base_width, int) or base_width < 1:
-        raise ValueError(f"base_width must be an integer >= 1; received base_width={base_width!r}.")
+    # The layers check the block arguments (Bottleneck) and conv_impl (GroupedConv2D).
     if include_top and (not isinstance(num_classes, int) or num_classes < 1):
         raise ValueError(
             f"num_classes must be an integer >= 1; received num_classes={num_classes!r}."
@@ -252,4 +243,10 @@ def build_resnext(
     if name is None:
         family = "resnet" if bottleneck_type == "resnet" else "resnext"
         name = f"{family}{depth}" + ("" if family == "resnet" else f"_{cardinality}x{base_width}d")
-    return keras.Model(inputs, outputs, name=name)
+    model = keras.Model(inputs, outputs, name=name)
+    size = input_shape[0]
+    if stem == "imagenet" and include_top and size and tuple(input_shape) == (size, size, 3):
+        # The ImageNet stem trains on the ImageNet recipe alone; a CIFAR model's dataset is
+        # its caller's to say (create_model's variants do).
+        attach(model, DataContract.for_dataset("imagenet", num_classes, size))
+    return model

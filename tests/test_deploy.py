@@ -18,8 +18,10 @@ from data.image_samples import encode, natural_image
 
 import resnext_tf
 from resnext_tf import export, fold
-from resnext_tf.data import transforms
+from resnext_tf.contract import DataContract
+from resnext_tf.data import evaluation, transforms
 from resnext_tf.data.config import DataConfig
+from resnext_tf.export import cli, formats
 from resnext_tf.layers import GroupedConv2D
 
 SIZE = 64
@@ -55,11 +57,11 @@ def tiny(seed=0, **kwargs):
 def photos(count, seed=0):
     """Generated photos (varied sizes) after the evaluation transform: float32 [N, S, S, 3]."""
     rng = np.random.default_rng(seed)
-    cfg = DataConfig("imagenet", image_size=SIZE, eval_resize=transforms.eval_resize_size(SIZE))
+    cfg = DataConfig("imagenet", image_size=SIZE)
     images = []
     for i in range(count):
         data = encode(natural_image(rng, 90 + 7 * i, 120 - 5 * i))
-        images.append(transforms.imagenet_eval(tf.constant(data), cfg).numpy())
+        images.append(evaluation.imagenet_eval(tf.constant(data), cfg).numpy())
     return np.stack(images)
 
 
@@ -225,7 +227,7 @@ def test_bfloat16_saved_model_stores_bfloat16_weights(exports):
 
 @pytest.mark.parametrize("fmt", export.FORMATS)
 def test_export_info_states_the_input_contract(exports, fmt):
-    with open(os.path.join(exports[(fmt, "float32")], export.INFO_FILE)) as f:
+    with open(os.path.join(exports[(fmt, "float32")], formats.INFO_FILE)) as f:
         info = json.load(f)
     assert info["format"] == fmt and info["dtype"] == "float32"
     assert info["input"] == {
@@ -237,9 +239,12 @@ def test_export_info_states_the_input_contract(exports, fmt):
     }
     assert info["output"]["name"] == "logits"
     pre = info["preprocessing"]
-    assert pre["eval_resize"] == transforms.eval_resize_size(SIZE)
+    assert "resize the shorter side to 73 (bicubic, no antialiasing)" in pre["steps"][1]
     assert pre["mean"] == list(transforms.IMAGENET_MEAN)
     assert pre["std"] == list(transforms.IMAGENET_STD)
+    # The data contract, as predict reads it back: the model's evaluation and class names.
+    carried = DataContract.from_json(info["contract"])
+    assert carried == DataContract("imagenet", SIZE, eval_resize=73)
     if fmt == "openvino":
         assert info["openvino_plugin_config"] == {"INFERENCE_PRECISION_HINT": "f32"}
 
@@ -263,35 +268,33 @@ def test_missing_runtime_names_the_extra(monkeypatch):
         importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else real(name)
     )
     with pytest.raises(ImportError, match=r"resnext_tf\[openvino\]"):
-        export._require("openvino")
+        formats.require("openvino")
 
 
 def test_cli_exports_each_format(tmp_path, monkeypatch, capsys):
-    from resnext_tf import registry
-
     model = tiny(seed=3)
     weights = str(tmp_path / "tiny.weights.h5")
     model.save_weights(weights)
     # The CLI's own path (create_model, load_weights, export_model) with a tiny architecture.
     monkeypatch.setattr(
-        registry,
+        cli,
         "create_model",
         lambda name, num_classes: tiny(seed=4) if num_classes == CLASSES else None,
     )
     args = ["--model=resnext50_32x4d", f"--weights={weights}", f"--export_dir={tmp_path}"]
     args += [f"--num_classes={CLASSES}", "--model_name=cli"]
     with pytest.raises(SystemExit) as exit_info:
-        export.main(args + ["--format=onnx", "--dtype=bfloat16"])
+        cli.main(args + ["--format=onnx", "--dtype=bfloat16"])
     assert exit_info.value.code == 2 and "cannot compute in bfloat16" in capsys.readouterr().err
-    assert export.main(args + ["--format=openvino", "--dtype=bfloat16"]) == 0
+    assert cli.main(args + ["--format=openvino", "--dtype=bfloat16"]) == 0
     path = capsys.readouterr().out.strip().splitlines()[-1]
     assert path == os.path.join(str(tmp_path), "cli", "1")
-    assert sorted(os.listdir(path)) == [export.INFO_FILE, "model.bin", "model.xml"]
-    with open(os.path.join(path, export.INFO_FILE)) as f:
+    assert sorted(os.listdir(path)) == [formats.INFO_FILE, "model.bin", "model.xml"]
+    with open(os.path.join(path, formats.INFO_FILE)) as f:
         assert json.load(f)["openvino_plugin_config"] == {"INFERENCE_PRECISION_HINT": "bf16"}
     x = photos(2, seed=4)
     logits = openvino_logits(path, x, "f32")
     assert max_relative_error(logits, model(x, training=False).numpy()) <= FLOAT32_RTOL
-    assert export.main(args + ["--format=litert"]) == 0
+    assert cli.main(args + ["--format=litert"]) == 0
     path = capsys.readouterr().out.strip().splitlines()[-1]
     assert max_relative_error(litert_logits(path, x), model(x, training=False).numpy()) <= 1e-4

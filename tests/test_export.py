@@ -16,9 +16,10 @@ from tensorflow.core.protobuf import saved_model_pb2
 from test_tf_ops import traced_ops
 
 import resnext_tf
-from resnext_tf import export, tf_ops
-from resnext_tf.data import transforms
-from resnext_tf.data.config import DataConfig
+from resnext_tf import contract, export, tf_ops
+from resnext_tf.data import decode, evaluation
+from resnext_tf.data.config import DataConfig, ImageLimits
+from resnext_tf.export import cli
 from resnext_tf.layers import BatchNorm, GroupedConv2D
 
 SIZE = 64  # input side of the small ImageNet-stem model
@@ -117,8 +118,8 @@ def image_files(tmp_path_factory):
 
 
 def keras_logits(model, files):
-    cfg = DataConfig("imagenet", image_size=SIZE, eval_resize=transforms.eval_resize_size(SIZE))
-    images = [transforms.imagenet_eval(tf.constant(open(f, "rb").read()), cfg) for f in files]
+    cfg = DataConfig("imagenet", image_size=SIZE)
+    images = [evaluation.imagenet_eval(tf.constant(open(f, "rb").read()), cfg) for f in files]
     return model(tf.stack(images), training=False).numpy()
 
 
@@ -259,7 +260,8 @@ def test_warmup_is_skipped_with_a_message_without_serving_apis(tmp_path, monkeyp
 
 def tiny_cifar(**kwargs):
     keras.utils.set_random_seed(0)
-    return resnext_tf.build_resnext(11, 2, 4, stem="cifar", num_classes=10, **kwargs)
+    model = resnext_tf.build_resnext(11, 2, 4, stem="cifar", num_classes=10, **kwargs)
+    return contract.attach(model, contract.DataContract("cifar10"))
 
 
 @pytest.mark.parametrize("conv_impl", export.SERVING_CONV_IMPLS)
@@ -351,7 +353,7 @@ def test_cifar_export_versions_and_overwrite(tmp_path):
         ({"model_name": "../up"}, "Invalid model_name"),
         ({"version": 0}, "version must be a positive integer"),
         ({"top_k": 0}, "top_k must be a positive integer"),
-        ({"class_names": ["a", "b"]}, "class_names must name every class"),
+        ({"class_names": ["a", "b"]}, "class names must name every class"),
     ],
 )
 def test_invalid_arguments(tmp_path, kwargs, match):
@@ -365,24 +367,39 @@ def test_export_needs_the_classifier(tmp_path):
         export.export_saved_model(tiny_cifar(include_top=False, pooling="avg"), tmp_path, "m")
 
 
-def test_default_data_config_resizes_by_the_training_rule():
+def test_an_imagenet_model_carries_the_training_evaluation():
     # 320 * 256 / 224 = 365.7: the nearest integer, as training evaluates.
     model = resnext_tf.build_resnext(50, 2, 4, input_shape=(320, 320, 3))
-    cfg = export.default_data_config(model)
-    assert (cfg.crop_size, cfg.eval_resize) == (320, 366) == (320, transforms.eval_resize_size(320))
+    carried = contract.of_model(model)
+    assert (carried.dataset, carried.image_size, carried.eval_resize) == ("imagenet", 320, 366)
+    assert carried.labels[0] == "tench" and len(carried.labels) == 1000
+    assert export.model_contract(model) == carried
+    # A CIFAR model's dataset is not the architecture's to say: it must be given.
+    cifar = resnext_tf.build_resnext(11, 2, 4, stem="cifar", num_classes=100)
+    with pytest.raises(ValueError, match="carries no data contract"):
+        export.model_contract(cifar)
+    given = export.model_contract(cifar, DataConfig("cifar100"))
+    assert (given.dataset, given.labels[0], len(given.labels)) == ("cifar100", "apple", 100)
 
 
 def test_cli_image_limit_flags(capsys):
     base = ["--model", "resnext29_8x64d", "--weights", "w.h5", "--export_dir", "out"]
-    assert export.parse_args(base).image_limits == transforms.DEFAULT_LIMITS
-    args = export.parse_args(
-        base + ["--max_pixels", "1000", "--max_aspect", "3.5", "--max_bytes", "99"]
-    )
-    assert args.image_limits == transforms.ImageLimits(1000, 3.5, 99)
+    assert cli.parse_args(base).image_limits == decode.DEFAULT_LIMITS
+    limits = ["--max_image_pixels", "1000", "--max_image_aspect", "3.5", "--max_image_bytes", "99"]
+    assert cli.parse_args(base + limits).image_limits == ImageLimits(1000, 3.5, 99)
     with pytest.raises(SystemExit) as exit_info:
-        export.parse_args(base + ["--max_aspect", "0.5"])
+        cli.parse_args(base + ["--max_image_aspect", "0.5"])
     assert exit_info.value.code == 2
     assert "max_aspect must be >= 1" in capsys.readouterr().err
+    # The names export had before, which training did not share, still work with a warning.
+    old = ["--max_pixels=1000", "--max_aspect", "3.5", "--max_bytes=99"]
+    assert cli.parse_args(base + old).image_limits == ImageLimits(1000, 3.5, 99)
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        "warning: --max_pixels is deprecated; use --max_image_pixels",
+        "warning: --max_aspect is deprecated; use --max_image_aspect",
+        "warning: --max_bytes is deprecated; use --max_image_bytes",
+    ]
 
 
 @pytest.mark.slow
@@ -393,7 +410,7 @@ def test_cli_exports_a_registry_model_from_weights(tmp_path):
         "--model", "resnext29_8x64d", "--weights", str(tmp_path / "r29.weights.h5"),
         "--export_dir", str(tmp_path / "serving"), "--version", "3", "--no_warmup",
     ]  # fmt: skip
-    assert export.main(args) == 0
+    assert cli.main(args) == 0
     served = tf.saved_model.load(str(tmp_path / "serving/resnext29_8x64d/3"))
     x = np.random.default_rng(8).standard_normal((1, 32, 32, 3)).astype(np.float32)
     out = served.signatures["predict_images"](images=tf.constant(x))

@@ -1,5 +1,18 @@
-"""The package's import graph has no cycle, counting imports inside functions and
-importlib.import_module calls with a literal name."""
+"""The package's import graph runs one way and has no cycle, counting imports inside functions
+and importlib.import_module calls with a literal name.
+
+Layers, lowest first; a module imports only its own layer's modules and lower layers', and
+within a layer only its own room (training never imports export, export and predict never
+import training):
+  0 errors, recipes, hardware, fileio, contract: pure Python, no Keras or TensorFlow
+  1 the model: layers, backend kernels, builder, registry, FLOPs, BatchNorm folding
+  2 data, weights
+  3 checkpoints, runs (reading a training run), applications
+  4 training, export
+  5 predict
+  6 job (training, then export: what run_cifar.py and run_imagenet.py run)
+  7 flags
+"""
 
 import ast
 import os
@@ -76,10 +89,63 @@ def find_cycle(graph):
     return None
 
 
+# Layers, lowest first, each a list of rooms (modules and packages named by prefix).
+LAYERS = [
+    [("resnext_tf.errors", "resnext_tf.recipes", "resnext_tf.hardware", "resnext_tf.fileio",
+      "resnext_tf.contract")],
+    [("resnext_tf", "resnext_tf.backend_ops", "resnext_tf.tf_ops", "resnext_tf.jax_ops",
+      "resnext_tf.layers", "resnext_tf.resnext", "resnext_tf.registry", "resnext_tf.flops",
+      "resnext_tf.fold")],
+    [("resnext_tf.data",), ("resnext_tf.weights",)],
+    [("resnext_tf.checkpoints", "resnext_tf.runs", "resnext_tf.applications")],
+    [("resnext_tf.training",), ("resnext_tf.export",)],
+    [("resnext_tf.predict",)],
+    [("resnext_tf.job",)],
+    [("flags",)],
+]  # fmt: skip
+
+
+def room(module):
+    """(layer, room) of a module: the room of LAYERS whose most specific name is the module or
+    a package above it."""
+    matches = [
+        (len(name), rank, index)
+        for rank, rooms in enumerate(LAYERS)
+        for index, names in enumerate(rooms)
+        for name in names
+        if module == name or module.startswith(name + ".")
+    ]
+    assert matches, f"{module} is in no room of LAYERS"
+    _, rank, index = max(matches)
+    return rank, index
+
+
+def arrows_up(graph):
+    """Imports that reach a higher layer, or another room of the same layer."""
+    bad = []
+    for module, imported in graph.items():
+        rank, own = room(module)
+        for target in imported:
+            target_rank, target_room = room(target)
+            if target_rank > rank or (target_rank == rank and target_room != own):
+                bad.append(f"{module} -> {target}")
+    return sorted(bad)
+
+
 def test_no_import_cycle():
     graph = import_graph()
-    assert graph["resnext_tf.training.main"] >= {"resnext_tf.export"}  # the graph sees lazy imports
+    assert graph["resnext_tf.job"] >= {"resnext_tf.export"}  # the graph sees the lazy imports
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+def test_imports_run_one_way():
+    assert arrows_up(import_graph()) == []
+
+
+def test_the_layers_catch_an_arrow_up():
+    graph = {"resnext_tf.training.trainer": {"resnext_tf.export"}, "resnext_tf.data": set()}
+    assert arrows_up(graph) == ["resnext_tf.training.trainer -> resnext_tf.export"]
+    assert arrows_up({"resnext_tf.export.serving": {"resnext_tf.data.decode"}}) == []
 
 
 def test_the_checker_finds_a_cycle():

@@ -17,11 +17,12 @@ import tensorflow as tf
 from data.image_samples import encode, natural_image
 
 import resnext_tf
-from resnext_tf import export, predict, registry
-from resnext_tf.data import transforms
+from resnext_tf import checkpoints, contract, export, registry, runs
+from resnext_tf.data import evaluation
 from resnext_tf.data.config import DataConfig
 from resnext_tf.errors import EXIT_USER_ERROR
-from resnext_tf.training import checkpoint, modeling
+from resnext_tf.predict import cli, output, predictors
+from resnext_tf.training import modeling
 from resnext_tf.training.config import TrainConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -76,15 +77,17 @@ def run_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def run_model(run_dir):
-    found = checkpoint.find_checkpoint(run_dir)
-    state = checkpoint.read_state(found)
+    found = checkpoints.find_checkpoint(run_dir)
+    state = checkpoints.read_state(found)
+    # The trainer's own construction of the run's model, from the configuration it recorded.
     config = TrainConfig(**{k: v for k, v in state["config"].items() if k in TRAIN_FIELDS})
     model = modeling.build_model(config, (32, 32, 3), state["num_classes"])
-    checkpoint.restore_model_weights(model, found)
-    return model
+    checkpoints.restore_model_weights(model, found)
+    return contract.attach(model, contract.DataContract.from_json(state["contract"]))
 
 
 TRAIN_FIELDS = set(TrainConfig.__dataclass_fields__)
+CIFAR10_NAMES = contract.dataset_classes("cifar10", 10)[0]
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +102,7 @@ def run_main(*argv):
     try:
         # The one-line report of a user error goes to sys.stderr.
         with contextlib.redirect_stderr(err):
-            code = predict.main(list(argv), stdout=out, stderr=err)
+            code = cli.main(list(argv), stdout=out, stderr=err)
     except SystemExit as e:
         code = e.code
     return code, out.getvalue(), err.getvalue()
@@ -119,13 +122,13 @@ def check_skipped_bad_file(err, photos):
 
 def expected_probabilities(model, paths):
     """The model's softmax on the export's evaluation transform of each file."""
-    transform = export.eval_transform(DataConfig("cifar10"))
+    transform = evaluation.eval_transform(contract.DataContract("cifar10"))
     images = np.stack([transform(tf.constant(open(p, "rb").read())).numpy() for p in paths])
     return tf.nn.softmax(model(images, training=False)).numpy()
 
 
 def test_run_folder_as_json(run_dir, run_model, photos):
-    code, out, err = run_main(f"--model_dir={run_dir}", "--format=json", photos)
+    code, out, err = run_main(f"--model_dir={run_dir}", "--output_format=json", photos)
     assert code == 1  # one file skipped
     check_skipped_bad_file(err, photos)
     rows = json.loads(out)
@@ -140,19 +143,19 @@ def test_run_folder_as_json(run_dir, run_model, photos):
             [p["probability"] for p in predictions], probabilities[top], rtol=1e-5
         )
         # A CIFAR-10 run predicts CIFAR-10's names, not ImageNet's.
-        assert [p["label"] for p in predictions] == [predict.CIFAR10_NAMES[i] for i in top]
+        assert [p["label"] for p in predictions] == [CIFAR10_NAMES[i] for i in top]
         assert "wnid" not in predictions[0]
 
 
 def test_run_folder_as_csv_and_table(run_dir, photos):
-    code, out, err = run_main(f"--model_dir={run_dir}", "--format=csv", "--top_k=3", photos)
+    code, out, err = run_main(f"--model_dir={run_dir}", "--output_format=csv", "--top_k=3", photos)
     assert code == 1 and err.count("skipped") == 1
     rows = list(csv.DictReader(io.StringIO(out)))
-    assert tuple(rows[0]) == predict.CSV_COLUMNS
+    assert tuple(rows[0]) == output.CSV_COLUMNS
     assert len(rows) == 3 * len(GOOD)
     assert {row["image"] for row in rows} == set(good_paths(photos))
     assert [row["rank"] for row in rows[:3]] == ["1", "2", "3"]
-    assert all(row["label"] in predict.CIFAR10_NAMES for row in rows)
+    assert all(row["label"] in CIFAR10_NAMES for row in rows)
     assert all(0 < float(row["probability"]) < 1 for row in rows)
 
     code, table, _ = run_main(f"--model_dir={run_dir}", "--top_k=2", *good_paths(photos))
@@ -167,10 +170,10 @@ def test_run_folder_as_csv_and_table(run_dir, photos):
 # good image, which is then predicted alone.
 @pytest.mark.parametrize("batch_size", [1, 2])
 def test_saved_model_agrees_with_the_run(saved_model, run_dir, photos, batch_size):
-    _, from_run, _ = run_main(f"--model_dir={run_dir}", "--format=json", photos)
+    _, from_run, _ = run_main(f"--model_dir={run_dir}", "--output_format=json", photos)
     base = os.path.dirname(saved_model)  # the TF Serving model base: its latest version is used
     code, out, err = run_main(
-        f"--saved_model={base}", "--format=json", f"--batch_size={batch_size}", photos
+        f"--saved_model={base}", "--output_format=json", f"--batch_size={batch_size}", photos
     )
     assert code == 1
     check_skipped_bad_file(err, photos)
@@ -205,7 +208,7 @@ def test_command_line_on_a_saved_model(saved_model, photos):
     [
         (["--saved_model={saved}", "--ten_crop"], r"--ten_crop does not apply to --saved_model"),
         (["--saved_model={saved}", "--top_k=9"], r"top 5 classes; received --top_k=9"),
-        (["--model_dir={photos}"], r"No checkpoint in --model_dir"),
+        (["--model_dir={photos}"], r"No checkpoint in .*photos.*training run folder"),
         (["--model_dir={run}", "--ten_crop"], r"--ten_crop: ten_crop is an ImageNet evaluation"),
         (["--model_dir={run}", "--model=resnext50_32x4d"], r"differs from the run"),
         (["--model_dir={run}", "--labels={photos}/notes.txt"], r"names 1 classes.*has 10"),
@@ -229,7 +232,10 @@ def test_labels_file_names_the_classes(run_dir, photos, tmp_path):
     labels = tmp_path / "labels.txt"
     labels.write_text("".join(f"class-{i}\n" for i in range(10)))
     code, out, _ = run_main(
-        f"--model_dir={run_dir}", f"--labels={labels}", "--format=json", good_paths(photos)[0]
+        f"--model_dir={run_dir}",
+        f"--labels={labels}",
+        "--output_format=json",
+        good_paths(photos)[0],
     )
     assert code == 0
     predictions = json.loads(out)[0]["predictions"]
@@ -244,49 +250,54 @@ def test_weights_file_of_a_registered_model(photos, tmp_path, monkeypatch):
     path = str(tmp_path / "tiny.weights.h5")
     model.save_weights(path)
     code, out, _ = run_main(
-        "--model=resnext11_2x4d", f"--weights={path}", "--format=json", good_paths(photos)[0]
+        "--model=resnext11_2x4d", f"--weights={path}", "--output_format=json", good_paths(photos)[0]
     )
     assert code == 0
     top = json.loads(out)[0]["predictions"]
     expected = expected_probabilities(model, good_paths(photos)[:1])[0]
     assert [p["index"] for p in top] == np.argsort(-expected, kind="stable")[:5].tolist()
-    assert top[0]["label"] in predict.CIFAR10_NAMES
+    assert top[0]["label"] in CIFAR10_NAMES
 
 
-def test_ten_crop_averages_the_crop_probabilities(photos):
+def test_ten_crop_is_the_mean_of_the_crop_logits(photos):
     keras.utils.set_random_seed(1)
     model = resnext_tf.build_resnext(50, cardinality=2, base_width=4, input_shape=(64, 64, 3))
-    data_config = export.default_data_config(model)
-    names = predict.ClassNames(labels=tuple(f"c{i}" for i in range(1000)))
-    predictor = predict.KerasPredictor(model, data_config, names, top_k=3, ten_crop=True)
+    carried = contract.of_model(model).with_labels([f"c{i}" for i in range(1000)])
+    predictor = predictors.KerasPredictor(model, carried, top_k=3, ten_crop=True)
     paths = good_paths(photos)[:2]
     items = [predictor.prepare(open(p, "rb").read()) for p in paths]
     assert items[0].shape == (10, 64, 64, 3)
     results = predictor.predict(items)
-    cfg = DataConfig("imagenet", image_size=64, eval_resize=data_config.eval_resize, ten_crop=True)
+    cfg = DataConfig("imagenet", image_size=64, eval_resize=carried.eval_resize, ten_crop=True)
     for path, top in zip(paths, results, strict=True):
-        crops = transforms.imagenet_eval(tf.constant(open(path, "rb").read()), cfg)
-        expected = tf.nn.softmax(model(crops, training=False)).numpy().mean(axis=0)
+        crops = evaluation.imagenet_eval(tf.constant(open(path, "rb").read()), cfg)
+        logits = model(crops, training=False).numpy().mean(axis=0)
+        expected = tf.nn.softmax(logits).numpy()
         best = np.argsort(-expected, kind="stable")[:3]
         assert [p.index for p in top] == best.tolist()
         np.testing.assert_allclose([p.probability for p in top], expected[best], rtol=1e-4)
         assert [p.label for p in top] == [f"c{i}" for i in best]
     # Without ten crops: the export's one centre crop.
-    single = predict.KerasPredictor(model, data_config, names, top_k=3)
+    single = predictors.KerasPredictor(model, carried, top_k=3)
     assert single.prepare(open(paths[0], "rb").read()).shape == (64, 64, 3)
 
 
 def test_class_names_of_an_imagenet_folder_run(tmp_path):
     for wnid in ("n01443537", "n01440764", "my_own_class"):
         (tmp_path / "train" / wnid).mkdir(parents=True)
-    names = predict.dataset_names("imagenet", 3, str(tmp_path))
+    # A run written before checkpoints recorded their contract: read from its configuration.
+    state = {"num_classes": 3, "config": {"dataset": "imagenet", "data_dir": str(tmp_path)}}
+    names = runs.data_contract(state)
     assert names.wnids == ("my_own_class", "n01440764", "n01443537")
     assert names.labels == ("my_own_class", "tench", "goldfish")
     # Trained on ImageNet without the folders at hand: the 1000 classes of the class index.
-    assert predict.dataset_names("imagenet", 1000, None).labels[0] == "tench"
-    assert predict.dataset_names("imagenet", 3, None) == predict.ClassNames()
-    assert predict.dataset_names("cifar100", 100).labels[:2] == ("apple", "aquarium_fish")
-    assert len(predict.CIFAR100_NAMES) == 100 and len(set(predict.CIFAR100_NAMES)) == 100
+    state = {"num_classes": 1000, "config": {"dataset": "imagenet"}}
+    assert runs.data_contract(state).labels[0] == "tench"
+    state = {"num_classes": 3, "config": {"dataset": "imagenet"}}
+    assert runs.data_contract(state).labels is None
+    assert contract.dataset_classes("cifar100", 100)[0][:2] == ("apple", "aquarium_fish")
+    labels = contract.dataset_classes("cifar100", 100)[0]
+    assert len(labels) == 100 and len(set(labels)) == 100
 
 
 class Stream(io.StringIO):
@@ -300,17 +311,17 @@ class Stream(io.StringIO):
 
 def test_progress_on_long_lists():
     stream = Stream(tty=False)
-    progress = predict.Progress(5, stream)
+    progress = output.Progress(5, stream)
     progress.advance(5)
     assert stream.getvalue() == ""  # short list, not a terminal: silent
-    progress = predict.Progress(60, stream)
+    progress = output.Progress(60, stream)
     for _ in range(60):
         progress.advance()
     progress.close()
     lines = stream.getvalue().splitlines()
     assert len(lines) == 10 and lines[-1] == "predict: 60/60 images (100%)"
     tty = Stream(tty=True)
-    progress = predict.Progress(12, tty)
+    progress = output.Progress(12, tty)
     progress.advance(12)
     progress.close()
     assert tty.getvalue() == "\rpredict: 12/12 images (100%)\n"

@@ -3,10 +3,9 @@ trainer's loader, even where a file or folder of that name sits in the working d
 
 import pytest
 
-from resnext_tf import build_resnext, create_model
+from resnext_tf import build_resnext, create_model, runs
 from resnext_tf.applications import ResNeXt50
 from resnext_tf.errors import WeightsError
-from resnext_tf.training import modeling
 from resnext_tf.weights import pretrained
 
 
@@ -42,13 +41,13 @@ def test_trainer_loader_treats_a_name_as_the_published_file(shadowing_cwd, name)
     # Before: ./imagenet was read as a model_dir of ours and ./torchvision_v1 as a weights file
     # with no hash check. Now both names go to the published file, which is not in the cache.
     with pytest.raises(pretrained.WeightsUnavailable) as info:
-        modeling.load_run_or_weights(published_architecture(), name)
+        runs.load_run_or_weights(published_architecture(), name)
     assert "checkpoint" not in str(info.value).lower()
 
 
 def test_a_path_is_a_path(shadowing_cwd):
     with pytest.raises(WeightsError, match="torchvision_v1"):
-        modeling.load_run_or_weights(tiny(), "./torchvision_v1")
+        runs.load_run_or_weights(tiny(), "./torchvision_v1")
 
 
 def test_truncated_weights_h5_is_a_weights_error_naming_it(tmp_path):
@@ -57,6 +56,6 @@ def test_truncated_weights_h5_is_a_weights_error_naming_it(tmp_path):
     model.save_weights(path)
     path.write_bytes(path.read_bytes()[:300])
     with pytest.raises(WeightsError, match="run.weights.h5"):
-        modeling.load_run_or_weights(tiny(), str(path))
+        runs.load_run_or_weights(tiny(), str(path))
     with pytest.raises(WeightsError, match="run.weights.h5"):
-        modeling.source_num_classes(str(path), default=10)
+        runs.source_num_classes(str(path), default=10)

@@ -19,7 +19,7 @@ from PIL import Image
 
 import resnext_tf
 from resnext_tf import export
-from resnext_tf.data import transforms
+from resnext_tf.data.config import ImageLimits
 
 # Peak memory a hostile image may add over a normal one, in bytes. Before the crop windows
 # and limits, a 1 x 2000 JPEG took 1.6 GB and a 6000 x 1 one 4.8 GB.
@@ -31,7 +31,7 @@ FUZZ_TIMEOUT_S = 150
 MEMORY_CHILD = """
 import json, resource, sys
 import tensorflow as tf
-from resnext_tf.data import DataConfig, transforms
+from resnext_tf.data import DataConfig, evaluation, transforms
 
 export_path, bound, normal, *files = sys.argv[1:]
 bound = int(bound)
@@ -55,9 +55,9 @@ def attempt(call):
         return str(e).split("assertion failed: ")[-1].split("\\n")[0]
 
 
-lifted = transforms.ImageLimits(max_aspect=1e9)
+lifted = ImageLimits(max_aspect=1e9)
 transform = tf.function(
-    lambda data: transforms.imagenet_eval(data, DataConfig("imagenet"), lifted),
+    lambda data: evaluation.imagenet_eval(data, DataConfig("imagenet"), lifted),
     input_signature=[tf.TensorSpec([], tf.string)],
 )
 # Warm up every path measured below (loading, tracing, the error path) before the baseline.
@@ -158,7 +158,7 @@ def test_extreme_images_keep_memory_bounded(exported, tmp_path):
 def test_export_applies_its_image_limits(tmp_path):
     keras.utils.set_random_seed(0)
     model = resnext_tf.build_resnext(50, 2, 4, input_shape=(32, 32, 3))
-    limits = transforms.ImageLimits(max_pixels=10_000, max_aspect=2, max_bytes=50_000)
+    limits = ImageLimits(max_pixels=10_000, max_aspect=2, max_bytes=50_000)
     path = export.export_saved_model(model, tmp_path, "m", warmup=False, image_limits=limits)
     serve = tf.saved_model.load(path).signatures["serving_default"]
     rng = np.random.default_rng(1)
@@ -191,7 +191,7 @@ FUZZ_CHILD = """
 import json, os, sys, time
 import numpy as np
 import tensorflow as tf
-from resnext_tf.data import DataConfig, build_dataset, pipeline, transforms
+from resnext_tf.data import DataConfig, build_dataset, evaluation, pipeline, transforms
 
 export_path, folder, good_name = sys.argv[1:]
 serve = tf.saved_model.load(export_path).signatures["serving_default"]
@@ -223,7 +223,7 @@ seeds = tf.stack([tf.range(n), tf.zeros([n], tf.int32)], axis=1)
 accepted = {}
 for split, transform in (
     ("train", lambda i, d, s: (i, transforms.imagenet_train(d, s, cfg)[0])),
-    ("eval", lambda i, d, s: (i, transforms.imagenet_eval(d, cfg))),
+    ("eval", lambda i, d, s: (i, evaluation.imagenet_eval(d, cfg))),
 ):
     found, images = pipeline.map_ignoring_errors((tf.range(n), data, seeds), transform)
     if not np.isfinite(images.numpy()).all():

@@ -22,7 +22,7 @@ from data.image_samples import encode, natural_image
 from test_deploy import (FLOAT32_RTOL, SIZE, litert_logits, max_relative_error, onnx_logits,
                          openvino_logits, saved_model_logits, tiny)
 from resnext_tf import export, tf_ops
-from resnext_tf.data import transforms
+from resnext_tf.data import evaluation, transforms
 from resnext_tf.data.config import DataConfig
 
 assert not _pywrap_util_port.IsMklEnabled()
@@ -30,8 +30,8 @@ assert not tf_ops.grouped_conv_supported() and tf_ops.grouped_conv_supported(gra
 model = tiny(seed=3)
 rng = np.random.default_rng(4)
 jpegs = [encode(natural_image(rng, 90 + 9 * i, 130 - 7 * i)) for i in range(4)]
-cfg = DataConfig("imagenet", image_size=SIZE, eval_resize=transforms.eval_resize_size(SIZE))
-images = np.stack([transforms.imagenet_eval(tf.constant(j), cfg).numpy() for j in jpegs])
+cfg = DataConfig("imagenet", image_size=SIZE)
+images = np.stack([evaluation.imagenet_eval(tf.constant(j), cfg).numpy() for j in jpegs])
 # The reference: the unfolded Keras model, whose grouped convolutions run here as Keras' own
 # (XLA-compiled) kernel: an independent computation of the same logits.
 reference = model(images, training=False).numpy()

@@ -9,6 +9,9 @@ from resnext_tf.recipes import recipe
 SPLITS = ("train", "eval")
 # data_dir value that selects generated images instead of files.
 SYNTHETIC = "synthetic"
+# File names taken for images (any case), by training folders and by predict alike: the
+# formats resnext_tf.data.decode reads.
+IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".gif", ".bmp", ".webp")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +98,7 @@ class DataConfig:
     image_limits: ImageLimits = ImageLimits()
 
     def __post_init__(self):
+        object.__setattr__(self, "_recipe", recipe(self.dataset))  # resolved once
         if self.eval_resize is None:
             object.__setattr__(self, "eval_resize", self.recipe.eval_resize_for(self.crop_size))
         if self.data_dir is not None:
@@ -138,8 +142,8 @@ class DataConfig:
 
     @property
     def recipe(self):
-        """The dataset's Recipe (raises ValueError for an unknown dataset)."""
-        return recipe(self.dataset)
+        """The dataset's Recipe."""
+        return self._recipe
 
     @property
     def is_cifar(self) -> bool:

@@ -10,16 +10,16 @@ import zipfile
 import numpy as np
 from absl import logging
 
+from resnext_tf import fileio
 from resnext_tf.data.cifar import DataNotFoundError
+from resnext_tf.data.config import IMAGE_EXTENSIONS
 
 # Folder of each split under data_dir (fb.resnet.torch's imagenet layout, docs/reference.md "Data").
 SPLIT_FOLDERS = {"train": "train", "eval": "val"}
-# Files taken into the index (case-insensitive); ImageNet names them .JPEG, PNG content included.
-IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 # Index caches live here under data_dir, or under $XDG_CACHE_HOME/resnext_tf when read-only.
 INDEX_FOLDER = ".resnext_tf_index"
-# Bump when the cached index format changes.
-INDEX_VERSION = 1
+# Bump when the cached index format, or the files it takes, change.
+INDEX_VERSION = 2
 # A cached index is read only when its arrays hold at most this many bytes in all (ImageNet's
 # train index is about 1.28M paths of some 40 bytes); the index sits inside the dataset, which
 # may come from anyone, so its size is bounded before numpy allocates anything.
@@ -125,10 +125,8 @@ def _write_cached(data_dir, name, relpaths, labels):
             for stale in os.listdir(folder):
                 if stale.startswith(f"{split}-"):
                     os.remove(os.path.join(folder, stale))
-            # Write then rename, so a concurrent reader never sees half a file.
-            tmp = os.path.join(folder, f".{name}.{os.getpid()}.tmp.npz")
-            np.savez(tmp, relpaths=relpaths, labels=labels)
-            os.replace(tmp, os.path.join(folder, name))
+            with fileio.atomic_path(os.path.join(folder, name)) as tmp:
+                np.savez(tmp, relpaths=relpaths, labels=labels)
             return
         except OSError as exc:
             logging.info("Cannot write the image index to %s (%s).", folder, exc)

@@ -17,7 +17,7 @@ import sys
 
 import tensorflow as tf
 
-from resnext_tf.data import transforms
+from resnext_tf.data import decode, evaluation, transforms
 from resnext_tf.data.cifar import CifarArrays
 from resnext_tf.data.config import SPLITS, DataConfig
 from resnext_tf.data.imagenet import FileIndex
@@ -133,15 +133,15 @@ def _missing(size, found_slots):
     return tf.cast(tf.where(count == 0)[:, 0], tf.int32)
 
 
-# Why a file was replaced when its header passes transforms.check_image.
+# Why a file was replaced when its header passes decode.check_image.
 UNREADABLE = "cannot be read or decoded"
 
 
 def _reasons(size, slots, sources, fetch):
     """Why the files `sources` of the given slots were refused, as a string [size] indexed by
-    slot: transforms.check_image's reason, else UNREADABLE."""
+    slot: decode.check_image's reason, else UNREADABLE."""
     checked, reasons = map_ignoring_errors(
-        (slots, sources), lambda k, source: (k, transforms.check_image(fetch(source)))
+        (slots, sources), lambda k, source: (k, decode.check_image(fetch(source)))
     )
     reasons = tf.where(tf.equal(reasons, ""), UNREADABLE, reasons)
     return tf.tensor_scatter_nd_update(tf.fill([size], UNREADABLE), checked[:, None], reasons)
@@ -232,7 +232,7 @@ def _decode_batches(ds, fetch, transform, config, train):
 def _imagenet_transform(config, train):
     if train:
         return lambda data, seed: transforms.imagenet_train(data, seed, config, config.image_limits)
-    return lambda data, seed: transforms.imagenet_eval(data, config, config.image_limits)
+    return lambda data, seed: evaluation.imagenet_eval(data, config, config.image_limits)
 
 
 def _positions(batching, start, stop):
@@ -249,7 +249,7 @@ def _cifar_examples(ds, arrays, config, train):
         image = (
             transforms.cifar_train(image, seed, config)
             if train
-            else transforms.cifar_eval(image, config)
+            else transforms.cifar_eval(image, config.dataset)
         )
         return image, tf.gather(labels, index)
 

@@ -205,7 +205,8 @@ class TrainConfig:
     log_steps: int = option(10, "checkpointing", "Print a batch line every this many steps.", low=1)
 
     def __post_init__(self):
-        recipe = self.recipe
+        # Resolved once: every later reader (data, schedules, model) takes this Recipe.
+        self._recipe = recipe = recipes.recipe(self.dataset)
         for name in FROM_RECIPE:
             if getattr(self, name) is None:
                 setattr(self, name, getattr(recipe, name))
@@ -230,8 +231,8 @@ class TrainConfig:
 
     @property
     def recipe(self):
-        """The dataset's Recipe (raises ValueError for an unknown dataset)."""
-        return recipes.recipe(self.dataset)
+        """The dataset's Recipe."""
+        return self._recipe
 
     @property
     def data_config(self):

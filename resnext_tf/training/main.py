@@ -1,4 +1,5 @@
-"""Entry point of the library: run a TrainConfig (train, or evaluate with test_only)."""
+"""Run a TrainConfig: train, or evaluate with test_only. run_cifar.py and run_imagenet.py add
+the export (`resnext_tf.job`)."""
 
 from resnext_tf.training.run_log import say
 from resnext_tf.training.trainer import NonFiniteLossError, Trainer
@@ -8,38 +9,27 @@ EXIT_OK = 0  # finished, or stopped by SIGTERM after saving a checkpoint (rerun 
 EXIT_NON_FINITE_LOSS = 3  # loss became NaN/inf; the last good checkpoint is kept
 
 
-def run(config):
-    """Trains (or, with `config.test_only`, evaluates) as configured.
+def run(config, trainer=None):
+    """Trains (or, with `config.test_only`, evaluates) as configured. `config.export_dir` is
+    the caller's to apply (`resnext_tf.job.run` exports).
 
     Args:
         config: a TrainConfig.
+        trainer: the Trainer of `config`, when the caller built it already.
 
     Returns:
-        A process exit code: EXIT_OK or EXIT_NON_FINITE_LOSS.
+        (exit code, outcome): EXIT_OK or EXIT_NON_FINITE_LOSS, and "finished", "preempted",
+        "tested" or "stopped".
     """
-    if config.export_dir:
-        # Only runs that export load the exporter, and before training rather than after it.
-        # resnext_tf.export reads runs through training.modeling: the export depends on the
-        # training package, never the other way round at import time.
-        from resnext_tf.export import check_export, export_saved_model
-    trainer = Trainer(config)
-    if config.export_dir and trainer.is_chief:
-        # Whatever would stop the export stops the run now, not after the training.
-        check_export(trainer.export_model, config.export_dir, data_config=trainer.data_config)
+    trainer = trainer or Trainer(config)
     if config.test_only:
         trainer.test()
-    else:
-        try:
-            outcome = trainer.train()
-        except NonFiniteLossError as e:
-            say(f" * Stopped: {e}")
-            return EXIT_NON_FINITE_LOSS
-        if outcome == "preempted":
-            say(" * Preempted: checkpoint saved; rerun the same command to continue.")
-            return EXIT_OK
-    if config.export_dir and trainer.is_chief:
-        path = export_saved_model(
-            trainer.export_model, config.export_dir, data_config=trainer.data_config
-        )
-        say(f" => Exported SavedModel to {path}")
-    return EXIT_OK
+        return EXIT_OK, "tested"
+    try:
+        outcome = trainer.train()
+    except NonFiniteLossError as e:
+        say(f" * Stopped: {e}")
+        return EXIT_NON_FINITE_LOSS, "stopped"
+    if outcome == "preempted":
+        say(" * Preempted: checkpoint saved; rerun the same command to continue.")
+    return EXIT_OK, outcome

@@ -10,7 +10,7 @@ import shutil
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
-from resnext_tf.training import checkpoint
+from resnext_tf import fileio
 
 CSV_FILE = "train_log.csv"
 TENSORBOARD_DIR = "tensorboard"
@@ -143,14 +143,8 @@ class RunLogger:
         # its last logged epoch must not leave duplicate rows.
         rows = read_csv(self.csv_path) if os.path.exists(self.csv_path) else []
         rows = [r for r in rows if r["epoch"] < row["epoch"]] + [row]
-        # A temporary name of this process only; synced before the rename that publishes it.
-        os.makedirs(self.model_dir, exist_ok=True)
-        tmp = os.path.join(self.model_dir, checkpoint.temp_name(CSV_FILE))
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
+        with fileio.atomic_path(self.csv_path) as tmp, open(tmp, "w", newline="") as f:
             with_ema = any(name in r for r in rows for name in EMA_CSV_FIELDS)
             writer = csv.DictWriter(f, fieldnames=CSV_FIELDS + EMA_CSV_FIELDS * with_ema)
             writer.writeheader()
             writer.writerows(rows)
-            f.flush()
-            os.fsync(f.fileno())
-        checkpoint.replace_file(tmp, self.csv_path)

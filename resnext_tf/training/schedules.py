@@ -1,23 +1,23 @@
 """Learning-rate schedules: the original's step decays (from the dataset's recipe), warmup, cosine.
 
-Epochs are 1-based, as in the original (`epochNumber` starts at 1).
+Epochs are 1-based, as in the original (`epochNumber` starts at 1). The schedules take the
+dataset's `resnext_tf.recipes.Recipe` itself, resolved once by the run's configuration.
 """
 
 import math
 
 from resnext_tf.errors import check_choice
-from resnext_tf.recipes import recipe
 
 # The step schedule multiplies the rate by this at each of the recipe's decay points.
 DECAY_FACTOR = 0.1
 
 
-def learning_rate(base_lr, dataset, epoch, num_epochs):
-    """Scheduled learning rate of `epoch` (1-based) under the step schedule of `dataset`'s recipe.
+def learning_rate(base_lr, recipe, epoch, num_epochs):
+    """Scheduled learning rate of `epoch` (1-based) under the step schedule of `recipe`.
 
     Args:
         base_lr: learning rate of the first epoch.
-        dataset: a dataset of resnext_tf.recipes.
+        recipe: the dataset's resnext_tf.recipes.Recipe.
         epoch: 1-based epoch number.
         num_epochs: total epochs of the run (the CIFAR decay points are fractions of it).
 
@@ -26,7 +26,7 @@ def learning_rate(base_lr, dataset, epoch, num_epochs):
     """
     if epoch < 1:
         raise ValueError(f"epoch is 1-based; received epoch={epoch!r}; expected >= 1.")
-    return base_lr * math.pow(DECAY_FACTOR, recipe(dataset).decays(epoch, num_epochs))
+    return base_lr * math.pow(DECAY_FACTOR, recipe.decays(epoch, num_epochs))
 
 
 # Shapes of the per-step schedule: "step" is the original's (above), "cosine" decays to zero over
@@ -58,7 +58,7 @@ class StepSchedule:
 
     Args:
         base_lr: the (linearly scaled) learning rate that warmup reaches.
-        dataset: a dataset of resnext_tf.recipes (decay points of the step schedule).
+        recipe: the dataset's resnext_tf.recipes.Recipe (decay points of the step schedule).
         num_epochs: epochs of the run.
         steps_per_epoch: training steps per epoch.
         kind: one of LR_SCHEDULES.
@@ -66,12 +66,11 @@ class StepSchedule:
     """
 
     def __init__(
-        self, base_lr, dataset, num_epochs, steps_per_epoch, kind="step", warmup_epochs=0.0
+        self, base_lr, recipe, num_epochs, steps_per_epoch, kind="step", warmup_epochs=0.0
     ):
-        recipe(dataset)
         check_choice("lr_schedule", kind, LR_SCHEDULES)
         self.base_lr = base_lr
-        self.dataset = dataset
+        self.recipe = recipe
         self.num_epochs = num_epochs
         self.steps_per_epoch = steps_per_epoch
         self.kind = kind
@@ -82,7 +81,7 @@ class StepSchedule:
         """Learning rate of the step with 0-based index `global_step` of the run."""
         if self.kind == "step":
             epoch = global_step // self.steps_per_epoch + 1
-            lr = learning_rate(self.base_lr, self.dataset, epoch, self.num_epochs)
+            lr = learning_rate(self.base_lr, self.recipe, epoch, self.num_epochs)
         elif global_step < self.warmup_steps:
             lr = self.base_lr
         else:

@@ -18,12 +18,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from resnext_tf import backend_ops, hardware
-from resnext_tf.data import build_dataset, dataset_spec
+from resnext_tf import backend_ops, checkpoints, hardware
+from resnext_tf.contract import DataContract, attach, dataset_classes, folder_classes
+from resnext_tf.data import build_dataset, dataset_spec, evaluation
 from resnext_tf.errors import CheckpointError
 from resnext_tf.training import checkpoint as ckpt_lib
 from resnext_tf.training import distribute, losses, metrics, modeling, schedules
 from resnext_tf.training import ema as ema_lib
+from resnext_tf.training.lock import ModelDirLock
 from resnext_tf.training.optimizer import TorchSGD, no_decay_variables
 from resnext_tf.training.run_log import RunLogger, remove_logs, say
 
@@ -87,6 +89,8 @@ class Trainer:
                 f"The training split has fewer examples than one batch; received "
                 f"batch_size={config.batch_size!r} with {self.spec.num_train} examples."
             )
+        self.contract = self._contract()
+        self._architecture = modeling.architecture(config, self.spec.image_shape, self.num_classes)
         with self.strategy.scope():
             self.model = self._build_model(self.num_classes)
             self.optimizer = _build_optimizer(config, self.model)
@@ -94,7 +98,7 @@ class Trainer:
             self.ema = self._build_ema()
         self.schedule = schedules.StepSchedule(
             config.lr,
-            config.dataset,
+            config.recipe,
             config.epochs,
             self.steps_per_epoch,
             kind=config.lr_schedule,
@@ -123,7 +127,23 @@ class Trainer:
     # ----------------------------------------------------------------------- model and state
 
     def _build_model(self, num_classes):
-        return modeling.build_model(self.config, self.spec.image_shape, num_classes)
+        model = modeling.build_model(self.config, self.spec.image_shape, num_classes)
+        return attach(model, self.contract)
+
+    def _contract(self):
+        """The run's DataContract: its evaluation and, where known, its class names."""
+        cfg = self.data_config
+        labels, wnids = dataset_classes(cfg.dataset, self.num_classes)
+        if cfg.data_dir and not cfg.is_cifar and os.path.isdir(cfg.data_dir):
+            from resnext_tf.data import imagenet  # a folder dataset names its classes
+
+            if imagenet.is_folder_layout(cfg.data_dir):
+                labels, wnids = folder_classes(imagenet.class_names(cfg.data_dir))
+        if labels is not None and len(labels) != self.num_classes:
+            labels, wnids = None, None
+        return DataContract(
+            cfg.dataset, cfg.crop_size, cfg.eval_resize, cfg.antialias, labels, wnids
+        )
 
     def _build_ema(self):
         """The weight EMA (a second model holding the averages), or None without ema_decay."""
@@ -148,7 +168,7 @@ class Trainer:
             return None
         if resume == "auto":
             return self.checkpoints.newest_valid()
-        found = ckpt_lib.find_checkpoint(resume)
+        found = checkpoints.find_checkpoint(resume)
         if found is None:
             raise ValueError(
                 f"No checkpoint to resume from; received resume={resume!r}; expected a model_dir, "
@@ -210,7 +230,8 @@ class Trainer:
         (the average cannot be recovered; starting it anew mid-run would not be the same run)."""
         if not self.ema:
             return
-        names = [name for name, _ in tf.train.list_variables(os.path.join(source, ckpt_lib.PREFIX))]
+        prefix = os.path.join(source, checkpoints.PREFIX)
+        names = [name for name, _ in tf.train.list_variables(prefix)]
         if not any(name.startswith("ema/") for name in names):
             raise CheckpointError(
                 f"The checkpoint {source} holds no weight EMA, so ema_decay="
@@ -237,6 +258,8 @@ class Trainer:
             "train_sums": [float(v) for v in position.train_sums],
             "best_top1": position.best_top1,
             "num_classes": self.num_classes,
+            "model": self._architecture,
+            "contract": self.contract.to_json(),
             "config": dataclasses.asdict(self.config),
             **extra,
         }
@@ -329,7 +352,7 @@ class Trainer:
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         # The chief alone writes model_dir, so it alone holds the lock; the other workers of a
         # multi-worker run write nothing there.
-        lock = ckpt_lib.ModelDirLock(self.config.model_dir) if self.is_chief else None
+        lock = ModelDirLock(self.config.model_dir) if self.is_chief else None
         try:
             if lock:
                 lock.acquire()
@@ -384,12 +407,12 @@ class Trainer:
             # A preempted run saves at once, even after the last step (no time for evaluation;
             # the rerun evaluates); a finished one completes its epoch first.
             if stop == "preempted" or (stop and not last):
-                self._save(ckpt_lib.step_name(global_step), position, epoch_complete=False)
+                self._save(checkpoints.step_name(global_step), position, epoch_complete=False)
                 return stop
             if last:
                 break
             if save:
-                self._save(ckpt_lib.step_name(global_step), position, epoch_complete=False)
+                self._save(checkpoints.step_name(global_step), position, epoch_complete=False)
         seconds = time.perf_counter() - start
         train, val = metrics.Errors.from_sums(position.train_sums), self.evaluate()
         # With the EMA on, it is the model that is validated and exported, so it picks `best`.
@@ -405,7 +428,7 @@ class Trainer:
         records = {"val": {"loss": val.loss, "top1": val.top1, "top5": val.top5}}
         if val_ema:
             records["val_ema"] = {"loss": val_ema.loss, "top1": val_ema.top1, "top5": val_ema.top5}
-        self._save(ckpt_lib.epoch_name(epoch), position, True, is_best=is_best, **records)
+        self._save(checkpoints.epoch_name(epoch), position, True, is_best=is_best, **records)
         if epoch == config.epochs:
             return "finished"
         return self._stop_reason(self._global_step(position))
@@ -507,13 +530,13 @@ def make_deterministic():
 
 
 def eval_logits(model, images, ten_crop):
-    """float32 inference logits; with `ten_crop`, images [b, crops, H, W, 3] give the logits
-    summed over the crops, as the original's tenCrop."""
+    """float32 inference logits; with `ten_crop`, images [b, crops, H, W, 3] give the crops'
+    logits combined by `resnext_tf.data.evaluation.combine_crops`, predict's rule too."""
     if not ten_crop:
         return tf.cast(model(images, training=False), tf.float32)
     crops = images.shape[1]
-    logits = tf.cast(model(tf.reshape(images, [-1, *images.shape[2:]]), training=False), tf.float32)
-    return tf.reduce_sum(tf.reshape(logits, [-1, crops, logits.shape[-1]]), axis=1)
+    logits = model(tf.reshape(images, [-1, *images.shape[2:]]), training=False)
+    return evaluation.combine_crops(tf.reshape(logits, [-1, crops, logits.shape[-1]]))
 
 
 def _zeros():

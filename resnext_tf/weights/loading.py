@@ -5,10 +5,10 @@ import contextlib
 import hashlib
 import logging
 import os
-import secrets
 import struct
 import zipfile
 
+from resnext_tf import fileio
 from resnext_tf.errors import WeightsError, one_line
 from resnext_tf.layers import Bottleneck
 from resnext_tf.recipes import RECIPES
@@ -116,27 +116,12 @@ def read_source(path):
 
 
 def save_weights_atomic(model, path):
-    """Writes `model.save_weights` so that `path` is never partial, even after a crash.
-
-    The weights go to a temporary file of this process in the same folder, which is flushed to
-    disk before it is renamed onto `path`.
-    """
+    """Writes `model.save_weights` so that `path` is never partial, even after a crash."""
     if not path.endswith(WEIGHTS_SUFFIX):
         raise ValueError(f"Keras weight files end in {WEIGHTS_SUFFIX}; received path={path!r}.")
-    directory, name = os.path.split(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".tmp-{os.getpid()}-{secrets.token_hex(4)}-{name}")
-    try:
+    # Keras names the format by the suffix, which the temporary name keeps.
+    with fileio.atomic_path(path) as tmp:
         model.save_weights(tmp)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def convert_weights(src, model, out, skip_classifier=False):
@@ -166,7 +151,7 @@ def converted_path(src, model, skip_classifier):
     """Cache path of `src` converted for `model`'s variables (content and layout hashed)."""
     stem = os.path.basename(src).split(".")[0]
     head = "-nohead" if skip_classifier else ""
-    name = f"{stem}-{pretrained.sha256_of(src)[:12]}-{_model_signature(model)}{head}"
+    name = f"{stem}-{fileio.sha256_of(src)[:12]}-{_model_signature(model)}{head}"
     return os.path.join(pretrained.cache_dir(pretrained.CONVERTED), name + WEIGHTS_SUFFIX)
 
 

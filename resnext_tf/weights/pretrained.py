@@ -17,9 +17,9 @@ import hashlib
 import logging
 import os
 import re
-import secrets
 import urllib.request
 
+from resnext_tf import fileio
 from resnext_tf.errors import WeightsError
 
 logger = logging.getLogger(__name__)
@@ -185,15 +185,6 @@ def lookup(weights, model_name):
     return PRETRAINED.get(model_name, {}).get(tag)
 
 
-def sha256_of(path):
-    """Hex SHA-256 of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def fetch(entry):
     """Returns the local path of a published file, downloading it on first use.
 
@@ -223,7 +214,7 @@ def fetch(entry):
     )
     if not os.path.exists(path):
         _download(entry, path, manual)
-    elif not sha256_of(path).startswith(expected):
+    elif not fileio.sha256_of(path).startswith(expected):
         os.remove(path)
         raise WeightsError(
             f"{path} does not match its published SHA-256 prefix {expected}; the file was "
@@ -238,18 +229,20 @@ def fetch(entry):
 def _download(entry, path, manual):
     """Downloads `entry` to `path`: only a complete file with the published hash arrives there.
 
-    The bytes go to a temporary file of this process in the same folder, hashed as they come and
-    bounded by MAX_DOWNLOAD_BYTES; it is flushed to disk and renamed onto `path` after the hash
-    matched, so a concurrent reader sees either no file or the whole verified one.
+    The bytes go to a temporary file of this process in the same folder
+    (`resnext_tf.fileio.atomic_path`), hashed as they come and bounded by MAX_DOWNLOAD_BYTES;
+    it is renamed onto `path` only after the hash matched, so a concurrent reader sees either no
+    file or the whole verified one.
     """
     if not entry.url.startswith(DOWNLOAD_SCHEMES):
         raise WeightsError(f"Refusing to download {entry.url}: expected an http(s) URL.")
-    folder = os.path.dirname(path)
-    tmp = os.path.join(folder, f".{entry.filename}.{os.getpid()}-{secrets.token_hex(4)}.part")
     logger.info("Downloading %s (licence: %s).", entry.url, entry.licence)
     digest = hashlib.sha256()
     try:
-        with urllib.request.urlopen(entry.url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+        with (
+            urllib.request.urlopen(entry.url, timeout=DOWNLOAD_TIMEOUT_S) as response,
+            fileio.atomic_path(path) as tmp,
+        ):
             length = response.headers.get("Content-Length")
             if length and length.isdigit() and int(length) > MAX_DOWNLOAD_BYTES:
                 raise WeightsError(_too_large(entry, f"announces {length} bytes, more"))
@@ -261,23 +254,16 @@ def _download(entry, path, manual):
                         raise WeightsError(_too_large(entry, "sent more"))
                     digest.update(chunk)
                     out.write(chunk)
-                out.flush()
-                os.fsync(out.fileno())
-        if not digest.hexdigest().startswith(entry.sha256_prefix):
-            raise WeightsError(
-                f"The download of {entry.url} does not match its published SHA-256 prefix "
-                f"{entry.sha256_prefix} (received {received} bytes, SHA-256 "
-                f"{digest.hexdigest()[:16]}...); it was discarded. {manual}"
-            )
-        os.replace(tmp, path)
-        _fsync_folder(folder)
+            if not digest.hexdigest().startswith(entry.sha256_prefix):
+                raise WeightsError(
+                    f"The download of {entry.url} does not match its published SHA-256 prefix "
+                    f"{entry.sha256_prefix} (received {received} bytes, SHA-256 "
+                    f"{digest.hexdigest()[:16]}...); it was discarded. {manual}"
+                )
     except WeightsError:
         raise
     except Exception as e:  # URLError, HTTPError, timeouts (OSErrors), malformed responses
         raise WeightsUnavailable(f"Could not download {entry.filename}: {e}. {manual}") from e
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _too_large(entry, what):
@@ -285,20 +271,6 @@ def _too_large(entry, what):
         f"Refusing the download of {entry.url}: the server {what} than the "
         f"{MAX_DOWNLOAD_BYTES} bytes any published weights file needs."
     )
-
-
-def _fsync_folder(folder):
-    """Makes a rename in `folder` durable (POSIX; a no-op where folders cannot be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def resolve_weights(weights, model_name):

@@ -24,6 +24,7 @@ from resnext_tf.data import (
     DataNotFoundError,
     build_dataset,
     dataset_spec,
+    evaluation,
     imagenet,
     transforms,
 )
@@ -141,7 +142,7 @@ def test_eval_is_every_file_in_order_with_broken_ones_masked(imagenet_dir):
     # The truncated val file (last in file order) is masked like the padding.
     assert labels.tolist() == [0, 0, 1, 1, 2, 2, -1, -1]
     for image, path in zip(images[:6], files[:6], strict=True):
-        expected = transforms.imagenet_eval(tf.io.read_file(path), cfg).numpy()
+        expected = evaluation.imagenet_eval(tf.io.read_file(path), cfg).numpy()
         np.testing.assert_allclose(image, expected, atol=1e-6)
     grey = (0.5 - np.array(transforms.IMAGENET_MEAN)) / transforms.IMAGENET_STD
     np.testing.assert_allclose(images[6], np.broadcast_to(grey, (32, 32, 3)), atol=1e-6)

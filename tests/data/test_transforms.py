@@ -17,7 +17,9 @@ from image_samples import (
 )
 from PIL import Image
 
-from resnext_tf.data import DataConfig, transforms
+from resnext_tf.data import DataConfig, decode, evaluation, transforms
+from resnext_tf.data.config import ImageLimits
+from resnext_tf.recipes import recipe
 
 SAMPLES = 4000
 
@@ -251,7 +253,7 @@ def _numpy_eval(data, resize, size):
 @pytest.mark.parametrize("shape", [(375, 500), (500, 333)])
 def test_imagenet_eval_matches_independent_resize_crop_normalize(antialias, shape):
     data = encode(natural_image(np.random.default_rng(3), *shape), quality=95)
-    out = transforms.imagenet_eval(
+    out = evaluation.imagenet_eval(
         tf.constant(data), DataConfig("imagenet", antialias=antialias)
     ).numpy()
     reference = _pil_eval if antialias else _numpy_eval
@@ -267,7 +269,7 @@ def test_imagenet_eval_matches_independent_resize_crop_normalize(antialias, shap
 def test_ten_crop_corners_centre_and_mirrors():
     data = encode(natural_image(np.random.default_rng(4), 40, 55), quality=95)
     cfg = DataConfig("imagenet", image_size=20, eval_resize=32, ten_crop=True)
-    crops = transforms.imagenet_eval(tf.constant(data), cfg).numpy()
+    crops = evaluation.imagenet_eval(tf.constant(data), cfg).numpy()
     # Shorter side 40 -> 32, longer 55 -> 44; the centre crop starts at ceil(12/2), ceil(24/2).
     wide = (_numpy_resized(data, 32) - transforms.IMAGENET_MEAN) / transforms.IMAGENET_STD
     assert wide.shape == (32, 44, 3)
@@ -280,13 +282,13 @@ def test_decode_handles_cmyk_png_and_grey():
     rgb = natural_image(np.random.default_rng(6), 40, 50)
     cmyk = encode(rgb, mode="CMYK", quality=95)
     pil = np.asarray(Image.open(io.BytesIO(cmyk)).convert("RGB"), np.int32)
-    decoded = transforms.decode(cmyk).numpy().astype(np.int32)
+    decoded = decode.decode(cmyk).numpy().astype(np.int32)
     assert decoded.shape == (40, 50, 3) and np.abs(decoded - pil).max() <= 1
-    png = transforms.decode(encode(rgb, fmt="PNG")).numpy()
+    png = decode.decode(encode(rgb, fmt="PNG")).numpy()
     np.testing.assert_array_equal(png, rgb)
-    grey = transforms.decode(encode(rgb[..., 0], quality=95)).numpy()
+    grey = decode.decode(encode(rgb[..., 0], quality=95)).numpy()
     assert grey.shape == (40, 50, 3) and (grey[..., 0] == grey[..., 2]).all()
-    assert transforms.image_shape(encode(rgb, fmt="PNG")).numpy().tolist() == [40, 50]
+    assert decode.image_shape(encode(rgb, fmt="PNG")).numpy().tolist() == [40, 50]
 
 
 @pytest.mark.parametrize("subsampling, tolerance", [(0, 1e-5), (2, 0.6)])
@@ -307,7 +309,7 @@ def test_fused_crop_decode_matches_full_decode(subsampling, tolerance):
 def _full_resize_crops(data, resize, size, antialias, ten_crop=False):
     """The evaluation crops as computed before crop windows: decode, resize the whole image
     with tf.image.resize, crop (0-255 scale)."""
-    image = transforms.decode(tf.constant(data))
+    image = decode.decode(tf.constant(data))
     height, width = tf.unstack(tf.shape(image)[:2])
     new_size = transforms.shorter_side_size(height, width, resize)
     image = tf.image.resize(image, new_size, method="bicubic", antialias=antialias).numpy()
@@ -319,10 +321,8 @@ def _full_resize_crops(data, resize, size, antialias, ten_crop=False):
     return np.stack([image[y : y + size, x : x + size] for y, x in corners])
 
 
-def _crops(data, resize, size, antialias, ten_crop=False, whole_ratio=0):
-    """transforms.resized_crops, by default through the crop windows for every image."""
-    data = transforms.checked(tf.constant(data))
-    return transforms.resized_crops(data, resize, size, antialias, ten_crop, whole_ratio).numpy()
+def _normalized(crops):
+    return (crops / 255.0 - transforms.IMAGENET_MEAN) / transforms.IMAGENET_STD
 
 
 # Ordinary photo sizes (height, width), a square one as large as the resize, small ones.
@@ -330,58 +330,46 @@ ORDINARY_SHAPES = [(375, 500), (500, 375), (256, 256), (480, 640), (80, 100), (3
 
 
 @pytest.mark.parametrize("fmt, options", [("JPEG", {"quality": 90}), ("PNG", {})])
-def test_eval_crop_window_gives_the_full_resize_values(fmt, options):
-    # Ordinary images resize whole, as before: the same values. Through the crop window
-    # (forced here; images wider than WHOLE_RESIZE_RATIO take it), without antialias the
-    # values are TensorFlow's bicubic resize exactly (0.0 difference measured); with
-    # antialias, ScaleAndTranslate on the window differs from the whole image's by float32
-    # rounding of the sample positions: at most 5.5e-4 measured, on the 0-255 scale. JPEG
-    # windows decode one MCU wider, so 4:2:0 chroma matches too.
+def test_eval_transform_is_the_whole_resize_and_the_centre_crop(fmt, options):
     rng = np.random.default_rng(11)
-    whole = transforms.WHOLE_RESIZE_RATIO
     for shape in ORDINARY_SHAPES:
         data = encode(natural_image(rng, *shape), fmt, **options)
-        for antialias, tolerance in ((False, 0.0), (True, 1e-3)):
-            full = _full_resize_crops(data, 256, 224, antialias)
-            np.testing.assert_array_equal(
-                _crops(data, 256, 224, antialias, whole_ratio=whole), full
-            )
-            gap = np.abs(_crops(data, 256, 224, antialias) - full)
-            assert gap.max() <= tolerance, (shape, antialias, gap.max())
-    cfg = DataConfig("imagenet")
-    full = _full_resize_crops(data, 256, 224, False)[0]
-    normalized = (full / 255.0 - transforms.IMAGENET_MEAN) / transforms.IMAGENET_STD
-    np.testing.assert_allclose(
-        transforms.imagenet_eval(tf.constant(data), cfg), normalized, atol=1e-6
-    )
+        for antialias in (False, True):
+            cfg = DataConfig("imagenet", antialias=antialias)
+            full = _full_resize_crops(data, 256, 224, antialias)[0]
+            out = evaluation.imagenet_eval(tf.constant(data), cfg).numpy()
+            np.testing.assert_allclose(out, _normalized(full), atol=1e-5)
 
 
-def test_ten_crops_give_the_full_resize_values():
+def test_ten_crops_are_the_corners_the_centre_and_their_mirrors():
     data = encode(natural_image(np.random.default_rng(12), 300, 410), quality=90)
-    for antialias, tolerance in ((False, 0.0), (True, 1e-3)):
-        crops = _crops(data, 73, 64, antialias, ten_crop=True)
-        gap = np.abs(crops - _full_resize_crops(data, 73, 64, antialias, ten_crop=True))
-        assert crops.shape == (5, 64, 64, 3) and gap.max() <= tolerance
+    for antialias in (False, True):
+        cfg = DataConfig("imagenet", image_size=64, eval_resize=73, ten_crop=True)
+        cfg = dataclasses.replace(cfg, antialias=antialias)
+        crops = _full_resize_crops(data, 73, 64, antialias, ten_crop=True)
+        expected = np.concatenate([crops, crops[:, :, ::-1]])
+        out = evaluation.imagenet_eval(tf.constant(data), cfg).numpy()
+        np.testing.assert_allclose(out, _normalized(expected), atol=1e-5)
 
 
-def test_eval_of_extreme_strips_reads_a_small_window():
-    # With the aspect-ratio limit lifted, a 1 x 65000 strip is served from the few source
-    # pixels its crop depends on: the whole resize would be 256 x 16.6 million pixels.
-    limits = transforms.ImageLimits(max_aspect=1e9)
+def test_eval_of_strips_is_refused_beyond_the_aspect_limit():
+    # The evaluation resizes the whole image: the aspect-ratio limit bounds that resize to
+    # max_aspect * shorter**2 pixels (docs/safety.md).
     for height, width in ((1, 65000), (6000, 1)):
         data = encode(natural_image(np.random.default_rng(13), height, width))
-        out = transforms.imagenet_eval(tf.constant(data), DataConfig("imagenet"), limits).numpy()
-        assert out.shape == (224, 224, 3) and np.isfinite(out).all()
+        with pytest.raises(tf.errors.InvalidArgumentError, match="aspect-ratio limit 50"):
+            evaluation.imagenet_eval(tf.constant(data), DataConfig("imagenet"))
     # A strip within the limit gives the values of the whole resize.
     data = encode(natural_image(np.random.default_rng(14), 6, 290), "PNG")
-    np.testing.assert_array_equal(
-        _crops(data, 256, 224, False), _full_resize_crops(data, 256, 224, False)
+    out = evaluation.imagenet_eval(tf.constant(data), DataConfig("imagenet")).numpy()
+    np.testing.assert_allclose(
+        out, _normalized(_full_resize_crops(data, 256, 224, False)[0]), atol=1e-5
     )
 
 
 def test_eval_resize_is_the_nearest_integer_of_size_256_224_by_default():
     sizes = {224: 256, 32: 37, 64: 73, 299: 342, 320: 366, 448: 512}
-    assert {s: transforms.eval_resize_size(s) for s in sizes} == sizes
+    assert {s: recipe("imagenet").eval_resize_for(s) for s in sizes} == sizes
     assert {s: DataConfig("imagenet", image_size=s).eval_resize for s in sizes} == sizes
     assert DataConfig("imagenet").eval_resize == 256
     assert DataConfig("imagenet", image_size=64, eval_resize=80).eval_resize == 80
@@ -408,16 +396,16 @@ def test_header_sizes_of_every_format_match_the_decoder():
         "webp extended": ("WebP", _webp(rgba, quality=80)),
     }
     for name, (fmt, data) in samples.items():
-        header = [t.numpy() for t in transforms.image_header(tf.constant(data))]
-        assert transforms.FORMATS[header[0] - 1] == fmt, name
+        header = [t.numpy() for t in decode.image_header(tf.constant(data))]
+        assert decode.IMAGE_FORMATS[header[0] - 1] == fmt, name
         assert header[1:] == [37, 61, 37 * 61, True], name
-        assert transforms.check_image(tf.constant(data)).numpy() == b"", name
+        assert decode.check_image(tf.constant(data)).numpy() == b"", name
         if name != "webp extended":  # RGBA WebP: TensorFlow decodes it to 4 channels only
-            assert transforms.decode(data).shape == (37, 61, 3), name
+            assert decode.decode(data).shape == (37, 61, 3), name
     # A top-down BMP stores a negative height.
     bmp = bytearray(samples["bmp"][1])
     bmp[22:26] = (-37).to_bytes(4, "little", signed=True)
-    assert transforms.image_shape(bytes(bmp)).numpy().tolist() == [37, 61]
+    assert decode.image_shape(bytes(bmp)).numpy().tolist() == [37, 61]
 
 
 @pytest.mark.parametrize(
@@ -432,7 +420,7 @@ def test_header_sizes_of_every_format_match_the_decoder():
     ],
 )
 def test_check_image_names_the_reason(data, reason):
-    assert transforms.check_image(tf.constant(data)).numpy().decode() == reason
+    assert decode.check_image(tf.constant(data)).numpy().decode() == reason
 
 
 def test_limits_are_read_from_the_header_before_decoding():
@@ -445,25 +433,22 @@ def test_limits_are_read_from_the_header_before_decoding():
         encode(natural_image(rng, 6000, 1)): "1x6000 pixels exceed the aspect-ratio limit 50",
     }
     for data, reason in cases.items():
-        assert transforms.check_image(tf.constant(data)).numpy().decode() == reason
+        assert decode.check_image(tf.constant(data)).numpy().decode() == reason
         with pytest.raises(tf.errors.InvalidArgumentError, match=reason):
-            transforms.imagenet_eval(tf.constant(data), DataConfig("imagenet"))
-    tight = transforms.ImageLimits(max_pixels=255, max_aspect=1.5, max_bytes=len(jpeg) - 1)
+            evaluation.imagenet_eval(tf.constant(data), DataConfig("imagenet"))
+    tight = ImageLimits(max_pixels=255, max_aspect=1.5, max_bytes=len(jpeg) - 1)
     for limits, reason in [
         (tight, f"{len(jpeg)} bytes exceed the size limit {len(jpeg) - 1}"),
         (dataclasses.replace(tight, max_bytes=10**6), "16x16 pixels exceed the pixel limit 255"),
     ]:
-        assert transforms.check_image(tf.constant(jpeg), limits).numpy().decode() == reason
+        assert decode.check_image(tf.constant(jpeg), limits).numpy().decode() == reason
     wide = encode(natural_image(rng, 10, 16))
-    limits = transforms.ImageLimits(max_aspect=1.5)
+    limits = ImageLimits(max_aspect=1.5)
     assert (
-        transforms.check_image(tf.constant(wide), limits).numpy()
+        decode.check_image(tf.constant(wide), limits).numpy()
         == b"16x10 pixels exceed the aspect-ratio limit 1.5"
     )
-    assert (
-        transforms.check_image(tf.constant(wide), transforms.ImageLimits(max_aspect=1.7)).numpy()
-        == b""
-    )
+    assert decode.check_image(tf.constant(wide), ImageLimits(max_aspect=1.7)).numpy() == b""
 
 
 @pytest.mark.parametrize(
@@ -471,7 +456,7 @@ def test_limits_are_read_from_the_header_before_decoding():
 )
 def test_image_limits_reject_bad_values(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
-        transforms.ImageLimits(**kwargs)
+        ImageLimits(**kwargs)
 
 
 def _gif(screen, frames, extra=b""):
@@ -487,21 +472,21 @@ def _gif(screen, frames, extra=b""):
 def test_gif_frames_count_towards_the_pixel_limit():
     rng = np.random.default_rng(17)
     animated = animated_gif(rng, 30, 40, 7)
-    _, height, width, pixels, walked = (t.numpy() for t in transforms.image_header(animated))
+    _, height, width, pixels, walked = (t.numpy() for t in decode.image_header(animated))
     assert (height, width, pixels, walked) == (30, 40, 7 * 30 * 40, True)
-    assert transforms.decode(animated).shape == (30, 40, 3)  # the first frame
+    assert decode.decode(animated).shape == (30, 40, 3)  # the first frame
     # A 10 x 10 screen whose 5 frames claim 5000 x 5000 each: giflib would allocate them all.
     bomb = _gif((10, 10), [(0, 0, 5000, 5000)] * 5)
-    assert transforms.check_image(tf.constant(bomb)).numpy().decode() == (
+    assert decode.check_image(tf.constant(bomb)).numpy().decode() == (
         "GIF frames hold 125000000 pixels in all, over the pixel limit 89478485"
     )
     # Comment blocks of 1-byte sub-blocks: one step each, refused past GIF_MAX_STEPS.
-    comments = b"\x21\xfe" + b"\x01a" * transforms.GIF_MAX_STEPS + b"\x00"
+    comments = b"\x21\xfe" + b"\x01a" * decode.GIF_MAX_STEPS + b"\x00"
     many = _gif((10, 10), [(0, 0, 10, 10)], extra=comments)
-    assert transforms.check_image(tf.constant(many)).numpy().decode() == (
-        f"GIF has more than {transforms.GIF_MAX_STEPS} blocks"
+    assert decode.check_image(tf.constant(many)).numpy().decode() == (
+        f"GIF has more than {decode.GIF_MAX_STEPS} blocks"
     )
     # Long frame data is skipped GIF_RUN sub-blocks at a time.
     big = encode(natural_image(rng, 1500, 1200), "GIF")
-    _, _, _, pixels, walked = (t.numpy() for t in transforms.image_header(big))
+    _, _, _, pixels, walked = (t.numpy() for t in decode.image_header(big))
     assert pixels == 1500 * 1200 and walked

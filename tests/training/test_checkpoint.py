@@ -6,8 +6,10 @@ import keras
 import numpy as np
 import pytest
 
+from resnext_tf import checkpoints, fileio
 from resnext_tf.errors import CheckpointError
 from resnext_tf.training import checkpoint
+from resnext_tf.training.lock import ModelDirLock
 from resnext_tf.training.optimizer import TorchSGD
 
 
@@ -39,7 +41,7 @@ def assert_same(a, b):
 def test_round_trip_restores_model_optimizer_and_state(tmp_path):
     saved = make_objects(seed=1)
     manager = checkpoint.CheckpointManager(str(tmp_path), saved)
-    path = manager.save(checkpoint.step_name(7), {"epoch": 2, "step": 3})
+    path = manager.save(checkpoints.step_name(7), {"epoch": 2, "step": 3})
     assert path == str(tmp_path / "checkpoints" / "step-000000007")
     assert manager.latest() == path
 
@@ -52,18 +54,18 @@ def test_round_trip_restores_model_optimizer_and_state(tmp_path):
 
 def test_find_checkpoint_accepts_run_dir_subdir_and_checkpoint(tmp_path):
     manager = checkpoint.CheckpointManager(str(tmp_path), make_objects(seed=1))
-    path = manager.save(checkpoint.epoch_name(1), {})
+    path = manager.save(checkpoints.epoch_name(1), {})
     for where in (tmp_path, tmp_path / "checkpoints", path, tmp_path / "checkpoints" / "latest"):
-        assert checkpoint.find_checkpoint(str(where)) == path
-    assert checkpoint.find_checkpoint(str(tmp_path / "elsewhere")) is None
+        assert checkpoints.find_checkpoint(str(where)) == path
+    assert checkpoints.find_checkpoint(str(tmp_path / "elsewhere")) is None
 
 
 def test_retention_keeps_latest_best_and_newest_epochs(tmp_path):
     manager = checkpoint.CheckpointManager(str(tmp_path), make_objects(seed=1), keep=2)
-    manager.save(checkpoint.epoch_name(1), {}, is_best=True)
-    manager.save(checkpoint.step_name(15), {})
+    manager.save(checkpoints.epoch_name(1), {}, is_best=True)
+    manager.save(checkpoints.step_name(15), {})
     for epoch in (2, 3, 4):
-        manager.save(checkpoint.epoch_name(epoch), {})
+        manager.save(checkpoints.epoch_name(epoch), {})
     names = sorted(n for n in os.listdir(manager.directory) if n[0] != ".")
     assert names == ["best", "epoch-0001", "epoch-0003", "epoch-0004", "latest"]
     assert manager.best().endswith("epoch-0001")
@@ -73,7 +75,7 @@ def test_retention_keeps_latest_best_and_newest_epochs(tmp_path):
 def test_crash_while_writing_leaves_latest_loadable(tmp_path, monkeypatch):
     objects = make_objects(seed=1)
     manager = checkpoint.CheckpointManager(str(tmp_path), objects)
-    first = manager.save(checkpoint.epoch_name(1), {"epoch": 1})
+    first = manager.save(checkpoints.epoch_name(1), {"epoch": 1})
     expected = values(objects)
     objects["optimizer"].apply(
         [keras.ops.ones_like(v) for v in objects["model"].trainable_variables],
@@ -85,7 +87,7 @@ def test_crash_while_writing_leaves_latest_loadable(tmp_path, monkeypatch):
 
     monkeypatch.setattr(checkpoint, "_fsync_tree", crash)
     with pytest.raises(OSError, match="disk gone"):
-        manager.save(checkpoint.epoch_name(2), {"epoch": 2})
+        manager.save(checkpoints.epoch_name(2), {"epoch": 2})
     monkeypatch.undo()
     assert sorted(os.listdir(manager.directory)) == ["epoch-0001", "latest"]  # tmp removed
 
@@ -98,7 +100,7 @@ def test_crash_while_writing_leaves_latest_loadable(tmp_path, monkeypatch):
 
 def test_temporaries_of_killed_writers_are_removed_by_the_next_lock_holder(tmp_path):
     manager = checkpoint.CheckpointManager(str(tmp_path), make_objects(seed=1))
-    manager.save(checkpoint.epoch_name(1), {})
+    manager.save(checkpoints.epoch_name(1), {})
     leftovers = [
         tmp_path / "checkpoints" / ".tmp-4242-0a1b2c3d-epoch-0002",
         tmp_path / "checkpoints" / "latest.tmp-4242",  # the name older versions used
@@ -110,27 +112,27 @@ def test_temporaries_of_killed_writers_are_removed_by_the_next_lock_holder(tmp_p
     # Constructing a manager no longer touches anything: another run may be writing them.
     checkpoint.CheckpointManager(str(tmp_path), make_objects(seed=2))
     assert all(path.exists() for path in leftovers)
-    with checkpoint.ModelDirLock(str(tmp_path)):
+    with ModelDirLock(str(tmp_path)):
         manager.remove_temporaries()
     assert not any(path.exists() for path in leftovers)
     assert sorted(os.listdir(manager.directory)) == ["epoch-0001", "latest"]
 
 
 def test_temporary_names_are_private_to_the_process():
-    a, b = checkpoint.temp_name("epoch-0001"), checkpoint.temp_name("epoch-0001")
+    a, b = fileio.temp_name("epoch-0001"), fileio.temp_name("epoch-0001")
     assert a != b and a.startswith(f".tmp-{os.getpid()}-") and a.endswith("-epoch-0001")
 
 
 def test_save_under_an_existing_name_replaces_it(tmp_path, monkeypatch):
     objects = make_objects(seed=1)
     manager = checkpoint.CheckpointManager(str(tmp_path), objects)
-    manager.save(checkpoint.epoch_name(1), {"epoch": 1, "run": "old"})
+    manager.save(checkpoints.epoch_name(1), {"epoch": 1, "run": "old"})
     for exchange in (True, False):  # atomic swap, and the rename-aside fallback
         if not exchange:
             monkeypatch.setattr(checkpoint, "_exchange", lambda a, b: False)
         objects = make_objects(seed=5 + exchange)
         manager = checkpoint.CheckpointManager(str(tmp_path), objects)
-        path = manager.save(checkpoint.epoch_name(1), {"epoch": 1, "run": f"new{exchange}"})
+        path = manager.save(checkpoints.epoch_name(1), {"epoch": 1, "run": f"new{exchange}"})
         restored = make_objects(seed=9)
         state = checkpoint.CheckpointManager(str(tmp_path), restored).restore(path)
         assert state["run"] == f"new{exchange}"
@@ -140,31 +142,31 @@ def test_save_under_an_existing_name_replaces_it(tmp_path, monkeypatch):
 
 def test_crash_before_the_pointer_moves(tmp_path, monkeypatch):
     manager = checkpoint.CheckpointManager(str(tmp_path), make_objects(seed=1))
-    first = manager.save(checkpoint.epoch_name(1), {"epoch": 1})
+    first = manager.save(checkpoints.epoch_name(1), {"epoch": 1})
 
     def crash(path, obj):
         raise OSError("killed before the pointer was replaced")
 
     monkeypatch.setattr(checkpoint, "_write_json_atomic", crash)
     with pytest.raises(OSError):
-        manager.save(checkpoint.epoch_name(2), {"epoch": 2})
+        manager.save(checkpoints.epoch_name(2), {"epoch": 2})
     monkeypatch.undo()
     assert manager.latest() == first  # the complete epoch-0002 is not named yet
     # The restarted run reaches the same position again and saves it under the same name.
-    second = manager.save(checkpoint.epoch_name(2), {"epoch": 2})
+    second = manager.save(checkpoints.epoch_name(2), {"epoch": 2})
     assert manager.latest() == second
-    assert checkpoint.read_state(second) == {"epoch": 2}
+    assert checkpoints.read_state(second) == {"epoch": 2}
 
 
 def test_non_chief_writes_nothing_in_model_dir(tmp_path):
     manager = checkpoint.CheckpointManager(str(tmp_path / "run"), make_objects(1), is_chief=False)
-    assert manager.save(checkpoint.epoch_name(1), {}) is None
+    assert manager.save(checkpoints.epoch_name(1), {}) is None
     assert not (tmp_path / "run").exists()
 
 
 def test_restoring_another_model_fails(tmp_path):
     manager = checkpoint.CheckpointManager(str(tmp_path), make_objects(seed=1))
-    path = manager.save(checkpoint.epoch_name(1), {})
+    path = manager.save(checkpoints.epoch_name(1), {})
     other = keras.Sequential([keras.Input((3,)), keras.layers.Dense(5), keras.layers.Dense(5)])
     objects = {"model": other, "optimizer": TorchSGD(0.1)}
     objects["optimizer"].build(other.trainable_variables)
@@ -178,13 +180,13 @@ def test_restoring_another_model_fails(tmp_path):
 def two_epochs(tmp_path, seed=1):
     """A run folder with epoch-0001 and epoch-0002 (latest); returns (manager, first, second)."""
     manager = checkpoint.CheckpointManager(str(tmp_path), make_objects(seed))
-    first = manager.save(checkpoint.epoch_name(1), {"global_step": 10, "epoch_complete": True})
-    second = manager.save(checkpoint.epoch_name(2), {"global_step": 20, "epoch_complete": True})
+    first = manager.save(checkpoints.epoch_name(1), {"global_step": 10, "epoch_complete": True})
+    second = manager.save(checkpoints.epoch_name(2), {"global_step": 20, "epoch_complete": True})
     return manager, first, second
 
 
 def data_file(path):
-    (name,) = [n for n in os.listdir(path) if n.startswith(f"{checkpoint.PREFIX}.data")]
+    (name,) = [n for n in os.listdir(path) if n.startswith(f"{checkpoints.PREFIX}.data")]
     return os.path.join(path, name)
 
 
@@ -200,7 +202,7 @@ def test_truncated_newest_checkpoint_warns_and_falls_back(tmp_path):
     pattern = (
         r"epoch-0002 \(latest; ckpt\.data-\S+ has \d+ bytes, expected \d+\).*Using .*epoch-0001"
     )
-    for resolve in (manager.newest_valid, lambda: checkpoint.find_checkpoint(str(tmp_path))):
+    for resolve in (manager.newest_valid, lambda: checkpoints.find_checkpoint(str(tmp_path))):
         with pytest.warns(UserWarning, match=pattern):
             assert resolve() == first
     restored = make_objects(seed=4)
@@ -220,8 +222,8 @@ def test_a_flipped_byte_of_the_same_size_is_detected(tmp_path):
 def test_checkpoint_without_manifest_is_checked_by_reading_its_tensors(tmp_path):
     manager, first, second = two_epochs(tmp_path)
     for path in (first, second):
-        os.remove(os.path.join(path, checkpoint.MANIFEST_FILE))
-    assert checkpoint.verify(second) is None
+        os.remove(os.path.join(path, checkpoints.MANIFEST_FILE))
+    assert checkpoints.verify(second) is None
     truncate(data_file(second))
     with pytest.warns(UserWarning, match="epoch-0002.*tensors cannot be read"):
         assert manager.newest_valid() == first
@@ -239,15 +241,15 @@ def test_damaged_latest_pointer_falls_back_to_the_newest_valid(tmp_path, content
     with open(os.path.join(manager.directory, "latest"), "w") as f:
         f.write(content)
     with pytest.warns(UserWarning, match=problem + ".*Using .*epoch-0002"):
-        assert checkpoint.find_checkpoint(str(tmp_path)) == second
+        assert checkpoints.find_checkpoint(str(tmp_path)) == second
     with pytest.warns(UserWarning, match=problem):
-        assert checkpoint.find_checkpoint(os.path.join(manager.directory, "latest")) == second
+        assert checkpoints.find_checkpoint(os.path.join(manager.directory, "latest")) == second
 
 
 def test_no_valid_checkpoint_is_a_one_line_checkpoint_error(tmp_path):
     manager, first, second = two_epochs(tmp_path)
     truncate(data_file(first))
-    with open(os.path.join(second, checkpoint.STATE_FILE), "w") as f:
+    with open(os.path.join(second, checkpoints.STATE_FILE), "w") as f:
         f.write('{"epoch": ')
     with pytest.raises(CheckpointError) as error:
         manager.newest_valid()
@@ -260,12 +262,12 @@ def test_a_damaged_checkpoint_named_directly_is_not_replaced_by_another(tmp_path
     manager, first, second = two_epochs(tmp_path)
     truncate(data_file(first))
     with pytest.raises(CheckpointError, match="epoch-0001 .*damaged"):
-        checkpoint.find_checkpoint(first)
-    assert checkpoint.find_checkpoint(second) == second
+        checkpoints.find_checkpoint(first)
+    assert checkpoints.find_checkpoint(second) == second
     with open(os.path.join(manager.directory, "best"), "w") as f:
         f.write('{"name": "epoch-0001"}')
     with pytest.raises(CheckpointError, match="named by .*best"):
-        checkpoint.find_checkpoint(os.path.join(manager.directory, "best"))
+        checkpoints.find_checkpoint(os.path.join(manager.directory, "best"))
 
 
 def test_holds_checkpoints_sees_damaged_ones_too(tmp_path):

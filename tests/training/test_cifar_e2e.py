@@ -8,7 +8,7 @@ import shutil
 import pytest
 from train_helpers import TINY_MODEL, check_ok, csv_rows, results, run_script
 
-from resnext_tf.training import checkpoint
+from resnext_tf import checkpoints
 
 pytestmark = pytest.mark.slow
 
@@ -36,8 +36,8 @@ def test_learns_and_writes_logs_and_checkpoints(cifar_run):
     assert " | Epoch: [1][5/10]" in out and " * Finished epoch # 2  top1:" in out
     assert len(glob.glob(os.path.join(model_dir, "tensorboard", "*", "events.out.tfevents.*"))) == 2
     manager_dir = os.path.join(model_dir, "checkpoints")
-    assert checkpoint.find_checkpoint(model_dir) == os.path.join(manager_dir, "step-000000025")
-    state = checkpoint.read_state(os.path.join(manager_dir, "step-000000025"))
+    assert checkpoints.find_checkpoint(model_dir) == os.path.join(manager_dir, "step-000000025")
+    state = checkpoints.read_state(os.path.join(manager_dir, "step-000000025"))
     assert (state["epoch"], state["step"], state["epoch_complete"]) == (3, 5, False)
     assert os.path.isdir(os.path.join(manager_dir, "epoch-0002"))
 

@@ -12,7 +12,8 @@ import types
 import pytest
 from train_helpers import REPO, TINY_MODEL, check_ok, digest, script_env
 
-from resnext_tf.training import checkpoint, distribute
+from resnext_tf import checkpoints
+from resnext_tf.training import distribute
 
 # Two steps on one device and on two mirrored replicas (sync BN, weight EMA), from the same
 # weights and the same global batch, split in halves for the replicas.
@@ -159,7 +160,7 @@ def test_multi_worker_sigterm_to_one_worker_stops_both(cifar_dir, tmp_path):
     outs = finish(procs, tmp_path)
     assert all("Preempted" in out for out in outs)
     assert digest(outs[0]) == digest(outs[1])
-    state = checkpoint.read_state(checkpoint.find_checkpoint(str(tmp_path / "worker0")))
+    state = checkpoints.read_state(checkpoints.find_checkpoint(str(tmp_path / "worker0")))
     assert state["epoch"] == 1 and state["step"] in (6, 8)  # the next logging step(s)
 
 

@@ -14,7 +14,8 @@ import pytest
 import tensorflow as tf
 from train_helpers import REPO, TINY_MODEL, check_ok, csv_rows, digest, run_script, script_env
 
-from resnext_tf.training import EXIT_NON_FINITE_LOSS, checkpoint
+from resnext_tf import checkpoints
+from resnext_tf.training import EXIT_NON_FINITE_LOSS, lock
 
 pytestmark = pytest.mark.slow
 
@@ -53,7 +54,7 @@ def wait_for(proc, pattern):
 
 
 def checkpoint_values(path):
-    reader = tf.train.load_checkpoint(os.path.join(path, checkpoint.PREFIX))
+    reader = tf.train.load_checkpoint(os.path.join(path, checkpoints.PREFIX))
     names = sorted(n for n in reader.get_variable_to_shape_map() if "OBJECT_GRAPH" not in n)
     return {n: reader.get_tensor(n) for n in names}
 
@@ -68,7 +69,7 @@ def test_sigkill_mid_epoch_then_rerun_is_bit_identical(cifar_dir, tmp_path, opti
     wait_for(proc, r"Saved checkpoint .*step-000000006")
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
-    assert checkpoint.find_checkpoint(resumed).endswith("step-000000006")
+    assert checkpoints.find_checkpoint(resumed).endswith("step-000000006")
 
     out = check_ok(run_script("run_cifar.py", [*args, f"--model_dir={resumed}"]))
     assert "step-000000006 (epoch 1, step 6)" in out
@@ -93,7 +94,7 @@ def test_sigterm_saves_and_exits_cleanly(cifar_dir, tmp_path):
     rest = proc.stdout.read()
     assert proc.wait() == 0, rest
     assert "Preempted" in rest
-    state = checkpoint.read_state(checkpoint.find_checkpoint(str(tmp_path)))
+    state = checkpoints.read_state(checkpoints.find_checkpoint(str(tmp_path)))
     assert state["epoch"] == 1 and not state["epoch_complete"] and 2 <= state["step"] < 10
 
 
@@ -106,11 +107,11 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(cifar_d
     )
     assert match, proc.stdout
     step = int(match.group(2))
-    latest = checkpoint.find_checkpoint(str(tmp_path))
+    latest = checkpoints.find_checkpoint(str(tmp_path))
     assert f"last good checkpoint is {latest}" in proc.stdout
-    assert checkpoint.read_state(latest)["global_step"] == step - 1
+    assert checkpoints.read_state(latest)["global_step"] == step - 1
     assert all(np.isfinite(v).all() for v in checkpoint_values(latest).values())
-    assert not os.path.exists(os.path.join(tmp_path, checkpoint.LOCK_FILE))  # released on error
+    assert not os.path.exists(os.path.join(tmp_path, lock.LOCK_FILE))  # released on error
 
 
 def test_ema_cannot_continue_a_checkpoint_without_one(cifar_dir, tmp_path):

@@ -13,23 +13,24 @@ import pytest
 from test_interruptions import checkpoint_values, start, wait_for
 from train_helpers import REPO, TINY_MODEL, check_ok, csv_rows, results, run_script, script_env
 
+from resnext_tf import checkpoints
 from resnext_tf.errors import EXIT_USER_ERROR, LockedError
-from resnext_tf.training import checkpoint
+from resnext_tf.training.lock import LOCK_FILE, ModelDirLock
 
 # Epochs of two steps of 32 images; evaluation over the fixture's 100 test images.
 ARGS = [*TINY_MODEL, "--batch_size=32", "--steps_per_epoch=2", "--log_steps=1"]
 
 HOLD_LOCK = """
 import sys, time
-from resnext_tf.training import checkpoint
-checkpoint.ModelDirLock(sys.argv[1]).acquire()
+from resnext_tf.training.lock import ModelDirLock
+ModelDirLock(sys.argv[1]).acquire()
 print("locked", flush=True)
 time.sleep(600)
 """
 
 
 def lock_record(model_dir):
-    with open(os.path.join(model_dir, checkpoint.LOCK_FILE)) as f:
+    with open(os.path.join(model_dir, LOCK_FILE)) as f:
         return json.load(f)
 
 
@@ -45,33 +46,33 @@ def test_lock_is_exclusive_and_a_dead_holder_is_taken_over(tmp_path):
     try:
         assert child.stdout.readline().strip() == "locked"
         with pytest.raises(LockedError) as error:
-            checkpoint.ModelDirLock(model_dir).acquire()
+            ModelDirLock(model_dir).acquire()
         assert f"pid {child.pid} on host {socket.gethostname()}" in str(error.value)
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait()
     assert lock_record(model_dir)["pid"] == child.pid  # left behind by the killed holder
     with pytest.warns(UserWarning, match=f"left by pid {child.pid} .*no longer runs"):
-        lock = checkpoint.ModelDirLock(model_dir).acquire()
+        lock = ModelDirLock(model_dir).acquire()
     assert lock_record(model_dir)["pid"] == os.getpid()
     lock.release()
-    assert not os.path.exists(os.path.join(model_dir, checkpoint.LOCK_FILE))
+    assert not os.path.exists(os.path.join(model_dir, LOCK_FILE))
 
 
 def test_lock_of_this_process_is_exclusive_too(tmp_path):
-    with checkpoint.ModelDirLock(str(tmp_path)):
+    with ModelDirLock(str(tmp_path)):
         with pytest.raises(LockedError, match=f"pid {os.getpid()} "):
-            checkpoint.ModelDirLock(str(tmp_path)).acquire()
-    with checkpoint.ModelDirLock(str(tmp_path)):  # released on exit
+            ModelDirLock(str(tmp_path)).acquire()
+    with ModelDirLock(str(tmp_path)):  # released on exit
         pass
 
 
 def test_lock_left_on_another_host_is_not_taken_silently(tmp_path):
     record = {"pid": 1, "host": "elsewhere.example", "started": "2020-01-01T00:00:00+00:00"}
-    with open(tmp_path / checkpoint.LOCK_FILE, "w") as f:
+    with open(tmp_path / LOCK_FILE, "w") as f:
         json.dump(record, f)
     with pytest.raises(LockedError, match=r"pid 1 on host elsewhere.example.*remove .*run.lock"):
-        checkpoint.ModelDirLock(str(tmp_path)).acquire()
+        ModelDirLock(str(tmp_path)).acquire()
 
 
 @pytest.mark.slow
@@ -91,27 +92,27 @@ def test_second_run_on_a_model_dir_fails_at_once_and_the_first_finishes(cifar_di
     rest = first.stdout.read()
     assert first.wait() == 0, rest
     assert "Preempted" in rest
-    assert not os.path.exists(os.path.join(tmp_path, checkpoint.LOCK_FILE))
-    assert checkpoint.verify(checkpoint.find_checkpoint(str(tmp_path))) is None
+    assert not os.path.exists(os.path.join(tmp_path, LOCK_FILE))
+    assert checkpoints.verify(checkpoints.find_checkpoint(str(tmp_path))) is None
 
 
 @pytest.mark.slow
 def test_fresh_start_over_old_checkpoints_needs_overwrite(cifar_dir, tmp_path):
     args = [*ARGS, f"--data_dir={cifar_dir}", f"--model_dir={tmp_path}", "--epochs=1"]
     check_ok(run_script("run_cifar.py", [*args, "--seed=0"]))
-    old = checkpoint_values(checkpoint.find_checkpoint(str(tmp_path)))
+    old = checkpoint_values(checkpoints.find_checkpoint(str(tmp_path)))
 
     refused = run_script("run_cifar.py", [*args, "--seed=1", "--resume=none"])
     assert refused.returncode == EXIT_USER_ERROR, refused.stdout + refused.stderr[-3000:]
     assert "holds checkpoints" in refused.stderr and "--overwrite" in refused.stderr
     assert "Epoch:" not in refused.stdout
-    assert checkpoint_values(checkpoint.find_checkpoint(str(tmp_path))).keys() == old.keys()
+    assert checkpoint_values(checkpoints.find_checkpoint(str(tmp_path))).keys() == old.keys()
 
     out = check_ok(run_script("run_cifar.py", [*args, "--seed=1", "--resume=none", "--overwrite"]))
     assert "Overwrite: removing" in out
-    latest = checkpoint.find_checkpoint(str(tmp_path))
+    latest = checkpoints.find_checkpoint(str(tmp_path))
     assert latest.endswith("epoch-0001")
-    assert checkpoint.read_state(latest)["config"]["seed"] == 1
+    assert checkpoints.read_state(latest)["config"]["seed"] == 1
     new = checkpoint_values(latest)
     assert any((new[name] != old[name]).any() for name in old)
     assert [row["epoch"] for row in csv_rows(str(tmp_path))] == [1]
@@ -136,5 +137,5 @@ def test_truncated_newest_checkpoint_test_only_and_resume_use_the_previous(cifar
     out = check_ok(resumed)
     assert "epoch-0002 (latest;" in resumed.stderr
     assert "epoch-0001 (epoch 1, step 2)" in out and "Finished epoch # 2" in out
-    assert checkpoint.verify(second) is None  # saved again over the damaged one
-    assert checkpoint.find_checkpoint(str(tmp_path)) == second
+    assert checkpoints.verify(second) is None  # saved again over the damaged one
+    assert checkpoints.find_checkpoint(str(tmp_path)) == second

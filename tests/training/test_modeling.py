@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 
+from resnext_tf import checkpoints, runs
 from resnext_tf.training import TrainConfig, checkpoint, modeling
 
 CONFIG = TrainConfig(dataset="cifar10", depth=11, cardinality=2, base_width=4, shortcut_type="A")
@@ -33,7 +34,7 @@ def source(tmp_path_factory):
     model.save_weights(str(root / "m.weights.h5"))
     model.save(str(root / "m.keras"))
     manager = checkpoint.CheckpointManager(str(root / "run"), {"model": model})
-    manager.save(checkpoint.epoch_name(1), {"num_classes": 10})
+    manager.save(checkpoints.epoch_name(1), {"num_classes": 10})
     return model, root
 
 
@@ -41,7 +42,7 @@ def source(tmp_path_factory):
 def test_load_weights_from_each_format(source, name):
     model, root = source
     target = build(10, seed=2)
-    modeling.load_run_or_weights(target, str(root / name))
+    runs.load_run_or_weights(target, str(root / name))
     assert_layers_equal(model, target)
 
 
@@ -60,21 +61,21 @@ def test_reset_classifier_keeps_the_body_and_resizes_the_head(source, name):
 
 def test_source_num_classes(source):
     _, root = source
-    assert modeling.source_num_classes(str(root / "m.weights.h5"), default=3) == 10
-    assert modeling.source_num_classes(str(root / "run"), default=3) == 10
-    assert modeling.source_num_classes(str(root / "m.keras"), default=3) == 3
+    assert runs.source_num_classes(str(root / "m.weights.h5"), default=3) == 10
+    assert runs.source_num_classes(str(root / "run"), default=3) == 10
+    assert runs.source_num_classes(str(root / "m.keras"), default=3) == 3
 
 
 def test_unknown_format_is_named(tmp_path):
     path = tmp_path / "model.t7"
     path.write_bytes(b"torch")
     with pytest.raises(ValueError, match=r"model\.t7"):
-        modeling.load_run_or_weights(build(10, seed=1), str(path))
+        runs.load_run_or_weights(build(10, seed=1), str(path))
 
 
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(ValueError, match="nothing.h5"):
-        modeling.load_run_or_weights(build(10, seed=1), str(tmp_path / "nothing.h5"))
+        runs.load_run_or_weights(build(10, seed=1), str(tmp_path / "nothing.h5"))
 
 
 def test_torch_files_go_to_the_converter_which_skips_the_head(tmp_path, monkeypatch):
@@ -87,7 +88,7 @@ def test_torch_files_go_to_the_converter_which_skips_the_head(tmp_path, monkeypa
 
     monkeypatch.setattr(modeling, "weights", FakeConverter)
     model, path = build(7, seed=1), str(tmp_path / "resnext.pth")
-    modeling.load_run_or_weights(model, path)
+    runs.load_run_or_weights(model, path)
     modeling.initialise_from(model, path, True, build_source=None)
     assert calls == [(path, False), (path, True)]
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import train_helpers
 
+from resnext_tf.recipes import recipe
 from resnext_tf.training import schedules
 from resnext_tf.training.ema import WeightEMA
 from resnext_tf.training.optimizer import TorchSGD, no_decay_variables
@@ -166,7 +167,7 @@ def test_per_step_lr_weight_decay_exclusion_and_ema_match_numpy():
     """Six steps of the trainer's update, by hand: scheduled LR (1 warmup epoch of 3 steps, then
     cosine), Torch SGD with L2 on the kernel only (--no_weight_decay_on=bias), EMA of both."""
     steps, decay, base = 6, 0.9, 0.4
-    schedule = schedules.StepSchedule(base, "cifar10", 2, 3, "cosine", warmup_epochs=1)
+    schedule = schedules.StepSchedule(base, recipe("cifar10"), 2, 3, "cosine", warmup_epochs=1)
     models = [keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)]) for _ in range(2)]
     models[0].set_weights([W0, W0[1]])
     average = WeightEMA(models[0], models[1], decay)

@@ -14,7 +14,9 @@ from resnext_tf.training import schedules
     [(1, 0.1), (147, 0.1), (148, 0.01), (222, 0.01), (223, 0.001), (300, 0.001)],
 )
 def test_cifar_300_epochs(epoch, lr):
-    assert schedules.learning_rate(0.1, "cifar10", epoch, 300) == pytest.approx(lr, rel=1e-12)
+    assert schedules.learning_rate(0.1, recipe("cifar10"), epoch, 300) == pytest.approx(
+        lr, rel=1e-12
+    )
 
 
 @pytest.mark.parametrize(
@@ -22,7 +24,9 @@ def test_cifar_300_epochs(epoch, lr):
     [(1, 0.1), (30, 0.1), (31, 0.01), (60, 0.01), (61, 1e-3), (90, 1e-3), (91, 1e-4), (100, 1e-4)],
 )
 def test_imagenet_every_30_epochs(epoch, lr):
-    assert schedules.learning_rate(0.1, "imagenet", epoch, 100) == pytest.approx(lr, rel=1e-12)
+    assert schedules.learning_rate(0.1, recipe("imagenet"), epoch, 100) == pytest.approx(
+        lr, rel=1e-12
+    )
 
 
 def test_cifar_schedule_follows_the_run_length():
@@ -42,9 +46,9 @@ def test_linear_scaling(dataset, batch, lr):
 
 def test_bad_epoch_and_dataset_are_named():
     with pytest.raises(ValueError, match="epoch=0"):
-        schedules.learning_rate(0.1, "imagenet", 0, 100)
+        schedules.learning_rate(0.1, recipe("imagenet"), 0, 100)
     with pytest.raises(ValueError, match="dataset='svhn'"):
-        schedules.learning_rate(0.1, "svhn", 1, 100)
+        recipe("svhn")
 
 
 # Steps per epoch of the default command lines: CIFAR 50,000 / 128, ImageNet 1,281,167 / 256.
@@ -62,8 +66,10 @@ def test_default_schedule_is_the_original_per_epoch_rate_at_every_step(
     dataset, base, epochs, steps
 ):
     # What the trainer assigned before the per-step schedule: learning_rate(...) of each epoch.
-    before = [schedules.learning_rate(base, dataset, e, epochs) for e in range(1, epochs + 1)]
-    schedule = schedules.StepSchedule(base, dataset, epochs, steps)
+    before = [
+        schedules.learning_rate(base, recipe(dataset), e, epochs) for e in range(1, epochs + 1)
+    ]
+    schedule = schedules.StepSchedule(base, recipe(dataset), epochs, steps)
     now = [schedule(s) for s in range(epochs * steps)]
     assert now == [lr for lr in before for _ in range(steps)]  # exact, not approximate
     assert [schedule.epoch_lr(e) for e in range(1, epochs + 1)] == before
@@ -78,7 +84,7 @@ def test_warmup_steps_round_fractional_epochs(warmup_epochs, steps, expected):
 
 def test_warmup_ramps_per_step_then_the_step_schedule_decays():
     # ImageNet batch 8192 (Goyal et al.): 156 steps per epoch, 5 epochs of warmup to 3.2.
-    schedule = schedules.StepSchedule(3.2, "imagenet", 90, 156, warmup_epochs=5)
+    schedule = schedules.StepSchedule(3.2, recipe("imagenet"), 90, 156, warmup_epochs=5)
     w = schedule.warmup_steps
     assert w == 780
     assert schedule(0) == pytest.approx(3.2 / 780, rel=1e-12)
@@ -94,7 +100,9 @@ def test_warmup_ramps_per_step_then_the_step_schedule_decays():
 
 def test_cosine_after_warmup_values_at_the_boundaries():
     base, epochs, steps = 0.4, 10, 20
-    schedule = schedules.StepSchedule(base, "cifar10", epochs, steps, "cosine", warmup_epochs=1)
+    schedule = schedules.StepSchedule(
+        base, recipe("cifar10"), epochs, steps, "cosine", warmup_epochs=1
+    )
     w, total = 20, 200
     assert schedule(w - 1) == pytest.approx(base, rel=1e-12)
     assert schedule(w) == base  # cosine starts at the base rate
@@ -107,7 +115,7 @@ def test_cosine_after_warmup_values_at_the_boundaries():
 
 
 def test_cosine_without_warmup_starts_at_the_base_rate():
-    schedule = schedules.StepSchedule(0.1, "imagenet", 4, 5, "cosine")
+    schedule = schedules.StepSchedule(0.1, recipe("imagenet"), 4, 5, "cosine")
     assert schedule(0) == 0.1 and schedule.warmup_steps == 0
     assert schedule(10) == pytest.approx(0.05, rel=1e-12)
 
@@ -115,7 +123,7 @@ def test_cosine_without_warmup_starts_at_the_base_rate():
 def test_warmup_multiplies_a_step_decay_that_falls_inside_it():
     # 10 CIFAR epochs decay after epoch 4 (5/10 > 0.49); a 6-epoch warmup ramps to the decayed
     # rate from there on.
-    schedule = schedules.StepSchedule(0.1, "cifar10", 10, 10, warmup_epochs=6)
+    schedule = schedules.StepSchedule(0.1, recipe("cifar10"), 10, 10, warmup_epochs=6)
     assert schedule(39) == pytest.approx(0.1 * 40 / 60, rel=1e-12)
     assert schedule(40) == pytest.approx(0.01 * 41 / 60, rel=1e-12)
     assert schedule(60) == pytest.approx(0.01, rel=1e-12)
@@ -123,4 +131,4 @@ def test_warmup_multiplies_a_step_decay_that_falls_inside_it():
 
 def test_unknown_schedule_is_named():
     with pytest.raises(ValueError, match="lr_schedule='linear'"):
-        schedules.StepSchedule(0.1, "cifar10", 10, 10, "linear")
+        schedules.StepSchedule(0.1, recipe("cifar10"), 10, 10, "linear")

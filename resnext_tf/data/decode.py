@@ -1,0 +1,279 @@
+"""Encoded images: their header read before anything decodes them, the limits checked against it,
+and the decoders of training, serving and prediction.
+
+`check_image` reads only the length and the header (and a GIF's block structure) of an encoded
+image and says why it is refused, so that an image asks the decoder for no more than
+`ImageLimits` allow; `decode` and `decode_window` then decode it to RGB.
+"""
+
+import tensorflow as tf
+
+from resnext_tf.data.config import ImageLimits
+
+DEFAULT_LIMITS = ImageLimits()
+# Formats read by `decode`, in the order TensorFlow's decoder tells them apart by their first
+# bytes. JPEG XL, which TensorFlow also decodes, is refused: its header is not parsed here.
+IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WebP")
+NOT_AN_IMAGE = f"is not a {', '.join(IMAGE_FORMATS[:-1])} or {IMAGE_FORMATS[-1]} image"
+# libjpeg's accurate integer IDCT, the default of Torch's image.load and of PIL; TF's own
+# default (fast IDCT) differs from them by up to 4 levels.
+JPEG_DCT = "INTEGER_ACCURATE"
+# GIF blocks walked to find the frames; a step skips up to GIF_RUN full data sub-blocks.
+GIF_MAX_STEPS = 4096
+GIF_RUN = 1024
+_HEAD = 32  # header bytes read for the dimensions
+
+
+def _head(data):
+    """The first _HEAD bytes of `data` as int64 [_HEAD], zero-padded."""
+    head = tf.io.decode_raw(tf.strings.substr(data, 0, _HEAD), tf.uint8)
+    return tf.pad(tf.cast(head, tf.int64), [[0, _HEAD - tf.size(head)]])
+
+
+def image_format(data):
+    """Index in IMAGE_FORMATS + 1 of the format of `data` by its first bytes; 0 for any other."""
+    padded = tf.strings.join([tf.strings.substr(data, 0, 16), b"\0" * 16])
+
+    def starts(offset, magic):
+        return tf.equal(tf.strings.substr(padded, offset, len(magic)), magic)
+
+    webp = starts(0, b"RIFF") & starts(8, b"WEBP") & (tf.strings.length(data) > 12)
+    found = tf.stack(
+        [starts(0, b"\xff\xd8\xff"), starts(0, b"\x89PNG\r\n\x1a\n"), starts(0, b"GIF8"),
+         starts(0, b"BM"), webp]
+    )  # fmt: skip
+    first = tf.argmax(tf.cast(found, tf.int32), output_type=tf.int32)
+    return tf.where(tf.reduce_any(found), first + 1, 0)
+
+
+def _le(head, offset, count):
+    """Unsigned little-endian integer of `count` bytes at `offset`."""
+    return sum(head[offset + k] * 256**k for k in range(count))
+
+
+def _be(head, offset, count):
+    return sum(head[offset + k] * 256 ** (count - 1 - k) for k in range(count))
+
+
+def _color_table_bytes(flags):
+    """Bytes of the color table that a GIF flags byte announces."""
+    flags = tf.maximum(flags, 0)
+    return tf.where(flags >= 128, 3 * tf.bitwise.left_shift(tf.constant(2, tf.int64), flags % 8), 0)
+
+
+def _gif_frame_pixels(data):
+    """(pixels of all the frames of a GIF, whether its blocks were walked to the end).
+
+    giflib reads a whole GIF (DGifSlurp) before TensorFlow takes its first frame, allocating
+    every frame's pixels, and LZW data can encode a large frame in few bytes. The frames are
+    found by walking the blocks; a step reads one block or sub-block, or skips up to GIF_RUN
+    full (255-byte) data sub-blocks at once. Walking stops at the trailer, at a byte that
+    starts no block, at the end of the data, or after GIF_MAX_STEPS steps.
+    """
+    raw = tf.io.decode_raw(data, tf.uint8)
+    n = tf.size(raw, out_type=tf.int64)
+
+    def byte(i):
+        i = tf.cast(i, tf.int64)
+        value = tf.cast(tf.gather(raw, tf.clip_by_value(i, 0, n - 1)), tf.int64)
+        return tf.where((i >= 0) & (i < n), value, -1)
+
+    def sub_blocks(pos, pixels):
+        at = pos + 256 * tf.range(GIF_RUN, dtype=tf.int64)
+        full = tf.equal(byte(at), 255)
+        run = tf.reduce_sum(tf.math.cumprod(tf.cast(full, tf.int64)))
+        pos = pos + 256 * run
+        size = byte(pos)
+        more = (run == GIF_RUN) | (size > 0)
+        next_pos = tf.where(run == GIF_RUN, pos, pos + tf.maximum(size, 0) + 1)
+        return next_pos, more, pixels, size < 0
+
+    def block(pos, pixels):
+        kind = byte(pos)
+        image, extension = tf.equal(kind, 0x2C), tf.equal(kind, 0x21)
+        width = tf.maximum(byte(pos + 5), 0) + 256 * tf.maximum(byte(pos + 6), 0)
+        height = tf.maximum(byte(pos + 7), 0) + 256 * tf.maximum(byte(pos + 8), 0)
+        # Image: descriptor (10 bytes), local color table, LZW code size, then sub-blocks.
+        # Extension: introducer and label, then sub-blocks.
+        next_pos = tf.where(image, pos + 11 + _color_table_bytes(byte(pos + 9)), pos + 2)
+        pixels += tf.where(image, width * height, 0)
+        return next_pos, image | extension, pixels, ~(image | extension)
+
+    def step(pos, in_sub_blocks, pixels, steps, done):
+        pos, in_sub_blocks, pixels, done = tf.cond(
+            in_sub_blocks, lambda: sub_blocks(pos, pixels), lambda: block(pos, pixels)
+        )
+        return pos, in_sub_blocks, pixels, steps + 1, done
+
+    start = 13 + _color_table_bytes(byte(10))
+    zero = tf.constant(0, tf.int64)
+    _, _, pixels, _, done = tf.while_loop(
+        lambda pos, in_sub_blocks, pixels, steps, done: ~done & (steps < GIF_MAX_STEPS),
+        step,
+        (start, tf.constant(False), zero, zero, tf.constant(False)),
+    )
+    return pixels, done
+
+
+def image_header(data):
+    """Reads the size of an encoded image from its header, without decoding it.
+
+    Returns:
+        (format, height, width, frame_pixels, walked): format as in `image_format` (int32),
+        height and width int64 (0 for an unknown format), the pixels the decoder holds at once
+        (float64; a GIF's frames together, see `_gif_frame_pixels`), and False when a GIF's
+        blocks were not walked to the end.
+
+    Raises:
+        InvalidArgumentError: a JPEG whose header libjpeg cannot read.
+    """
+    fmt = image_format(data)
+    head = _head(data)
+
+    def dims(height, width):
+        height, width = tf.cast(height, tf.int64), tf.cast(width, tf.int64)
+        pixels = tf.cast(height, tf.float64) * tf.cast(width, tf.float64)
+        return height, width, pixels, tf.constant(True)
+
+    def jpeg():
+        shape = tf.io.extract_jpeg_shape(data)
+        return dims(shape[0], shape[1])
+
+    def png():  # IHDR: big-endian width, height
+        return dims(_be(head, 20, 4), _be(head, 16, 4))
+
+    def gif():  # logical screen: little-endian width, height; then the frames
+        height, width, _, _ = dims(_le(head, 8, 2), _le(head, 6, 2))
+        pixels, walked = _gif_frame_pixels(data)
+        return height, width, tf.cast(pixels, tf.float64), walked
+
+    def bmp():  # BITMAPINFOHEADER: signed little-endian width, height (negative: top-down)
+        def signed(value):
+            return tf.where(value >= 2**31, value - 2**32, value)
+
+        return dims(tf.abs(signed(_le(head, 22, 4))), signed(_le(head, 18, 4)))
+
+    def webp():  # the first chunk: lossy VP8, lossless VP8L or extended VP8X
+        chunk = _be(head, 12, 4)
+        bits = _le(head, 21, 4)
+        lossless = (bits // 2**14 % 2**14 + 1, bits % 2**14 + 1)
+        lossy = (_le(head, 28, 2) % 2**14, _le(head, 26, 2) % 2**14)
+        extended = (_le(head, 27, 3) + 1, _le(head, 24, 3) + 1)
+        sizes = {0x56503820: lossy, 0x5650384C: lossless, 0x56503858: extended}
+        height, width = tf.constant(0, tf.int64), tf.constant(0, tf.int64)
+        for code, (h, w) in sizes.items():
+            height, width = tf.where(chunk == code, h, height), tf.where(chunk == code, w, width)
+        return dims(height, width)
+
+    def unknown():
+        return dims(0, 0)
+
+    height, width, pixels, walked = tf.switch_case(fmt, [unknown, jpeg, png, gif, bmp, webp])
+    return fmt, height, width, pixels, walked
+
+
+def _formatted(number):
+    return f"{number:g}" if isinstance(number, float) else str(number)
+
+
+def check_image(data, limits=DEFAULT_LIMITS):
+    """Why an encoded image is refused before decoding, or "" when it is accepted.
+
+    Reads only the length and the header (and a GIF's block structure): empty data, more
+    than limits.max_bytes, a format other than IMAGE_FORMATS, no pixels, more than
+    limits.max_pixels or an aspect ratio over limits.max_aspect. Sizes are width x height.
+
+    Raises:
+        InvalidArgumentError: a JPEG whose header libjpeg cannot read.
+    """
+    length = tf.strings.length(data)
+    max_pixels, max_aspect = _formatted(limits.max_pixels), _formatted(limits.max_aspect)
+
+    def header_reason():
+        fmt, height, width, frame_pixels, walked = image_header(data)
+        longer = tf.cast(tf.maximum(height, width), tf.float64)
+        shorter = tf.cast(tf.minimum(height, width), tf.float64)
+        failed = [
+            tf.equal(fmt, 0),
+            shorter < 1,
+            longer * shorter > limits.max_pixels,
+            longer > limits.max_aspect * shorter,
+            ~walked,
+            frame_pixels > limits.max_pixels,
+        ]
+
+        def describe():  # the strings are built only for a refused image
+            size = tf.strings.join([tf.strings.as_string(width), "x", tf.strings.as_string(height)])
+            messages = [
+                tf.constant(NOT_AN_IMAGE),
+                tf.strings.join(["has no pixels (", size, " in its header)"]),
+                tf.strings.join([size, f" pixels exceed the pixel limit {max_pixels}"]),
+                tf.strings.join([size, f" pixels exceed the aspect-ratio limit {max_aspect}"]),
+                tf.constant(f"GIF has more than {GIF_MAX_STEPS} blocks"),
+                tf.strings.join(
+                    [
+                        "GIF frames hold ",
+                        tf.strings.as_string(tf.cast(frame_pixels, tf.int64)),
+                        f" pixels in all, over the pixel limit {max_pixels}",
+                    ]
+                ),
+            ]
+            first = tf.argmax(tf.cast(tf.stack(failed), tf.int32))
+            return tf.gather(tf.stack(messages), first)
+
+        return tf.cond(tf.reduce_any(tf.stack(failed)), describe, lambda: tf.constant(""))
+
+    return tf.cond(
+        tf.equal(length, 0),
+        lambda: tf.constant("is empty (0 bytes)"),
+        lambda: tf.cond(
+            length > limits.max_bytes,
+            lambda: tf.strings.join(
+                [tf.strings.as_string(length), f" bytes exceed the size limit {limits.max_bytes}"]
+            ),
+            header_reason,
+        ),
+    )
+
+
+def checked(data, limits=DEFAULT_LIMITS):
+    """`data`, once `check_image` accepts it; raises InvalidArgumentError with the reason."""
+    reason = check_image(data, limits)
+    with tf.control_dependencies([tf.debugging.Assert(tf.equal(reason, ""), [reason])]):
+        return tf.identity(data)
+
+
+def image_shape(data):
+    """Returns the (height, width) of an encoded image as int32 [2], read from its header."""
+    _, height, width, _, _ = image_header(data)
+    return tf.cast(tf.stack([height, width]), tf.int32)
+
+
+def decode(data):
+    """Decodes a JPEG (grey and CMYK included), PNG, GIF, BMP or WebP to uint8 [H, W, 3]."""
+    return tf.cond(
+        tf.io.is_jpeg(data),
+        lambda: tf.io.decode_jpeg(data, channels=3, dct_method=JPEG_DCT),
+        lambda: tf.io.decode_image(data, channels=3, expand_animations=False),
+    )
+
+
+def decode_window(data, y, x, h, w, fused):
+    """Decodes the window [y:y+h, x:x+w] of an encoded image.
+
+    With `fused`, JPEGs decode only the window (libjpeg skips the rest); other formats
+    always decode fully and are cropped.
+    """
+
+    def crop_full():
+        return decode(data)[y : y + h, x : x + w]
+
+    if not fused:
+        return crop_full()
+    return tf.cond(
+        tf.io.is_jpeg(data),
+        lambda: tf.image.decode_and_crop_jpeg(
+            data, tf.stack([y, x, h, w]), channels=3, dct_method=JPEG_DCT
+        ),
+        crop_full,
+    )

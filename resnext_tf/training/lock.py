@@ -1,0 +1,169 @@
+"""The lock that gives a model_dir to one run at a time."""
+
+import contextlib
+import datetime
+import errno
+import json
+import os
+import socket
+import time
+import warnings
+
+from resnext_tf.errors import LockedError
+
+LOCK_FILE = "run.lock"
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True
+
+
+def _flock(fd):
+    """True: this fd now holds the lock; False: another open file holds it; None: the file
+    system has no flock (liveness then comes from the pid)."""
+    try:
+        import fcntl  # noqa: PLC0415 (POSIX only)
+    except ImportError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError as e:
+        if e.errno in (errno.EAGAIN, errno.EACCES):
+            return False
+        if e.errno in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+            return None
+        raise
+    return True
+
+
+def _read_holder(fd, attempts=20):
+    # The holder writes its record right after taking the lock; wait briefly for it.
+    for attempt in range(attempts):
+        os.lseek(fd, 0, os.SEEK_SET)
+        raw = os.read(fd, 65536)
+        if raw.strip():
+            try:
+                holder = json.loads(raw)
+                if isinstance(holder, dict):
+                    return holder
+            except ValueError:
+                pass
+        if attempt + 1 < attempts:
+            time.sleep(0.05)
+    return {}
+
+
+def _describe(holder):
+    if not holder:
+        return "an unknown process (its lock record is empty)"
+    return f"pid {holder.get('pid')} on host {holder.get('host')} (started {holder.get('started')})"
+
+
+class ModelDirLock:
+    """Gives a model_dir to one run: an exclusive flock on `<model_dir>/run.lock`, which also
+    holds the owner's record {pid, host, started}.
+
+    The kernel drops a flock when its process dies, however it dies, so on the same host a lock
+    file whose flock is free belongs to a dead run and is taken over with a warning. A record of
+    another host whose flock is free is refused: whether that run still goes depends on the file
+    system sharing locks between hosts, which cannot be checked from here. Where the file system
+    has no flock at all, a same-host record is live while its pid is.
+
+    Only the writer of a model_dir takes the lock: the chief of a multi-worker run (the other
+    workers write nothing there), not --test_only or exports, which only read. The lock works on
+    local and network POSIX file systems; a model_dir must be one (see TrainConfig).
+    """
+
+    def __init__(self, model_dir):
+        self.model_dir = model_dir
+        self.path = os.path.join(model_dir, LOCK_FILE)
+        self._fd = None
+
+    def acquire(self):
+        """Takes the lock.
+
+        Raises:
+            LockedError: when another live run holds the model_dir (the message names it).
+        """
+        if self._fd is not None:
+            raise LockedError(f"model_dir={self.model_dir!r} is already locked by this object.")
+        os.makedirs(self.model_dir, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                if self._take(fd):
+                    self._fd = fd
+                    return self
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)  # the file was removed or replaced meanwhile: try the new one
+
+    def _take(self, fd):
+        held = _flock(fd)
+        if held is False:
+            self._refuse(_read_holder(fd), "")
+        try:
+            same_file = os.path.samestat(os.fstat(fd), os.stat(self.path))
+        except FileNotFoundError:
+            same_file = False
+        if not same_file:
+            return False  # released (unlinked) between our open and our flock
+        previous = _read_holder(fd, attempts=1)
+        if previous:
+            host = socket.gethostname()
+            if previous.get("host") != host:
+                self._refuse(
+                    previous,
+                    f" This host ({host}) cannot tell whether it still runs; if it has ended, "
+                    f"remove {self.path}.",
+                )
+            pid = previous.get("pid")
+            if held is None and pid != os.getpid() and isinstance(pid, int) and _pid_alive(pid):
+                self._refuse(previous, "")
+            warnings.warn(
+                f"Taking over the lock of model_dir={self.model_dir!r} left by "
+                f"{_describe(previous)}, which no longer runs.",
+                stacklevel=4,
+            )
+        record = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(record).encode(), 0)
+        os.fsync(fd)
+        return True
+
+    def _refuse(self, holder, advice):
+        raise LockedError(
+            f"model_dir={self.model_dir!r} is in use by another run: {_describe(holder)}. "
+            f"Wait for it to end or pass another --model_dir.{advice}"
+        )
+
+    def release(self):
+        """Removes the lock file and drops the lock (a no-op when not held)."""
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            # Removed while still locked, so that no other run can take the old file meanwhile.
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.path)
+        finally:
+            os.close(fd)
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc_info):
+        self.release()
