@@ -1,6 +1,6 @@
 """Throughput harness: images/s and peak memory of a registered model on any Keras backend.
 
-    KERAS_BACKEND=tensorflow python -m resnext_tf.benchmark --model=resnext50_32x4d \
+    KERAS_BACKEND=tensorflow python -m benchmarks.model_bench --model=resnext50_32x4d \
         --mode=train --batch_size=16 --image_size=112 --conv_impl=split
 
 Synthetic data is placed on the accelerator once; `--data_dir` feeds the real input pipeline
@@ -9,7 +9,8 @@ compiled the way the backend runs fastest: a tf.function on TensorFlow (XLA per
 `--jit_compile`), a jax.jit with the model and optimizer state donated on JAX, Keras'
 `train_on_batch` on PyTorch. Throughput is the median (and min / max) over several timed
 windows after a warm-up that includes compilation. The last line printed is JSON (prefixed
-with `resnext_tf.timing.JSON_PREFIX`) for `benchmarks/compare.py`.
+with `benchmarks.timing.JSON_PREFIX`) for `benchmarks.compare`. Run it from the repository
+root (the `benchmarks` package is not installed with resnext_tf).
 """
 
 import argparse
@@ -18,11 +19,7 @@ import dataclasses
 import keras
 import numpy as np
 
-from resnext_tf import hardware, recipes
-from resnext_tf.backend_ops import CONV_IMPLS, resolve_conv_impl
-from resnext_tf.layers import Bottleneck, GroupedConv2D
-from resnext_tf.registry import create_model, list_models
-from resnext_tf.timing import (
+from benchmarks.timing import (
     MODES,
     emit,
     machine_load,
@@ -30,6 +27,10 @@ from resnext_tf.timing import (
     throughput,
     time_windows,
 )
+from resnext_tf import hardware, recipes
+from resnext_tf.backend_ops import CONV_IMPLS, resolve_conv_impl
+from resnext_tf.layers import Bottleneck, GroupedConv2D
+from resnext_tf.registry import create_model, list_models
 
 # Keras dtype policy of each --dtype; float16 training adds dynamic loss scaling.
 DTYPE_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
