@@ -13,7 +13,7 @@ import tensorflow as tf
 from child_process import JAX_CPU, run_child
 
 from benchmarks import compare, model_bench, timing
-from resnext_tf import build_resnext, hardware
+from resnext_tf import build_resnext, fold, hardware
 
 TINY = dict(depth=11, stem="cifar", cardinality=4, base_width=4, input_shape=(8, 8, 3))
 RNG = np.random.default_rng(0)
@@ -30,10 +30,20 @@ def randomize_batchnorm(model):
             layer.moving_variance.assign(RNG.uniform(0.5, 2.0, shape))
 
 
-def folded_graph_ops(model, images):
-    fn = tf.function(model_bench.fold_batchnorm(model))
-    graph = fn.get_concrete_function(tf.TensorSpec(images.shape, tf.float32)).graph
-    return {op.type for op in graph.get_operations()}
+def fold_bn_step(model, fold_bn=True, dtype="float32"):
+    """The harness's TensorFlow inference step of `model`, folded by resnext_tf.fold or not."""
+    cfg = model_bench.BenchmarkConfig(mode="infer", fold_bn=fold_bn, dtype=dtype)
+    step, _, _ = model_bench.STEP_BUILDERS["tensorflow"](model, cfg)
+    return step
+
+
+def step_graph(step, images):
+    specs = tf.TensorSpec(images.shape, tf.float32), tf.TensorSpec(images.shape[:1], tf.int32)
+    return step.get_concrete_function(*specs).graph
+
+
+def step_graph_ops(model, images, fold_bn=True):
+    return {op.type for op in step_graph(fold_bn_step(model, fold_bn), images).get_operations()}
 
 
 @pytest.mark.parametrize(
@@ -48,31 +58,50 @@ def folded_graph_ops(model, images):
     ],
     ids=["split", "grouped", "shortcut_C", "shortcut_A", "resnext_B", "imagenet_stem"],
 )
-def test_fold_batchnorm_matches_inference_outputs(kwargs):
+def test_fold_bn_step_matches_inference_outputs(kwargs):
+    # --fold_bn times resnext_tf.fold's graph (tests/test_deploy.py tests the fold itself): the
+    # harness's step returns the Keras model's inference outputs.
     model = build_resnext(**{**TINY, "num_classes": 7, **kwargs})
     randomize_batchnorm(model)
     images = RNG.normal(size=(2, *model.input_shape[1:])).astype("float32")
     expected = model(images, training=False).numpy()
-    got = tf.function(model_bench.fold_batchnorm(model))(images).numpy()
+    got = fold_bn_step(model)(images, np.zeros(2, "int32")).numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
 
 
-def test_fold_batchnorm_removes_batchnorm_from_foldable_blocks():
+@pytest.mark.parametrize("bottleneck_type", ["resnext_C", "resnext_B"])
+def test_fold_bn_step_has_no_batchnorm(bottleneck_type):
     images = np.zeros((1, 8, 8, 3), "float32")
+    model = build_resnext(**TINY, bottleneck_type=bottleneck_type)
     # Inference BN is FusedBatchNormV3 (resnext_tf's BatchNorm) or rsqrt(var + eps) and
-    # element-wise ops (Keras'); the folded graph has neither.
+    # element-wise ops (Keras'); the unfolded step has one of them, the folded step neither
+    # (resnext_tf.fold folds every block type).
     batchnorm_ops = {"FusedBatchNormV3", "Rsqrt"}
-    assert not batchnorm_ops & folded_graph_ops(build_resnext(**TINY), images)
-    # resnext_B blocks are not folded and keep their BN.
-    branches = build_resnext(**TINY, bottleneck_type="resnext_B")
-    assert batchnorm_ops & folded_graph_ops(branches, images)
+    assert batchnorm_ops & step_graph_ops(model, images, fold_bn=False)
+    assert not batchnorm_ops & step_graph_ops(model, images)
 
 
-def test_fold_batchnorm_runs_grouped_convolution_natively():
+def test_fold_bn_step_runs_grouped_convolution_natively():
     images = np.zeros((1, 8, 8, 3), "float32")
-    grouped = folded_graph_ops(build_resnext(**TINY, conv_impl="grouped"), images)
-    split = folded_graph_ops(build_resnext(**TINY, conv_impl="split"), images)
+    grouped = step_graph_ops(build_resnext(**TINY, conv_impl="grouped"), images)
+    split = step_graph_ops(build_resnext(**TINY, conv_impl="split"), images)
     assert "Split" not in grouped and "Split" in split
+
+
+def test_fold_bn_step_computes_in_bfloat16_with_dtype_bfloat16():
+    # --dtype=bfloat16 --fold_bn times the fold's bfloat16 graph: bfloat16 convolutions, float32
+    # logits within the fold's tolerance of the float32 model's.
+    model = build_resnext(**TINY, num_classes=7)
+    randomize_batchnorm(model)
+    images = RNG.normal(size=(2, 8, 8, 3)).astype("float32")
+    expected = model(images, training=False).numpy()
+    step = fold_bn_step(model, dtype="bfloat16")
+    got = step(images, np.zeros(2, "int32"))
+    assert got.dtype == tf.float32
+    bound = fold.BF16_LOGIT_TOLERANCE * np.abs(expected).max()
+    assert np.abs(got.numpy() - expected).max() <= bound
+    convs = [op for op in step_graph(step, images).get_operations() if op.type == "Conv2D"]
+    assert convs and {op.get_attr("T") for op in convs} == {tf.bfloat16}
 
 
 def test_time_windows_counts_calls_and_syncs():
@@ -121,6 +150,7 @@ def test_parse_args_reads_every_field():
         (dict(conv_impl="fast"), r"conv_impl='fast'"),
         (dict(batch_size=0), r"batch_size=0"),
         (dict(mode="train", fold_bn=True), r"fold_bn=True with mode='train'"),
+        (dict(mode="infer", fold_bn=True, dtype="float16"), r"fold_bn=True with dtype='float16'"),
     ],
 )
 def test_config_rejects_bad_values(kwargs, message):
