@@ -1,17 +1,19 @@
 """Runs resnext_tf and torchvision with the same settings, one after another, and tabulates.
 
-    python benchmarks/compare.py --mode=infer --image_size=224 --batch_size=16 \
+    python -m benchmarks.compare --mode=infer --image_size=224 --batch_size=16 \
         --ours=split,grouped,auto,split+fold,grouped+fold --peers=eager,eager+cl,compiled+cl
-    python benchmarks/compare.py --suite=pipeline --workers=2 --batch_size=64 --repeats=3
-    python benchmarks/compare.py --ours= --exported=saved_model,saved_model+bf16,openvino,onnx \
+    python -m benchmarks.compare --suite=pipeline --workers=2 --batch_size=64 --repeats=3
+    python -m benchmarks.compare --ours= --exported=saved_model,saved_model+bf16,openvino,onnx \
         --peers=compiled+cl+bf16 --latency_calls=50
 
-Every configuration is a subprocess (`python -m resnext_tf.benchmark` or
-`benchmarks/torchvision_bench.py`) so each starts cold and owns the machine while it runs.
+Run it from the repository root. Every configuration is a subprocess (`python -m
+benchmarks.model_bench` or `python -m benchmarks.torchvision_bench`, with the repository root as
+its working directory and first on its PYTHONPATH) so each starts cold and owns the machine
+while it runs.
 With --repeats N the list is run N times round-robin, which spreads load from other processes
 over all configurations; the table shows the median of the per-run medians and the ratio of
-each row to every peer. The pipeline suite runs benchmarks/input_pipeline.py (tf.data, both
-crop-decode modes) and benchmarks/torch_input_pipeline.py on one folder of JPEGs (generated
+each row to every peer. The pipeline suite runs benchmarks.input_pipeline (tf.data, both
+crop-decode modes) and benchmarks.torch_input_pipeline on one folder of JPEGs (generated
 500x375 photos unless --data_dir). Model configuration tokens (joined with "+"):
   ours:  auto | grouped | split | block_diagonal, then any of fold (BN folded, TF),
          xla (jit_compile=true), nojit (jit_compile=false), dnn / nodnn (oneDNN forced on / off)
@@ -19,7 +21,7 @@ crop-decode modes) and benchmarks/torch_input_pipeline.py on one folder of JPEGs
   exported: saved_model | onnx | openvino | litert, then bf16 (the SavedModel computes in
          bfloat16; OpenVINO compiles the IR with INFERENCE_PRECISION_HINT=bf16) or f32
 Each exported artefact is written once by `python -m resnext_tf.export` (random weights of
---model) into a temporary folder and timed by benchmarks/deploy_bench.py in its own runtime.
+--model) into a temporary folder and timed by benchmarks.deploy_bench in its own runtime.
 --latency_calls N adds batch-1 latency (p50, p99 of N calls) to the exported and peer rows.
 """
 
@@ -34,10 +36,11 @@ import subprocess
 import sys
 import tempfile
 
+from benchmarks.timing import JSON_PREFIX
 from resnext_tf import hardware, recipes
-from resnext_tf.timing import JSON_PREFIX
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+# The repository root: the children's working directory, where `benchmarks` imports from.
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUR_FLAGS = {"fold": "--fold_bn", "xla": "--jit_compile=true", "nojit": "--jit_compile=false"}
 # TF_ENABLE_ONEDNN_OPTS of our runs: "dnn" forces oneDNN on, "nodnn" off (TensorFlow's own
 # kernels, its default on CPUs without AVX512-VNNI, AVX512-BF16 or AMX); neither keeps the
@@ -65,7 +68,7 @@ OPENVINO_PRECISIONS = {"bf16": "bf16", "f32": "f32"}
 def our_command(token, common, backend):
     impl, *extras = token.split("+")
     flags = [f"--conv_impl={impl}"] + [OUR_FLAGS[e] for e in extras if e in OUR_FLAGS]
-    command = [sys.executable, "-m", "resnext_tf.benchmark", *common, *flags]
+    command = [sys.executable, "-m", "benchmarks.model_bench", *common, *flags]
     onednn = [ONEDNN_TOKENS[e] for e in extras if e in ONEDNN_TOKENS]
     if onednn:
         command = ["env", f"TF_ENABLE_ONEDNN_OPTS={onednn[-1]}", *command]
@@ -76,10 +79,10 @@ def peer_command(token, common):
     flags = [PEER_FLAGS[part] for part in token.split("+") if PEER_FLAGS[part]]
     if "--dtype=bfloat16" in flags:
         common = [c for c in common if not c.startswith("--dtype=")]
-    # The recipe's SGD, as resnext_tf.benchmark's train step uses it.
+    # The recipe's SGD, as benchmarks.model_bench's train step uses it.
     flags += [f"--lr={recipes.LR}", f"--momentum={recipes.MOMENTUM}"]
-    script = os.path.join(HERE, "torchvision_bench.py")
-    return f"torchvision {token}", [sys.executable, script] + common + flags
+    command = [sys.executable, "-m", "benchmarks.torchvision_bench", *common, *flags]
+    return f"torchvision {token}", command
 
 
 def exported_artefact(token):
@@ -117,7 +120,7 @@ def export_commands(args, tokens, folder):
 
 def exported_command(token, path, args):
     _, _, precision = exported_artefact(token)
-    command = [sys.executable, os.path.join(HERE, "deploy_bench.py"), f"--path={path}"]
+    command = [sys.executable, "-m", "benchmarks.deploy_bench", f"--path={path}"]
     command += [
         f"--{name}={getattr(args, name)}"
         for name in ("batch_size", "steps", "windows", "warmup", "latency_calls")
@@ -152,7 +155,7 @@ def parse_json(label, stdout):
 
 
 def parse_tf_pipeline(label, stdout):
-    """benchmarks/input_pipeline.py prints "fused_crop=<bool>: <rate> images/s" per mode."""
+    """benchmarks.input_pipeline prints "fused_crop=<bool>: <rate> images/s" per mode."""
     return {
         f"{label} fused_crop={fused}": {"images_per_sec": float(rate)}
         for fused, rate in re.findall(r"fused_crop=(\w+): ([\d.]+) images/s", stdout)
@@ -161,7 +164,7 @@ def parse_tf_pipeline(label, stdout):
 
 def run(label, command, parse, env):
     """Runs one configuration; returns {label: result} (empty, after printing why, on failure)."""
-    proc = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    proc = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, check=False)
     results = parse(label, proc.stdout)
     if not results:
         print(f"FAILED ({proc.returncode}): {' '.join(command)}\n{proc.stderr[-2000:]}", flush=True)
@@ -223,17 +226,16 @@ def pipeline_commands(args, data_dir):
     """(label, command, parser) of the tf.data pipeline and the torchvision DataLoader."""
     common = [f"--data_dir={data_dir}", f"--batch_size={args.batch_size}"]
     common += [f"--epochs={args.epochs}"]
-    tf_data = [sys.executable, os.path.join(HERE, "input_pipeline.py"), *common]
-    torch = [sys.executable, os.path.join(HERE, "torch_input_pipeline.py"), *common]
+    tf_data = [sys.executable, "-m", "benchmarks.input_pipeline", *common]
+    torch = [sys.executable, "-m", "benchmarks.torch_input_pipeline", *common]
     torch += [f"--workers={args.workers}"]
     label = f"torchvision DataLoader {args.workers} workers"
     return [("resnext_tf.data", tf_data, parse_tf_pipeline), (label, torch, parse_json)]
 
 
 def write_photos(args):
-    """Writes the generated JPEG folder of benchmarks/input_pipeline.py; returns its path."""
-    sys.path.insert(0, HERE)
-    from input_pipeline import write_jpegs
+    """Writes the generated JPEG folder of benchmarks.input_pipeline; returns its path."""
+    from benchmarks.input_pipeline import write_jpegs
 
     data_dir = tempfile.mkdtemp(prefix="resnext_tf_compare_")
     width, height = (int(v) for v in args.photo_size.split("x"))
@@ -273,24 +275,26 @@ def main(argv=None):
         export_dir = tempfile.mkdtemp(prefix="resnext_tf_exports_")
         writes, args.exported_paths = export_commands(args, tokens, export_dir)
     if args.suite == "pipeline":
-        data_dir = args.data_dir or write_photos(args)
+        # The children run in the repository root: a relative folder is the caller's.
+        data_dir = os.path.abspath(args.data_dir) if args.data_dir else write_photos(args)
         commands = pipeline_commands(args, data_dir)
     else:
         commands = model_commands(args)
     # The repository first, then whatever the caller's PYTHONPATH holds (e.g. carried wheels).
-    path = os.pathsep.join(p for p in (os.path.dirname(HERE), os.environ.get("PYTHONPATH")) if p)
+    path = os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p)
     env = dict(os.environ, KERAS_BACKEND=args.backend, PYTHONPATH=path)
     results = {}
     failed = []
     # The log names the command that reproduces it, from the repository root.
-    script = os.path.relpath(os.path.abspath(__file__), os.path.dirname(HERE))
-    invocation = shlex.join([script, *(sys.argv[1:] if argv is None else argv)])
+    invocation = shlex.join(["-m", "benchmarks.compare", *(sys.argv[1:] if argv is None else argv)])
     print(f"command: python {invocation}", flush=True)
     print(machine_header(), flush=True)
     print(f"load average at start: {os.getloadavg()[0]:.2f}; {args}", flush=True)
     try:
         for command in writes if export_dir else []:
-            proc = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+            proc = subprocess.run(
+                command, env=env, cwd=REPO, capture_output=True, text=True, check=False
+            )
             if proc.returncode:
                 raise SystemExit(f"FAILED: {' '.join(command)}\n{proc.stderr[-3000:]}")
         for repeat in range(args.repeats):

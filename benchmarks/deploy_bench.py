@@ -1,8 +1,8 @@
-"""Times an exported model in its own runtime, as `resnext_tf.benchmark` times the Keras model.
+"""Times an exported model in its own runtime, as `benchmarks.model_bench` times the Keras model.
 
     python -m resnext_tf.export --model=resnext50_32x4d --weights=r50.weights.h5 \
         --export_dir=/tmp/exports --model_name=r50_ov --format=openvino
-    python benchmarks/deploy_bench.py --path=/tmp/exports/r50_ov/1 --batch_size=16 \
+    python -m benchmarks.deploy_bench --path=/tmp/exports/r50_ov/1 --batch_size=16 \
         --latency_calls=50 [--precision=f32]
 
 The format and dtype are read from the export's export_info.json. Throughput runs batches of
@@ -11,9 +11,8 @@ predict_images signature, which also computes the softmax and the top-k); --late
 times that many batch-1 calls one at a time (p50, p99). Runtimes: TensorFlow
 (tf.saved_model.load), ONNX Runtime (CPU provider), OpenVINO (CPU plugin, synchronous calls,
 INFERENCE_PRECISION_HINT from export_info.json unless --precision), LiteRT (XNNPACK, --threads).
-The timing and the JSON line are `resnext_tf.benchmark`'s (resnext_tf/timing.py, loaded without
-Keras by benchmarks/shared_timing.py), so rows compare with
-benchmarks/compare.py's others.
+The timing and the JSON line are `benchmarks.model_bench`'s (benchmarks/timing.py, which imports
+no Keras), so rows compare with benchmarks.compare's others.
 """
 
 import argparse
@@ -21,7 +20,8 @@ import json
 import os
 
 import numpy as np
-from shared_timing import timing
+
+from benchmarks import timing
 
 
 def parse_args(argv=None):

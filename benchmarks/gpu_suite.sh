@@ -11,7 +11,8 @@ out=${1:-gpu_results}
 mkdir -p "$out"
 here=$(cd "$(dirname "$0")" && pwd)
 python=${PYTHON:-python3}
-# The repository is not installed there: make resnext_tf importable from the checkout.
+# The repository is not installed there, and the benchmarks never are: make resnext_tf and the
+# benchmarks package importable from the checkout, wherever this runs from.
 export PYTHONPATH="$(dirname "$here")${PYTHONPATH:+:$PYTHONPATH}"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,memory.used,memory.total \
     --format=csv | tee "$out/gpu.txt"
@@ -21,7 +22,7 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,memory.used,m
 for mode in ${MODES:-train infer}; do
     ours=${OURS:-auto,grouped}
     [ "$mode" = infer ] && ours=${OURS_INFER:-$ours}
-    "$python" "$here/compare.py" --backend=jax --mode="$mode" --batch_size=256 --image_size=224 \
+    "$python" -m benchmarks.compare --backend=jax --mode="$mode" --batch_size=256 --image_size=224 \
         --dtype=bfloat16 --steps="${STEPS:-20}" --windows="${WINDOWS:-3}" --warmup="${WARMUP:-3}" \
         --repeats="${REPEATS:-1}" --ours="$ours" --peers="${PEERS:-compiled+cl,eager+cl}" \
         2>&1 | tee "$out/$mode.log" || exit

@@ -1,7 +1,7 @@
 """Times ways to compute ResNeXt-50 32x4d's grouped 3x3 convolutions on TensorFlow, per stage.
 
-    python benchmarks/grouped_conv_forms.py --mode=infer --image_size=224
-    python benchmarks/grouped_conv_forms.py --mode=train --image_size=112
+    python -m benchmarks.grouped_conv_forms --mode=infer --image_size=224
+    python -m benchmarks.grouped_conv_forms --mode=train --image_size=112
 
 Forms (all take the GroupedConv2D kernel layout (3, 3, in / groups, out)):
   split      slice channels, one convolution a group, concatenate (conv_impl="split")

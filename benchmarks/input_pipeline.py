@@ -5,7 +5,7 @@ typical ImageNet photo; quality 90, smooth gradients with texture and noise) int
 folder first. --stages also times the pipeline's parts without the unreadable-file handling:
 the per-image transform alone, then with the per-batch colour maps.
 
-    python benchmarks/input_pipeline.py --num_images 512 --batch_size 64 --epochs 3
+    python -m benchmarks.input_pipeline --num_images 512 --batch_size 64 --epochs 3
 """
 
 import argparse
@@ -16,9 +16,9 @@ import tempfile
 
 import numpy as np
 import tensorflow as tf
-from epoch_timing import images_per_second
 from PIL import Image
 
+from benchmarks.epoch_timing import images_per_second
 from resnext_tf.data import DataConfig, build_dataset, dataset_spec, transforms
 
 # Typical ImageNet photo size (width x height) and JPEG quality of the generated images.

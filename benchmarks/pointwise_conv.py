@@ -1,7 +1,7 @@
 """Times ResNeXt-50 32x4d's 1x1 convolutions on TensorFlow as convolutions and as matrix products.
 
-    python benchmarks/pointwise_conv.py --mode=train --image_size=112
-    python benchmarks/pointwise_conv.py --mode=infer --image_size=224 --batch_size=1
+    python -m benchmarks.pointwise_conv --mode=train --image_size=112
+    python -m benchmarks.pointwise_conv --mode=infer --image_size=224 --batch_size=1
 
 Forms (both take the GroupedConv2D kernel layout (1, 1, in, out)):
   conv    tf.nn.conv2d (oneDNN on x86 CPUs, which reorders the kernel into its blocked layout
@@ -13,9 +13,9 @@ runs them (TensorFlow fuses them into the convolution, not into the matrix produ
 times forward + gradients for input and kernel. The last column is the form that
 resnext_tf.tf_ops.pointwise_as_matmul picks for the shape, which GroupedConv2D follows.
 
-    python benchmarks/pointwise_conv.py --whole_model --mode=train --image_size=112
+    python -m benchmarks.pointwise_conv --whole_model --mode=train --image_size=112
 
-times the whole resnext50_32x4d step of resnext_tf.benchmark instead, twice in one process:
+times the whole resnext50_32x4d step of benchmarks.model_bench instead, twice in one process:
 with the library's rule and with every 1x1 as a convolution, the two steps called in turn so
 that the machine's drift falls on both alike.
 """
@@ -25,9 +25,10 @@ import time
 
 import numpy as np
 import tensorflow as tf
-from grouped_conv_forms import compiled, timed
 
-from resnext_tf import benchmark, tf_ops
+from benchmarks import model_bench
+from benchmarks.grouped_conv_forms import compiled, timed
+from resnext_tf import tf_ops
 
 # ResNeXt-50 32x4d: (grouped width, output channels, spatial division) of the four stages.
 STAGES = ((128, 256, 4), (256, 512, 8), (512, 1024, 16), (1024, 2048, 32))
@@ -81,19 +82,19 @@ def shapes(image_size):
 
 def whole_model(args):
     """Median step times of the model with the library's rule and with convolutions only."""
-    cfg = benchmark.BenchmarkConfig(
+    cfg = model_bench.BenchmarkConfig(
         mode=args.mode, batch_size=args.batch_size, image_size=args.image_size
     )
-    images, labels = next(benchmark._batches(cfg))
+    images, labels = next(model_bench._batches(cfg))
     rule = tf_ops.POINTWISE_MATMUL_MIN_RATIO
     steps = {}
     for name, ratio in (("as picked", rule), ("all conv", float("inf"))):
         # The rule is read when a step is traced: trace each step under its own setting.
         tf_ops.POINTWISE_MATMUL_MIN_RATIO = ratio
-        model = benchmark.create_model(
+        model = model_bench.create_model(
             "resnext50_32x4d", input_shape=(args.image_size, args.image_size, 3)
         )
-        step, sync, _ = benchmark._tensorflow_steps(model, cfg)
+        step, sync, _ = model_bench._tensorflow_steps(model, cfg)
         for _ in range(2):
             sync(step(images, labels))
         steps[name] = step, sync

@@ -1,7 +1,7 @@
 """Scaling on paper: data-parallel ResNeXt-50 32x4d training on 8 and 64 GPUs from one GPU's rate.
 
-    python benchmarks/scaling.py
-    python benchmarks/scaling.py --gpu_images_per_sec 5097 --node_gbits 100,400
+    python -m benchmarks.scaling
+    python -m benchmarks.scaling --gpu_images_per_sec 5097 --node_gbits 100,400
 
 Model of one synchronous data-parallel step (tf.distribute all-reduces the gradients with NCCL
 rings; BN statistics stay per replica as in the original):

@@ -1,6 +1,6 @@
 """The peer input pipeline: a torchvision DataLoader with the fb.resnet ImageNet train augmentation.
 
-    python benchmarks/torch_input_pipeline.py --data_dir DATA --workers 2 --batch_size 64
+    python -m benchmarks.torch_input_pipeline --data_dir DATA --workers 2 --batch_size 64
 
 Reads DATA/train/<wnid>/*.JPEG with ImageFolder (PIL decode) in --workers processes and applies
 RandomResizedCrop(224, scale (0.08, 1), ratio (3/4, 4/3), bicubic), ColorJitter(0.4, 0.4, 0.4),
@@ -15,9 +15,10 @@ import os
 
 import torch
 import torchvision
-from epoch_timing import images_per_second
-from shared_timing import timing
 from torchvision.transforms import v2
+
+from benchmarks import timing
+from benchmarks.epoch_timing import images_per_second
 
 # AlexNet PCA lighting and ImageNet mean/std (docs/reference.md "Data").
 EIGVAL = (0.2175, 0.0188, 0.0045)

@@ -1,15 +1,15 @@
-"""The peer measurement: torchvision's resnext50_32x4d timed like `resnext_tf.benchmark`.
+"""The peer measurement: torchvision's resnext50_32x4d timed like `benchmarks.model_bench`.
 
-    python benchmarks/torchvision_bench.py --mode=infer --batch_size=16 --image_size=224 \
+    python -m benchmarks.torchvision_bench --mode=infer --batch_size=16 --image_size=224 \
         --compile --channels_last
 
 Synthetic data sits on the device once. A train step is zero_grad, forward, cross-entropy,
 backward and SGD (momentum 0.9) step; infer runs the forward under torch.inference_mode in
 eval mode. `--compile` wraps the model in torch.compile (inductor; on CPU it builds C++ with
 the system compiler). `--dtype=bfloat16|float16` runs the forward under torch.autocast. The
-timing, summary and JSON line are `resnext_tf.benchmark`'s (resnext_tf/timing.py, loaded by
-benchmarks/shared_timing.py without Keras or TensorFlow), so the two sides compare exactly. A
-train step needs --lr and --momentum; benchmarks/compare.py passes the recipe's.
+timing, summary and JSON line are `benchmarks.model_bench`'s (benchmarks/timing.py, which
+imports neither Keras nor TensorFlow), so the two sides compare exactly. A train step needs --lr
+and --momentum; benchmarks.compare passes the recipe's.
 """
 
 import argparse
@@ -17,7 +17,8 @@ import os
 
 import torch
 import torchvision
-from shared_timing import timing
+
+from benchmarks import timing
 
 AUTOCAST_DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

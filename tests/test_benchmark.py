@@ -1,6 +1,5 @@
 """Tests of the throughput harness: timing arithmetic, flags, BN folding, one end-to-end run."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -13,7 +12,8 @@ import pytest
 import tensorflow as tf
 from child_process import JAX_CPU, run_child
 
-from resnext_tf import benchmark, build_resnext, hardware, timing
+from benchmarks import compare, model_bench, timing
+from resnext_tf import build_resnext, fold, hardware
 
 TINY = dict(depth=11, stem="cifar", cardinality=4, base_width=4, input_shape=(8, 8, 3))
 RNG = np.random.default_rng(0)
@@ -30,10 +30,20 @@ def randomize_batchnorm(model):
             layer.moving_variance.assign(RNG.uniform(0.5, 2.0, shape))
 
 
-def folded_graph_ops(model, images):
-    fn = tf.function(benchmark.fold_batchnorm(model))
-    graph = fn.get_concrete_function(tf.TensorSpec(images.shape, tf.float32)).graph
-    return {op.type for op in graph.get_operations()}
+def fold_bn_step(model, fold_bn=True, dtype="float32"):
+    """The harness's TensorFlow inference step of `model`, folded by resnext_tf.fold or not."""
+    cfg = model_bench.BenchmarkConfig(mode="infer", fold_bn=fold_bn, dtype=dtype)
+    step, _, _ = model_bench.STEP_BUILDERS["tensorflow"](model, cfg)
+    return step
+
+
+def step_graph(step, images):
+    specs = tf.TensorSpec(images.shape, tf.float32), tf.TensorSpec(images.shape[:1], tf.int32)
+    return step.get_concrete_function(*specs).graph
+
+
+def step_graph_ops(model, images, fold_bn=True):
+    return {op.type for op in step_graph(fold_bn_step(model, fold_bn), images).get_operations()}
 
 
 @pytest.mark.parametrize(
@@ -48,31 +58,50 @@ def folded_graph_ops(model, images):
     ],
     ids=["split", "grouped", "shortcut_C", "shortcut_A", "resnext_B", "imagenet_stem"],
 )
-def test_fold_batchnorm_matches_inference_outputs(kwargs):
+def test_fold_bn_step_matches_inference_outputs(kwargs):
+    # --fold_bn times resnext_tf.fold's graph (tests/test_deploy.py tests the fold itself): the
+    # harness's step returns the Keras model's inference outputs.
     model = build_resnext(**{**TINY, "num_classes": 7, **kwargs})
     randomize_batchnorm(model)
     images = RNG.normal(size=(2, *model.input_shape[1:])).astype("float32")
     expected = model(images, training=False).numpy()
-    got = tf.function(benchmark.fold_batchnorm(model))(images).numpy()
+    got = fold_bn_step(model)(images, np.zeros(2, "int32")).numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
 
 
-def test_fold_batchnorm_removes_batchnorm_from_foldable_blocks():
+@pytest.mark.parametrize("bottleneck_type", ["resnext_C", "resnext_B"])
+def test_fold_bn_step_has_no_batchnorm(bottleneck_type):
     images = np.zeros((1, 8, 8, 3), "float32")
+    model = build_resnext(**TINY, bottleneck_type=bottleneck_type)
     # Inference BN is FusedBatchNormV3 (resnext_tf's BatchNorm) or rsqrt(var + eps) and
-    # element-wise ops (Keras'); the folded graph has neither.
+    # element-wise ops (Keras'); the unfolded step has one of them, the folded step neither
+    # (resnext_tf.fold folds every block type).
     batchnorm_ops = {"FusedBatchNormV3", "Rsqrt"}
-    assert not batchnorm_ops & folded_graph_ops(build_resnext(**TINY), images)
-    # resnext_B blocks are not folded and keep their BN.
-    branches = build_resnext(**TINY, bottleneck_type="resnext_B")
-    assert batchnorm_ops & folded_graph_ops(branches, images)
+    assert batchnorm_ops & step_graph_ops(model, images, fold_bn=False)
+    assert not batchnorm_ops & step_graph_ops(model, images)
 
 
-def test_fold_batchnorm_runs_grouped_convolution_natively():
+def test_fold_bn_step_runs_grouped_convolution_natively():
     images = np.zeros((1, 8, 8, 3), "float32")
-    grouped = folded_graph_ops(build_resnext(**TINY, conv_impl="grouped"), images)
-    split = folded_graph_ops(build_resnext(**TINY, conv_impl="split"), images)
+    grouped = step_graph_ops(build_resnext(**TINY, conv_impl="grouped"), images)
+    split = step_graph_ops(build_resnext(**TINY, conv_impl="split"), images)
     assert "Split" not in grouped and "Split" in split
+
+
+def test_fold_bn_step_computes_in_bfloat16_with_dtype_bfloat16():
+    # --dtype=bfloat16 --fold_bn times the fold's bfloat16 graph: bfloat16 convolutions, float32
+    # logits within the fold's tolerance of the float32 model's.
+    model = build_resnext(**TINY, num_classes=7)
+    randomize_batchnorm(model)
+    images = RNG.normal(size=(2, 8, 8, 3)).astype("float32")
+    expected = model(images, training=False).numpy()
+    step = fold_bn_step(model, dtype="bfloat16")
+    got = step(images, np.zeros(2, "int32"))
+    assert got.dtype == tf.float32
+    bound = fold.BF16_LOGIT_TOLERANCE * np.abs(expected).max()
+    assert np.abs(got.numpy() - expected).max() <= bound
+    convs = [op for op in step_graph(step, images).get_operations() if op.type == "Conv2D"]
+    assert convs and {op.get_attr("T") for op in convs} == {tf.bfloat16}
 
 
 def test_time_windows_counts_calls_and_syncs():
@@ -98,7 +127,7 @@ def test_throughput_summarises_windows():
 
 
 def test_parse_args_reads_every_field():
-    cfg = benchmark.parse_args(
+    cfg = model_bench.parse_args(
         ["--mode=infer", "--batch_size=8", "--dtype=bfloat16", "--fold_bn", "--steps=2"]
     )
     assert (cfg.mode, cfg.batch_size, cfg.dtype, cfg.fold_bn, cfg.steps) == (
@@ -121,19 +150,20 @@ def test_parse_args_reads_every_field():
         (dict(conv_impl="fast"), r"conv_impl='fast'"),
         (dict(batch_size=0), r"batch_size=0"),
         (dict(mode="train", fold_bn=True), r"fold_bn=True with mode='train'"),
+        (dict(mode="infer", fold_bn=True, dtype="float16"), r"fold_bn=True with dtype='float16'"),
     ],
 )
 def test_config_rejects_bad_values(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        benchmark.BenchmarkConfig(**kwargs)
+        model_bench.BenchmarkConfig(**kwargs)
 
 
 def test_run_benchmark_end_to_end_emits_parsable_result(capsys):
-    cfg = benchmark.BenchmarkConfig(
+    cfg = model_bench.BenchmarkConfig(
         mode="infer", batch_size=1, image_size=32, conv_impl="grouped", fold_bn=True,
         steps=1, windows=3, warmup=1,
     )  # fmt: skip
-    result = benchmark.run_benchmark(cfg)
+    result = model_bench.run_benchmark(cfg)
     timing.emit(result)
     line = capsys.readouterr().out.splitlines()[-1]
     assert json.loads(line.removeprefix(timing.JSON_PREFIX)) == result
@@ -146,11 +176,12 @@ def test_run_benchmark_end_to_end_emits_parsable_result(capsys):
 BACKEND_STEP_CHILD = textwrap.dedent(
     """
     import json, numpy as np, keras
-    from resnext_tf import benchmark, build_resnext, timing
+    from benchmarks import model_bench
+    from resnext_tf import build_resnext
     keras.utils.set_random_seed(0)
     model = build_resnext(**TINY, num_classes=5)
-    step, sync, jit = benchmark.STEP_BUILDERS[keras.backend.backend()](
-        model, benchmark.BenchmarkConfig(mode="train"))
+    step, sync, jit = model_bench.STEP_BUILDERS[keras.backend.backend()](
+        model, model_bench.BenchmarkConfig(mode="train"))
     rng = np.random.default_rng(0)
     images = keras.ops.convert_to_tensor(rng.normal(size=(8, 8, 8, 3)).astype("float32"))
     labels = keras.ops.convert_to_tensor(np.arange(8) % 5)
@@ -177,21 +208,21 @@ def test_train_step_of_every_backend_fits_a_batch(backend):
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COMPARE = os.path.join(REPO, "benchmarks", "compare.py")
 
 
 @pytest.mark.slow
 def test_compare_runs_ours_and_the_torchvision_peer():
-    # benchmarks/compare.py runs each side in its own process; both rows and the ratio to the
+    # benchmarks.compare runs each side in its own process; both rows and the ratio to the
     # peer appear, so the peer script imports and runs with the library's current names.
-    command = [sys.executable, COMPARE, "--mode=train", "--batch_size=2", "--image_size=32"]
+    command = [sys.executable, "-m", "benchmarks.compare", "--mode=train", "--batch_size=2"]
+    command += ["--image_size=32"]
     command += ["--steps=1", "--windows=1", "--warmup=1", "--ours=auto,auto+nodnn"]
     command += ["--peers=eager"]
     proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     # The output starts with the command that reproduces it, then the machine.
     lines = proc.stdout.splitlines()
-    assert lines[0].startswith("command: python benchmarks/compare.py --mode=train ")
+    assert lines[0].startswith("command: python -m benchmarks.compare --mode=train ")
     assert lines[1].startswith(f"CPU: {hardware.cpu_model()} (")
     rows = [line for line in lines if line.startswith("| ")]
     assert rows[0].endswith("| x torchvision eager |")
@@ -206,10 +237,6 @@ def test_compare_runs_ours_and_the_torchvision_peer():
 
 
 def test_compare_fails_when_a_configuration_fails(monkeypatch, capsys):
-    spec = importlib.util.spec_from_file_location("compare", COMPARE)
-    compare = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(compare)
-
     def run(label, command, parse, env):
         # Our configuration measures; the peer fails as a broken import does (no JSON line).
         return {} if label.startswith("torchvision") else {label: {"images_per_sec": 12.0}}
@@ -222,12 +249,11 @@ def test_compare_fails_when_a_configuration_fails(monkeypatch, capsys):
 
 PEER_IMPORTS_CHILD = textwrap.dedent(
     """
-    import json, os, runpy, sys
-    script, *argv = sys.argv[1:]
-    # As `python script`: argv, and the script's folder first on sys.path.
-    sys.argv = [script, *argv]
-    sys.path.insert(0, os.path.dirname(script))
-    runpy.run_path(script, run_name="__main__")
+    import json, runpy, sys
+    module, *argv = sys.argv[1:]
+    # As `python -m module`: argv, and the module run as __main__.
+    sys.argv = [module, *argv]
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
     frameworks = ("keras", "tensorflow", "jax", "resnext_tf")
     print(json.dumps(sorted(m for m in frameworks if m in sys.modules)))
     """
@@ -238,15 +264,15 @@ PEER_IMPORTS_CHILD = textwrap.dedent(
 @pytest.mark.parametrize("mode", ["infer", "train"])
 def test_torchvision_peer_runs_without_keras_or_the_package(mode, tmp_path):
     # The peer times torchvision alone: its process imports neither Keras, TensorFlow nor JAX,
-    # and it runs from any working directory.
-    script = os.path.join(REPO, "benchmarks", "torchvision_bench.py")
-    argv = [script, f"--mode={mode}", "--batch_size=2", "--image_size=32", "--steps=1"]
-    argv += ["--windows=1", "--warmup=1", "--lr=0.1", "--momentum=0.9"]
+    # and it runs from any working directory with the repository on its PYTHONPATH.
+    argv = ["benchmarks.torchvision_bench", f"--mode={mode}", "--batch_size=2", "--image_size=32"]
+    argv += ["--steps=1", "--windows=1", "--warmup=1", "--lr=0.1", "--momentum=0.9"]
     proc = subprocess.run(
         [sys.executable, "-c", PEER_IMPORTS_CHILD, *argv],
         capture_output=True,
         text=True,
         cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")])},
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -259,8 +285,11 @@ def test_torchvision_peer_runs_without_keras_or_the_package(mode, tmp_path):
 
 
 def test_torchvision_peer_train_needs_the_optimizer_settings():
-    script = os.path.join(REPO, "benchmarks", "torchvision_bench.py")
     proc = subprocess.run(
-        [sys.executable, script, "--mode=train"], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "benchmarks.torchvision_bench", "--mode=train"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
     )
     assert proc.returncode == 2 and "needs --lr and --momentum" in proc.stderr

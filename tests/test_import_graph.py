@@ -12,6 +12,8 @@ import training):
   5 predict
   6 job (training, then export: what run_cifar.py and run_imagenet.py run)
   7 flags
+The package never imports the benchmarks (which are not installed with it), and no module of
+the repository is loaded by its file path.
 """
 
 import ast
@@ -19,6 +21,8 @@ import os
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("resnext_tf", "flags")
+# Functions that load a Python file by its path rather than a module by its name.
+PATH_LOADERS = ("spec_from_file_location", "SourceFileLoader", "run_path")
 
 
 def modules():
@@ -151,3 +155,53 @@ def test_the_layers_catch_an_arrow_up():
 def test_the_checker_finds_a_cycle():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def benchmark_imports(tree):
+    """The modules of the benchmarks package that an import in `tree` loads."""
+    return {
+        name
+        for name in imported_names(tree, {})
+        if name == "benchmarks" or name.startswith("benchmarks.")
+    }
+
+
+def test_the_package_does_not_import_the_benchmarks():
+    for name, path in modules().items():
+        with open(path, encoding="utf-8") as f:
+            assert not benchmark_imports(ast.parse(f.read())), name
+
+
+def test_the_benchmark_import_checker_finds_imports():
+    tree = ast.parse("import os\ndef f():\n    from benchmarks import timing\n")
+    assert benchmark_imports(tree) == {"benchmarks"}
+    assert benchmark_imports(ast.parse("import benchmarks.model_bench")) == {
+        "benchmarks.model_bench"
+    }
+
+
+def path_loads(tree):
+    """The calls in `tree` of a function that loads a file by its path."""
+    return [
+        node.func
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and getattr(node.func, "attr", getattr(node.func, "id", None)) in PATH_LOADERS
+    ]
+
+
+def test_no_module_is_loaded_by_its_path():
+    folders = (*PACKAGES, "benchmarks", "tests")
+    paths = [os.path.join(REPO, name) for name in os.listdir(REPO) if name.endswith(".py")]
+    for folder in folders:
+        for root, _, files in os.walk(os.path.join(REPO, folder)):
+            paths += [os.path.join(root, name) for name in files if name.endswith(".py")]
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            assert not path_loads(ast.parse(f.read())), os.path.relpath(path, REPO)
+
+
+def test_the_path_load_checker_finds_loads():
+    code = "import importlib.util, runpy\nimportlib.util.spec_from_file_location('m', 'm.py')\n"
+    assert len(path_loads(ast.parse(code + "runpy.run_path('m.py')\n"))) == 2
+    assert not path_loads(ast.parse("import runpy\nrunpy.run_module('benchmarks.compare')\n"))

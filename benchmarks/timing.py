@@ -1,9 +1,9 @@
-"""Timing and reporting shared by `resnext_tf.benchmark` and the scripts that time the other
-side (benchmarks/torchvision_bench.py, torch_input_pipeline.py, deploy_bench.py), so every row
-of a comparison is measured and printed the same way.
+"""Timing and reporting shared by `benchmarks.model_bench` and the scripts that time the other
+side (torchvision_bench.py, torch_input_pipeline.py, deploy_bench.py), so every row of a
+comparison is measured and printed the same way.
 
-The standard library and numpy only, and no imports from the package: those scripts load this
-file by its path (benchmarks/shared_timing.py), so that their processes import neither Keras nor
+The standard library and numpy only, and no imports from resnext_tf (the `benchmarks` package
+imports nothing either), so the processes that time other frameworks import neither Keras nor
 TensorFlow.
 """
 

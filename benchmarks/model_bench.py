@@ -1,6 +1,6 @@
 """Throughput harness: images/s and peak memory of a registered model on any Keras backend.
 
-    KERAS_BACKEND=tensorflow python -m resnext_tf.benchmark --model=resnext50_32x4d \
+    KERAS_BACKEND=tensorflow python -m benchmarks.model_bench --model=resnext50_32x4d \
         --mode=train --batch_size=16 --image_size=112 --conv_impl=split
 
 Synthetic data is placed on the accelerator once; `--data_dir` feeds the real input pipeline
@@ -9,7 +9,8 @@ compiled the way the backend runs fastest: a tf.function on TensorFlow (XLA per
 `--jit_compile`), a jax.jit with the model and optimizer state donated on JAX, Keras'
 `train_on_batch` on PyTorch. Throughput is the median (and min / max) over several timed
 windows after a warm-up that includes compilation. The last line printed is JSON (prefixed
-with `resnext_tf.timing.JSON_PREFIX`) for `benchmarks/compare.py`.
+with `benchmarks.timing.JSON_PREFIX`) for `benchmarks.compare`. Run it from the repository
+root (the `benchmarks` package is not installed with resnext_tf).
 """
 
 import argparse
@@ -18,11 +19,7 @@ import dataclasses
 import keras
 import numpy as np
 
-from resnext_tf import hardware, recipes
-from resnext_tf.backend_ops import CONV_IMPLS, resolve_conv_impl
-from resnext_tf.layers import Bottleneck, GroupedConv2D
-from resnext_tf.registry import create_model, list_models
-from resnext_tf.timing import (
+from benchmarks.timing import (
     MODES,
     emit,
     machine_load,
@@ -30,9 +27,14 @@ from resnext_tf.timing import (
     throughput,
     time_windows,
 )
+from resnext_tf import fold, hardware, recipes
+from resnext_tf.backend_ops import CONV_IMPLS, resolve_conv_impl
+from resnext_tf.registry import create_model, list_models
 
 # Keras dtype policy of each --dtype; float16 training adds dynamic loss scaling.
 DTYPE_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+# The dtype of the folded graph (`resnext_tf.fold.fold_batchnorm`) of each --dtype it computes in.
+FOLD_DTYPES = {"float32": "float32", "bfloat16": "bfloat16"}
 JIT_CHOICES = ("auto", "true", "false")
 
 
@@ -61,8 +63,10 @@ class BenchmarkConfig:
         "block_diagonal" (resnext_tf.backend_ops.CONV_IMPLS).
       jit_compile: "auto" (XLA on TensorFlow only with a GPU, as Keras decides), "true" or
         "false". JAX always compiles; PyTorch runs eagerly.
-      fold_bn: Inference only, TensorFlow backend: run a graph with every BatchNormalization
-        folded into the preceding convolution (see `fold_batchnorm`).
+      fold_bn: Inference only, TensorFlow backend: run the graph with every BatchNormalization
+        folded into the preceding convolution that the exports ship
+        (`resnext_tf.fold.fold_batchnorm`), in float32, or in bfloat16 with
+        dtype="bfloat16" (float32 images in, float32 logits out).
       steps: Steps in one timed window.
       windows: Number of timed windows.
       warmup: Untimed steps first (compilation, autotuning, allocator warm-up).
@@ -101,103 +105,16 @@ class BenchmarkConfig:
                 "fold_bn is an inference graph of the TensorFlow backend; received "
                 f"fold_bn=True with mode={self.mode!r}, backend={keras.backend.backend()!r}."
             )
+        if self.fold_bn and self.dtype not in FOLD_DTYPES:
+            raise ValueError(
+                f"fold_bn computes in one of {tuple(FOLD_DTYPES)}; received fold_bn=True with "
+                f"dtype={self.dtype!r}."
+            )
 
 
 def max_abs_diff(a, b):
     """Largest absolute difference of two tensors, as a float."""
     return float(np.max(np.abs(keras.ops.convert_to_numpy(a) - keras.ops.convert_to_numpy(b))))
-
-
-# ----------------------------------------------------------------------------------------------
-# TensorFlow: BatchNormalization folded into the convolutions for inference.
-
-
-def _folded_conv(conv, bn):
-    """Returns (kernel, bias) of conv followed by inference-mode BN: y = conv(x, k*s) + b."""
-    scale = bn.gamma * keras.ops.rsqrt(bn.moving_variance + bn.epsilon)
-    kernel = conv.kernel * scale
-    bias = bn.beta - bn.moving_mean * scale
-    dtype = conv.compute_dtype
-    return keras.ops.cast(kernel, dtype), keras.ops.cast(bias, dtype)
-
-
-def _conv_bias_fn(conv, bn, relu):
-    """Conv with the folded kernel (the layer's padding and grouped implementation) + bias."""
-    import tensorflow as tf
-
-    kernel, bias = _folded_conv(conv, bn)
-
-    def apply(x):
-        y = tf.nn.bias_add(conv.convolve(tf.cast(x, kernel.dtype), kernel), bias)
-        return tf.nn.relu(y) if relu else y
-
-    return apply
-
-
-def _folded_block_fn(block):
-    """A resnext_C / resnet block with projection or identity shortcut, BN folded; else None."""
-    import tensorflow as tf
-
-    identity = block.strides == 1 and block.shortcut_type != "A"
-    if block.bottleneck_type == "resnext_B" or not (block.has_projection or identity):
-        return None
-    conv1 = _conv_bias_fn(block.conv1, block.bn1, relu=True)
-    conv2 = _conv_bias_fn(block.conv2, block.bn2, relu=True)
-    conv3 = _conv_bias_fn(block.conv3, block.bn3, relu=False)
-    shortcut = (
-        _conv_bias_fn(block.shortcut_conv, block.shortcut_bn, relu=False)
-        if block.has_projection
-        else None
-    )
-
-    def apply(x):
-        y = conv3(conv2(conv1(x)))
-        return tf.nn.relu(y + (shortcut(x) if shortcut else tf.cast(x, y.dtype)))
-
-    return apply
-
-
-def fold_batchnorm(model):
-    """Turns a chain-shaped ResNeXt into an inference function with BN folded into the convs.
-
-    Every convolution followed by a BatchNormalization becomes conv(x, kernel * s) + b with
-    s = gamma / sqrt(var + eps) and b = beta - mean * s, so TensorFlow's graph optimizer fuses
-    conv + bias + ReLU (+ residual add) into one kernel. Convolutions run as their layer runs
-    them (`GroupedConv2D.convolve`: one native grouped `tf.nn.conv2d` where conv_impl resolves
-    to "grouped" and TensorFlow has it). Blocks that cannot be folded
-    (resnext_B, strided type-A shortcuts) and all other layers run unchanged. The weights are
-    read once: fold again after changing them.
-
-    Args:
-      model: A model from `create_model` / `build_resnext` (one input, layers in a chain).
-
-    Returns:
-      A function images -> logits (the same outputs as `model(images, training=False)` up to
-      float rounding).
-    """
-    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
-    fns = []
-    index = 0
-    while index < len(layers):
-        layer = layers[index]
-        following = layers[index + 1] if index + 1 < len(layers) else None
-        if isinstance(layer, GroupedConv2D) and isinstance(
-            following, keras.layers.BatchNormalization
-        ):
-            fns.append(_conv_bias_fn(layer, following, relu=False))
-            index += 2
-            continue
-        folded = _folded_block_fn(layer) if isinstance(layer, Bottleneck) else None
-        fns.append(folded or (lambda x, layer=layer: layer(x, training=False)))
-        index += 1
-
-    def apply(images):
-        x = images
-        for fn in fns:
-            x = fn(x)
-        return x
-
-    return apply
 
 
 # ----------------------------------------------------------------------------------------------
@@ -219,8 +136,9 @@ def _tensorflow_steps(model, cfg):
     jit = {"auto": bool(tf.config.list_physical_devices("GPU")), "true": True, "false": False}
     jit = jit[cfg.jit_compile]
     if cfg.mode == "infer":
-        forward = fold_batchnorm(model) if cfg.fold_bn else (lambda x: model(x, training=False))
-        step = tf.function(lambda images, labels: forward(images), jit_compile=jit)
+        # The folded copy reads the weights once: fold again after changing them.
+        forward = fold.fold_batchnorm(model, FOLD_DTYPES[cfg.dtype]) if cfg.fold_bn else model
+        step = tf.function(lambda images, labels: forward(images, training=False), jit_compile=jit)
     else:
         optimizer, loss_fn = _optimizer(cfg.dtype), _loss_fn()
         optimizer.build(model.trainable_variables)
