@@ -152,6 +152,11 @@ class TrainConfig:
         low=0,
         high=1,
     )
+    ema_warmup: bool = option(
+        True,
+        "optimization",
+        "Warm the EMA decay up: min(ema_decay, (1 + s) / (10 + s)) at optimizer step s.",
+    )
 
     model_dir: str | None = option(
         None, "checkpointing", "Run folder (default: runs/<dataset>_resnext<depth>_<C>x<d>d)."

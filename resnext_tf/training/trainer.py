@@ -114,7 +114,8 @@ class Trainer:
         if not self.config.ema_decay:
             return None
         average = self._build_model(self.num_classes)
-        return ema_lib.WeightEMA(self.model, average, self.config.ema_decay)
+        config = self.config
+        return ema_lib.WeightEMA(self.model, average, config.ema_decay, warmup=config.ema_warmup)
 
     def _ema_objects(self):
         # The average is checkpointed with the model, so a resumed run continues it exactly.
@@ -257,7 +258,9 @@ class Trainer:
         grads, stats = self._grads(images, labels)
         self.optimizer.apply(grads, self.model.trainable_variables)
         if self.ema:
-            self.ema.update()
+            # The step count after this step (1 at the first), read in replica context after
+            # the update: checkpointed with the optimizer, so a resumed run warms up alike.
+            self.ema.update(self.optimizer.iterations)
         return stats
 
     def _distributed_train_step(self, batch):
