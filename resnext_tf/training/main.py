@@ -38,5 +38,5 @@ def run(config):
         path = export_saved_model(
             trainer.export_model, config.export_dir, data_config=trainer.data_config
         )
-        say(f" => Exported SavedModel to {path}")
+        say(f" => Exported SavedModel of the {trainer.result_weights} weights to {path}")
     return EXIT_OK

@@ -1,12 +1,16 @@
-"""The weight EMA's decay warmup, min(decay, (1 + s) / (10 + s)), and its flag."""
+"""The weight EMA's decay warmup, min(decay, (1 + s) / (10 + s)), its flags, and the log lines
+that name the weights standing for a run."""
+
+import types
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from resnext_tf.training import TrainConfig
+from resnext_tf.training import TrainConfig, metrics
 from resnext_tf.training.ema import WeightEMA, warmed_up_decay
+from resnext_tf.training.trainer import Trainer
 
 # --------------------------------------------------------------------------- the schedule
 
@@ -56,5 +60,50 @@ def test_update_uses_the_decay_of_the_step_and_warmup_off_the_constant():
         WeightEMA(*two_models(), decay=0.99, warmup=True).update()
 
 
-def test_warmup_is_on_by_default():
-    assert TrainConfig(dataset="cifar10", ema_decay=0.99).ema_warmup is True
+# ------------------------------------------------------------------------ flags and lines
+
+
+def test_warmup_is_on_and_the_ema_stands_for_the_run_by_default():
+    config = TrainConfig(dataset="cifar10", ema_decay=0.99)
+    assert (config.ema_warmup, config.export_weights) == (True, "ema")
+    with pytest.raises(ValueError, match=r"received export_weights='best'"):
+        TrainConfig(dataset="cifar10", export_weights="best")
+
+
+def fake_trainer(export_weights="ema", test_only=False, retrain=None, ema=True):
+    """What Trainer's result properties read, without data or models."""
+    config = types.SimpleNamespace(
+        export_weights=export_weights, test_only=test_only, retrain=retrain
+    )
+    return types.SimpleNamespace(config=config, ema=object() if ema else None)
+
+
+@pytest.mark.parametrize(
+    "kwargs, want",
+    [
+        ({}, True),
+        ({"export_weights": "raw"}, False),
+        ({"ema": False}, False),
+        ({"test_only": True, "retrain": "weights.h5"}, False),  # a weights file has no EMA
+        ({"retrain": "weights.h5"}, True),  # trained on from those weights: the EMA is real
+    ],
+)
+def test_result_is_ema(kwargs, want):
+    assert Trainer.result_is_ema.fget(fake_trainer(**kwargs)) is want
+
+
+def errors(top1):
+    return metrics.Errors(loss=1.0, top1=top1, top5=0.0, count=100)
+
+
+def test_one_line_when_the_ema_validates_worse(capsys):
+    line = (
+        " * The weight EMA validates worse than the raw weights (top1 error 78.000 vs 0.000): "
+        "--export_weights=raw exports the raw weights (with --test_only --export_dir, from this "
+        "run's checkpoint)\n"
+    )
+    worse, same = (errors(0.0), errors(78.0)), (errors(3.0), errors(3.0))
+    cases = [((True,), worse, line), ((True,), same, ""), ((False,), worse, "")]
+    for (is_ema,), (raw, averaged), want in cases:
+        Trainer._say_if_ema_worse(types.SimpleNamespace(result_is_ema=is_ema), raw, averaged)
+        assert capsys.readouterr().out == want
