@@ -22,5 +22,5 @@ def run(config):
     code, outcome = training.run(config, trainer)
     if exports and outcome in ("finished", "tested"):
         path = export.export_saved_model(trainer.export_model, config.export_dir)
-        say(f" => Exported SavedModel to {path}")
+        say(f" => Exported SavedModel of the {trainer.result_weights} weights to {path}")
     return code

@@ -23,6 +23,8 @@ from resnext_tf.training.schedules import LR_SCHEDULES
 GROUPS = ("model", "data", "optimization", "distribution", "checkpointing", "performance")
 STRATEGIES = ("auto", "off", "one_device", "mirrored", "multi_worker_mirrored", "tpu")
 DTYPES = ("float32", "mixed_float16", "mixed_bfloat16")
+# The weights that stand for a run with a weight EMA: the average, or the trained ones.
+EXPORT_WEIGHTS = ("ema", "raw")
 # Fields that take the recipe's value of the same name when left as None.
 FROM_RECIPE = ("depth", "batch_size", "weight_decay", "epochs")
 # Above this global batch, a linearly scaled LR without warmup draws a warning: Goyal et al.
@@ -152,6 +154,11 @@ class TrainConfig:
         low=0,
         high=1,
     )
+    ema_warmup: bool = option(
+        True,
+        "optimization",
+        "Warm the EMA decay up: min(ema_decay, (1 + s) / (10 + s)) at optimizer step s.",
+    )
 
     model_dir: str | None = option(
         None, "checkpointing", "Run folder (default: runs/<dataset>_resnext<depth>_<C>x<d>d)."
@@ -173,6 +180,12 @@ class TrainConfig:
         False, "model", "Replace the --retrain classifier by one of --num_classes outputs."
     )
     export_dir: str | None = option(None, "checkpointing", "Export a SavedModel here at the end.")
+    export_weights: str = option(
+        "ema",
+        "checkpointing",
+        "With --ema_decay, the run's result: the weights `best` follows and --export_dir exports.",
+        EXPORT_WEIGHTS,
+    )
 
     distribution_strategy: str = option(
         "auto",

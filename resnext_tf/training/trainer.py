@@ -150,16 +150,56 @@ class Trainer:
         if not self.config.ema_decay:
             return None
         average = self._build_model(self.num_classes)
-        return ema_lib.WeightEMA(self.model, average, self.config.ema_decay)
+        config = self.config
+        return ema_lib.WeightEMA(self.model, average, config.ema_decay, warmup=config.ema_warmup)
 
     def _ema_objects(self):
         # The average is checkpointed with the model, so a resumed run continues it exactly.
         return {"ema": self.ema.average} if self.ema else {}
 
     @property
+    def result_is_ema(self):
+        """Whether the weight EMA stands for the run (`best`, the export): with an EMA and
+        export_weights='ema', unless --test_only evaluates a --retrain file (it has no EMA)."""
+        config = self.config
+        from_file = config.test_only and config.retrain
+        return bool(self.ema) and config.export_weights == "ema" and not from_file
+
+    @property
+    def result_weights(self):
+        """'EMA' or 'raw': the weights of `export_model`, as the log names them."""
+        return "EMA" if self.result_is_ema else "raw"
+
+    @property
     def export_model(self):
-        """The model to export: the weight EMA when it is on, else the trained model."""
-        return self.ema.average if self.ema else self.model
+        """The model to export: the weight EMA when it stands for the run, else the trained
+        model."""
+        return self.ema.average if self.result_is_ema else self.model
+
+    def _say_result_weights(self):
+        """One line naming the weights `best` and the export use, for runs with an EMA."""
+        if not self.ema:
+            return
+        config = self.config
+        warmup = (
+            f"warmup min({config.ema_decay:g}, (1 + step) / (10 + step))"
+            if config.ema_warmup
+            else "no warmup"
+        )
+        other = "raw" if self.result_is_ema else "ema"
+        say(
+            f" => Weight EMA, decay {config.ema_decay:g}, {warmup}: best checkpoint and export "
+            f"use the {self.result_weights} weights (--export_weights={other} for the others)"
+        )
+
+    def _say_if_ema_worse(self, raw, averaged):
+        """One line when the EMA that stands for the run validates worse than the raw weights."""
+        if self.result_is_ema and averaged.top1 > raw.top1:
+            say(
+                f" * The weight EMA validates worse than the raw weights (top1 error "
+                f"{averaged.top1:.3f} vs {raw.top1:.3f}): --export_weights=raw exports the raw "
+                "weights (with --test_only --export_dir, from this run's checkpoint)"
+            )
 
     def _resume_source(self):
         """The checkpoint a run continues from, or None for a fresh start."""
@@ -296,7 +336,9 @@ class Trainer:
         grads, stats = self._grads(images, labels)
         self.optimizer.apply(grads, self.model.trainable_variables)
         if self.ema:
-            self.ema.update()
+            # The step count after this step (1 at the first), read in replica context after
+            # the update: checkpointed with the optimizer, so a resumed run warms up alike.
+            self.ema.update(self.optimizer.iterations)
         return stats
 
     def _distributed_train_step(self, batch):
@@ -336,11 +378,18 @@ class Trainer:
                 )
             self._check_ema_in(source)
             self.checkpoints.restore(source)
+        evaluates_ema = self.ema and not self.config.retrain
+        if evaluates_ema:
+            say(
+                " => Testing the raw weights (' * Results') and the weight EMA (' * Results "
+                f"EMA'); export: the {self.result_weights} weights"
+            )
         errors = self.evaluate()
         say(f" * Results top1: {errors.top1:6.3f}  top5: {errors.top5:6.3f}")
-        if self.ema and not self.config.retrain:
+        if evaluates_ema:
             averaged = self.evaluate(ema=True)
             say(f" * Results EMA top1: {averaged.top1:6.3f}  top5: {averaged.top5:6.3f}")
+            self._say_if_ema_worse(errors, averaged)
         return errors
 
     def train(self):
@@ -357,6 +406,7 @@ class Trainer:
             if lock:
                 lock.acquire()
             position = self._initial_position()
+            self._say_result_weights()
             outcome = None
             while outcome is None and position.epoch <= self.config.epochs:
                 outcome = self._run_epoch(position)
@@ -415,9 +465,9 @@ class Trainer:
                 self._save(checkpoints.step_name(global_step), position, epoch_complete=False)
         seconds = time.perf_counter() - start
         train, val = metrics.Errors.from_sums(position.train_sums), self.evaluate()
-        # With the EMA on, it is the model that is validated and exported, so it picks `best`.
+        # The weights that stand for the run (the EMA unless --export_weights=raw) pick `best`.
         val_ema = self.evaluate(ema=True) if self.ema else None
-        selected = val if val_ema is None else val_ema
+        selected = val_ema if self.result_is_ema else val
         is_best = position.best_top1 is None or selected.top1 < position.best_top1
         if is_best:
             position.best_top1 = selected.top1
@@ -429,9 +479,11 @@ class Trainer:
         if val_ema:
             records["val_ema"] = {"loss": val_ema.loss, "top1": val_ema.top1, "top5": val_ema.top5}
         self._save(checkpoints.epoch_name(epoch), position, True, is_best=is_best, **records)
-        if epoch == config.epochs:
-            return "finished"
-        return self._stop_reason(self._global_step(position))
+        outcome = "finished" if epoch == config.epochs else None
+        outcome = outcome or self._stop_reason(self._global_step(position))
+        if outcome == "finished" and val_ema:
+            self._say_if_ema_worse(val, val_ema)
+        return outcome
 
     def _stop_reason(self, global_step):
         """ "preempted" after SIGTERM, "finished" at `train_steps`, else None.

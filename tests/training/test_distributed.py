@@ -15,8 +15,8 @@ from train_helpers import REPO, TINY_MODEL, check_ok, digest, script_env
 from resnext_tf import checkpoints
 from resnext_tf.training import distribute
 
-# Two steps on one device and on two mirrored replicas (sync BN, weight EMA), from the same
-# weights and the same global batch, split in halves for the replicas.
+# Two steps on one device and on two mirrored replicas (sync BN, weight EMA with its decay
+# warmup), from the same weights and the same global batch, split in halves for the replicas.
 MIRRORED_SCRIPT = """
 import json, sys
 import tensorflow as tf
@@ -44,10 +44,12 @@ def halves(ctx):
     i = ctx.replica_id_in_sync_group
     return images[8 * i : 8 * i + 8], labels[8 * i : 8 * i + 8]
 
+trajectory = [initial]
 for _ in range(2):
     a = single._train_step((tf.constant(images), tf.constant(labels))).numpy()
     b = mirrored._train_step(
         mirrored.strategy.experimental_distribute_values_from_function(halves)).numpy()
+    trajectory.append(single.model.get_weights())
 
 def relative_diff(after):
     # Disagreement relative to the size of the update, over all variables (per-variable ratios
@@ -59,10 +61,16 @@ def relative_diff(after):
 
 raw = [single.model.get_weights(), mirrored.model.get_weights()]
 ema = [single.ema.average.get_weights(), mirrored.ema.average.get_weights()]
-# The average after two steps with decay 0.5: w0 / 4 + w1 / 4 + w2 / 2, not the raw weights.
+# The average after two steps, with the warmed-up decays min(0.5, (1 + s) / (10 + s)) of steps
+# 1 and 2 (2/11, then 3/12): not the raw weights. Each replica read the step count after the
+# optimizer's update, as one device does.
+d1, d2 = 2 / 11, 3 / 12
+hand = [d2 * (d1 * w0 + (1 - d1) * w1) + (1 - d2) * w2 for w0, w1, w2 in zip(*trajectory)]
 ema_vs_raw = relative_diff([raw[0], ema[0]])
 print(json.dumps({"replicas": mirrored.strategy.num_replicas_in_sync, "diff": relative_diff(raw),
                   "ema_diff": relative_diff(ema), "ema_vs_raw": ema_vs_raw,
+                  "ema_vs_hand": [relative_diff([hand, e]) for e in ema],
+                  "steps": [int(t.optimizer.iterations.numpy()) for t in (single, mirrored)],
                   "stats": [a.tolist(), b.tolist()]}))
 """
 
@@ -84,6 +92,8 @@ def test_mirrored_two_cpus_matches_one_device(cifar_dir, tmp_path):
     # raw model.
     assert result["ema_diff"] < 1e-4
     assert result["ema_vs_raw"] > 0.1
+    assert result["steps"] == [2, 2]
+    assert max(result["ema_vs_hand"]) < 1e-4
     single, mirrored = result["stats"]
     assert mirrored == pytest.approx(single, rel=1e-5)
 

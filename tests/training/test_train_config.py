@@ -124,13 +124,13 @@ def test_large_batch_options_default_to_the_original_recipe():
     for datasets in (("cifar10",), ("imagenet",)):
         config = parse([], datasets=datasets)
         assert (config.lr_schedule, config.warmup_epochs, config.label_smoothing) == ("step", 0, 0)
-        assert (config.no_weight_decay_on, config.ema_decay) == ((), 0.0)
+        assert (config.no_weight_decay_on, config.ema_decay, config.ema_warmup) == ((), 0.0, True)
 
 
 @pytest.mark.parametrize("datasets", [("cifar10", "cifar100"), ("imagenet",)])
 def test_large_batch_options_parse_on_both_entry_points(datasets):
     argv = ["--lr_schedule=cosine", "--warmup_epochs=2.5", "--label_smoothing=0.1"]
-    argv += ["--no_weight_decay_on=bn,bias", "--ema_decay=0.9999"]
+    argv += ["--no_weight_decay_on=bn,bias", "--ema_decay=0.9999", "--noema_warmup"]
     config = parse(argv, datasets=datasets)
     assert (config.lr_schedule, config.warmup_epochs, config.label_smoothing) == (
         "cosine",
@@ -138,6 +138,7 @@ def test_large_batch_options_parse_on_both_entry_points(datasets):
         0.1,
     )
     assert (config.no_weight_decay_on, config.ema_decay) == (("bn", "bias"), 0.9999)
+    assert config.ema_warmup is False
 
 
 @pytest.mark.parametrize(

@@ -37,27 +37,28 @@ COLOURS = np.array(
 NOISE = 40.0  # per-pixel uniform noise amplitude, so that the images of a class differ
 
 
-def color_images(labels, size, rng):
-    """uint8 [n, size, size, 3] images: the class color plus uniform noise."""
+def color_images(labels, size, rng, noise=NOISE):
+    """uint8 [n, size, size, 3] images: the class color plus uniform noise of amplitude
+    `noise`."""
     base = COLOURS[labels][:, None, None, :]
-    noise = rng.uniform(-NOISE, NOISE, size=(len(labels), size, size, 3))
+    noise = rng.uniform(-noise, noise, size=(len(labels), size, size, 3))
     return np.clip(base + noise, 0, 255).astype(np.uint8)
 
 
-def _cifar_batch(labels, rng):
-    images = color_images(labels, 32, rng)
+def _cifar_batch(labels, rng, noise):
+    images = color_images(labels, 32, rng, noise)
     # Official layout: 1024 R, then 1024 G, then 1024 B values per row (docs/reference.md).
     data = images.transpose(0, 3, 1, 2).reshape(len(labels), 3 * 32 * 32)
     return {b"data": data, b"labels": [int(v) for v in labels]}
 
 
-def write_cifar10(folder, rng, train_per_batch=64, num_test=100):
+def write_cifar10(folder, rng, train_per_batch=64, num_test=100, noise=NOISE):
     """Writes the five training batches and the test batch of the CIFAR-10 python version."""
     os.makedirs(folder, exist_ok=True)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         count = num_test if name == "test_batch" else train_per_batch
         with open(os.path.join(folder, name), "wb") as f:
-            pickle.dump(_cifar_batch(rng.integers(0, 10, count), rng), f)
+            pickle.dump(_cifar_batch(rng.integers(0, 10, count), rng, noise), f)
 
 
 def write_imagenet(root, rng, num_classes=4, train_per_class=24, val_per_class=6, size=40):
