@@ -85,7 +85,7 @@ def test_crash_while_writing_leaves_latest_loadable(tmp_path, monkeypatch):
     def crash(directory):
         raise OSError("disk gone while flushing")
 
-    monkeypatch.setattr(checkpoint, "_fsync_tree", crash)
+    monkeypatch.setattr(fileio, "fsync_tree", crash)
     with pytest.raises(OSError, match="disk gone"):
         manager.save(checkpoints.epoch_name(2), {"epoch": 2})
     monkeypatch.undo()
@@ -129,7 +129,7 @@ def test_save_under_an_existing_name_replaces_it(tmp_path, monkeypatch):
     manager.save(checkpoints.epoch_name(1), {"epoch": 1, "run": "old"})
     for exchange in (True, False):  # atomic swap, and the rename-aside fallback
         if not exchange:
-            monkeypatch.setattr(checkpoint, "_exchange", lambda a, b: False)
+            monkeypatch.setattr(fileio, "_exchange", lambda a, b: False)
         objects = make_objects(seed=5 + exchange)
         manager = checkpoint.CheckpointManager(str(tmp_path), objects)
         path = manager.save(checkpoints.epoch_name(1), {"epoch": 1, "run": f"new{exchange}"})
@@ -147,7 +147,7 @@ def test_crash_before_the_pointer_moves(tmp_path, monkeypatch):
     def crash(path, obj):
         raise OSError("killed before the pointer was replaced")
 
-    monkeypatch.setattr(checkpoint, "_write_json_atomic", crash)
+    monkeypatch.setattr(fileio, "write_json_atomic", crash)
     with pytest.raises(OSError):
         manager.save(checkpoints.epoch_name(2), {"epoch": 2})
     monkeypatch.undo()

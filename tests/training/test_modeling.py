@@ -87,6 +87,7 @@ def test_torch_files_go_to_the_converter_which_skips_the_head(tmp_path, monkeypa
             calls.append((path, skip_classifier))
 
     monkeypatch.setattr(modeling, "weights", FakeConverter)
+    monkeypatch.setattr(runs, "weights", FakeConverter)
     model, path = build(7, seed=1), str(tmp_path / "resnext.pth")
     runs.load_run_or_weights(model, path)
     modeling.initialise_from(model, path, True, build_source=None)
