@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from resnext_tf import applications
+from resnext_tf import contract
 from resnext_tf.applications import (
     ResNeXt29,
     ResNeXt50,
@@ -106,9 +106,8 @@ def test_decode_predictions_offline():
 
 
 def test_class_index_has_sorted_wnids():
-    index = applications._class_index()
-    wnids = [index[str(i)][0] for i in range(1000)]
-    assert len(set(wnids)) == 1000 and wnids == sorted(wnids)
+    wnids, labels = contract.imagenet_classes()
+    assert len(set(wnids)) == 1000 and list(wnids) == sorted(wnids) and len(labels) == 1000
 
 
 @pytest.mark.parametrize("channels", [1, 4])

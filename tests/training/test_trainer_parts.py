@@ -11,14 +11,17 @@ from resnext_tf.training.ema import WeightEMA
 from resnext_tf.training.optimizer import TorchSGD, no_decay_variables
 
 
-def test_ten_crop_sums_the_logits_of_every_crop():
+def test_ten_crop_is_the_mean_of_the_logits_of_every_crop():
     keras.utils.set_random_seed(0)
     model = keras.Sequential(
         [keras.Input((4, 4, 3)), keras.layers.Flatten(), keras.layers.Dense(5)]
     )
     images = np.random.default_rng(0).normal(size=(2, 10, 4, 4, 3)).astype(np.float32)
     got = trainer.eval_logits(model, images, ten_crop=True).numpy()
-    want = [sum(model(images[b, c : c + 1]).numpy()[0] for c in range(10)) for b in range(2)]
+    want = [
+        np.mean([model(images[b, c : c + 1]).numpy()[0] for c in range(10)], axis=0)
+        for b in range(2)
+    ]
     np.testing.assert_allclose(got, np.stack(want), rtol=1e-5, atol=1e-5)
 
 
