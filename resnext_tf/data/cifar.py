@@ -7,8 +7,9 @@ refuses every other global with a DataError naming the file and the global. Even
 global, the unpickler itself can be made to allocate out of proportion to the file or to crash,
 so `_scan_pickle` walks the opcodes first and refuses those files (MAX_PICKLE_* bounds). Sizes are
 checked before reading (MAX_BATCH_BYTES per batch file, MAX_ARCHIVE_MEMBERS and MAX_ARCHIVE_BYTES
-for what is scanned in an archive), only regular files are read, and the loaded arrays and labels
-are checked.
+for what is scanned in an archive, MAX_TAR_HEADER_BYTES for the long-name and PAX headers tarfile
+reads whole on its own), only regular files are read, and the loaded arrays and labels are
+checked.
 
 Integrity. A file under an official name must be the official file: the archives
 cifar-10-python.tar.gz and cifar-100-python.tar.gz (ARCHIVE_MD5), and the batch files in a folder
@@ -101,6 +102,11 @@ MAX_BATCH_BYTES = 256 * 2**20
 # entries and ~180 MiB, and the bound keeps a crafted archive from decompressing without end.
 MAX_ARCHIVE_MEMBERS = 100
 MAX_ARCHIVE_BYTES = 2 * 2**30
+# tarfile reads a GNU long-name or PAX header's payload whole while it looks for the next
+# member, before the bounds above can see it; these payloads may hold this many bytes in all
+# (Python and GNU tar write at most a few hundred bytes per member, a long name up to 4 KiB),
+# and there may be at most MAX_ARCHIVE_MEMBERS of them.
+MAX_TAR_HEADER_BYTES = 64 * 2**10
 # Bounds of the opcode pre-scan (_scan_pickle), far above what the official files need: they
 # nest six levels deep (dict, list, call, tuple, ...), keep about 2,000 items on the unpickler's
 # stack (writers append lists in batches of 1000) and hold one opcode per ~800 bytes (the
@@ -565,6 +571,51 @@ def _read_folder(folder, layout, verify):
     }
 
 
+class _TarHeaderRefused(Exception):
+    """An archive holds a header that tarfile would read without a bound."""
+
+
+# Header types whose payload tarfile reads whole: GNU long names and links, PAX records.
+_TAR_EXTENDED_TYPES = (
+    tarfile.GNUTYPE_LONGNAME,
+    tarfile.GNUTYPE_LONGLINK,
+    tarfile.XHDTYPE,
+    tarfile.XGLTYPE,
+    tarfile.SOLARIS_XHDTYPE,
+)
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """Refuses, before tarfile reads them, the headers it would read without a bound while it
+    finds the next member: long-name and PAX payloads over MAX_TAR_HEADER_BYTES in all or more
+    than MAX_ARCHIVE_MEMBERS of them, and sparse files (never CIFAR batch files), whose maps it
+    reads block by block until they end."""
+
+    def _proc_member(self, tar):
+        # tarfile calls this for every header it reads, chained extensions included.
+        if self.type == tarfile.GNUTYPE_SPARSE:
+            raise _TarHeaderRefused(f"the GNU sparse file {self.name!r}")
+        if self.type in _TAR_EXTENDED_TYPES:
+            # Counted on the TarFile: the budget is the archive's, whatever the member.
+            tar.extended_headers = getattr(tar, "extended_headers", 0) + 1
+            tar.extended_header_bytes = getattr(tar, "extended_header_bytes", 0) + self.size
+            if tar.extended_headers > MAX_ARCHIVE_MEMBERS:
+                raise _TarHeaderRefused(
+                    f"more than {MAX_ARCHIVE_MEMBERS} long-name or PAX headers (limit "
+                    "MAX_ARCHIVE_MEMBERS)"
+                )
+            if tar.extended_header_bytes > MAX_TAR_HEADER_BYTES:
+                raise _TarHeaderRefused(
+                    f"long-name or PAX headers of more than {MAX_TAR_HEADER_BYTES} bytes in all "
+                    f"(the one at byte {self.offset} declares {self.size}; limit "
+                    "MAX_TAR_HEADER_BYTES)"
+                )
+        return super()._proc_member(tar)
+
+    def _proc_gnusparse_10(self, next, pax_headers, tar):
+        raise _TarHeaderRefused(f"the GNU sparse (PAX 1.0) file {next.name!r}")
+
+
 def _scan_archive(tar, path, layout):
     """Parses the batch members of an open archive, reading no other member's data."""
     wanted = {f"{layout.folder}/{n}" for n in layout.train_files + layout.test_files}
@@ -602,8 +653,14 @@ def _read_tarball(path, layout, verify):
         if expected:
             rename = "rename the archive, e.g. to my-" + os.path.basename(path)
             _check_md5(path, _file_md5(path), expected, layout, rename)
-        with tarfile.open(path, "r:*") as tar:
+        with tarfile.open(path, "r:*", tarinfo=_BoundedTarInfo) as tar:
             parsed = _scan_archive(tar, path, layout)
+    except _TarHeaderRefused as exc:
+        raise DataError(
+            f"{path} is refused: it holds {exc}, which tarfile would read without a bound "
+            f"before any check; expected the official {layout.url} or an archive of the same "
+            "layout."
+        ) from None
     except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as exc:
         raise DataError(
             f"data_dir={path!r} is not a readable .tar.gz or .tar archive ({type(exc).__name__}: "

@@ -2,6 +2,7 @@
 made to allocate out of proportion or crash, contents and official names are checked, and every
 failure is a one-line DataError naming the file."""
 
+import gzip
 import io
 import os
 import pickle
@@ -376,6 +377,104 @@ def test_archive_member_must_be_a_regular_file(tmp_path):
         tar.addfile(info)
     with pytest.raises(DataError, match="data_batch_1 is not a regular file"):
         load_cifar("cifar10", str(path))
+
+
+def _header(name, kind, size):
+    info = tarfile.TarInfo(name)
+    info.type, info.size = kind, size
+    return info.tobuf(tarfile.GNU_FORMAT)  # one 512-byte block for a short name
+
+
+def _padded(data):
+    return data + b"\0" * (-len(data) % tarfile.BLOCKSIZE)
+
+
+def _write_hostile_tarball(path, head):
+    """A .tar.gz of `head` (header blocks and payload, written in pieces) and then the batch
+    files, which tarfile reaches only after reading what `head` declares."""
+    with gzip.open(path, "wb") as f:
+        for piece in head:
+            f.write(piece)
+        for name, blob in _all_files().items():
+            f.write(_header(f"cifar-10-batches-py/{name}", tarfile.REGTYPE, len(blob)))
+            f.write(_padded(blob))
+        f.write(b"\0" * 2 * tarfile.BLOCKSIZE)
+    return path
+
+
+def _zeros(size):
+    return (b"\0" * 2**20 for _ in range(size // 2**20))
+
+
+def _pax_records(**records):
+    lines = b""
+    for key, value in records.items():
+        record = f" GNU.sparse.{key}={value}\n".encode()
+        lines += f"{len(record) + 2}".encode() + record  # the length counts its own 2 digits
+    return lines
+
+
+def _sparse_map(count):
+    # A GNU sparse 1.0 member: PAX records naming the format, then a map of `count` numbers.
+    records = _pax_records(major=1, minor=0, name="x", realsize=1)
+    yield _header("pax", tarfile.XHDTYPE, len(records)) + _padded(records)
+    yield _header("GNUSparseFile.0/x", tarfile.REGTYPE, 2 * count + 9)
+    yield f"{count}\n".encode()
+    for _ in range(count // 2**19):
+        yield b"1\n" * 2**19
+
+
+def _declaring(kind, size):
+    # A header whose payload of `size` zeros tarfile reads whole to find the next member.
+    yield _header("././@LongLink" if kind == tarfile.GNUTYPE_LONGNAME else "pax", kind, size)
+    yield from _zeros(size)
+
+
+# name: (the blocks before the batch files, what the refusal says after "it holds ").
+HOSTILE_TAR_HEADERS = {
+    "GNU long name": (
+        lambda: _declaring(tarfile.GNUTYPE_LONGNAME, 2**27),
+        "long-name or PAX headers of more than 65536 bytes in all (the one at byte 0 declares "
+        "134217728; limit MAX_TAR_HEADER_BYTES)",
+    ),
+    "PAX header": (
+        lambda: _declaring(tarfile.XHDTYPE, 2**27),
+        "long-name or PAX headers of more than 65536 bytes in all (the one at byte 0 declares "
+        "134217728; limit MAX_TAR_HEADER_BYTES)",
+    ),
+    "GNU sparse 1.0 map": (
+        lambda: _sparse_map(2**24),
+        "the GNU sparse (PAX 1.0) file 'GNUSparseFile.0/x'",
+    ),
+    "old GNU sparse": (
+        lambda: [_header("x", tarfile.GNUTYPE_SPARSE, 0)],
+        "the GNU sparse file 'x'",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", HOSTILE_TAR_HEADERS)
+def test_tar_header_tarfile_would_read_unbounded_is_refused(tmp_path, case):
+    head, says = HOSTILE_TAR_HEADERS[case]
+    path = _write_hostile_tarball(tmp_path / "mine.tar.gz", head())
+    growth, error = peak_growth(
+        "from resnext_tf.data.cifar import load_cifar", f"load_cifar('cifar10', {str(path)!r})"
+    )
+    assert error.startswith(f"DataError: {path} is refused: it holds {says}, which tarfile")
+    assert "\n" not in error
+    assert growth < REFUSAL_MEMORY_MIB
+
+
+@pytest.mark.parametrize("form", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT])
+def test_archive_with_long_names_loads(tmp_path, form):
+    # A member of a long name first: a PAX path record or a GNU long-name header.
+    path = tmp_path / "mine.tar.gz"
+    with tarfile.open(path, "w:gz", format=form) as tar:
+        for name, blob in {"notes-" + "x" * 300 + ".txt": b"hi", **_all_files()}.items():
+            info = tarfile.TarInfo(name if "notes" in name else f"cifar-10-batches-py/{name}")
+            info.size, info.mtime, info.uname = len(blob), 1700000000.5, "é" * 40
+            tar.addfile(info, io.BytesIO(blob))
+    assert load_cifar("cifar10", str(path))["eval"].num_examples == 2
 
 
 def test_archive_missing_batches_names_them(tmp_path):
