@@ -65,9 +65,10 @@ def peak_growth(setup, action, package_init=False, timeout=120):
     """Runs `setup`, then `action`, in a fresh Python process.
 
     Returns:
-        (growth, error): how far the peak resident memory rose during `action` over the memory
-        before it, in MiB, and what `action` raised as "Type: message" ("" when nothing).
-        A child that crashes or hangs fails the calling test.
+        (growth, error, stderr): how far the peak resident memory rose during `action` over the
+        memory before it, in MiB, what `action` raised as "Type: message" ("" when nothing),
+        and what the child wrote on stderr. A child that crashes or hangs fails the calling
+        test.
     """
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     code = _MEASURED.format(
@@ -81,4 +82,4 @@ def peak_growth(setup, action, package_init=False, timeout=120):
     )
     assert result.returncode == 0, f"exit {result.returncode}: {result.stderr[-3000:]}"
     outcome = json.loads(result.stdout.strip().splitlines()[-1])
-    return outcome["growth_mib"], outcome["error"]
+    return outcome["growth_mib"], outcome["error"], result.stderr

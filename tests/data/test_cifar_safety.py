@@ -188,7 +188,7 @@ HOSTILE_PICKLES = {
 def test_crafted_pickle_is_refused_before_it_costs_memory_or_crashes(tmp_path, case):
     blob, says = HOSTILE_PICKLES[case]
     folder = _write_folder(tmp_path / "mine", {"data_batch_1": blob})
-    growth, error = peak_growth(
+    growth, error, _ = peak_growth(
         "from resnext_tf.data.cifar import load_cifar", f"load_cifar('cifar10', {str(folder)!r})"
     )
     where = folder / "data_batch_1"
@@ -457,7 +457,7 @@ HOSTILE_TAR_HEADERS = {
 def test_tar_header_tarfile_would_read_unbounded_is_refused(tmp_path, case):
     head, says = HOSTILE_TAR_HEADERS[case]
     path = _write_hostile_tarball(tmp_path / "mine.tar.gz", head())
-    growth, error = peak_growth(
+    growth, error, _ = peak_growth(
         "from resnext_tf.data.cifar import load_cifar", f"load_cifar('cifar10', {str(path)!r})"
     )
     assert error.startswith(f"DataError: {path} is refused: it holds {says}, which tarfile")

@@ -203,7 +203,7 @@ def test_objects_and_entries_are_bounded_by_the_file_size(tmp_path):
     # 2,000,000 empty tables in a 46 MiB file once took 543 MiB; refused, the file's bytes remain.
     path = tmp_path / "tables.t7"
     path.write_bytes(empty_tables(2_000_000))
-    growth, error = peak_growth(
+    growth, error, _ = peak_growth(
         "from resnext_tf.weights.t7file import read_t7_file", f"read_t7_file({str(path)!r})"
     )
     assert error == (
