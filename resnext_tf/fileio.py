@@ -156,7 +156,7 @@ def read_limited(path, limit, follow_symlinks=True):
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", path)
+            raise OSError(errno.EINVAL, "is not a regular file", path)
         if info.st_size > limit:
             raise OSError(errno.EFBIG, f"{info.st_size} bytes exceed the size limit {limit}", path)
         chunks, size = [], 0
@@ -164,7 +164,7 @@ def read_limited(path, limit, follow_symlinks=True):
             chunks.append(chunk)
             size += len(chunk)
         if size > limit:
-            raise OSError(errno.EFBIG, f"more than the size limit {limit} bytes", path)
+            raise OSError(errno.EFBIG, f"grew past the size limit {limit} while it was read", path)
         return b"".join(chunks)
     finally:
         os.close(fd)

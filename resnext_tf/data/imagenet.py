@@ -3,6 +3,7 @@
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import time
 import zipfile
@@ -78,6 +79,21 @@ class _BadIndex(ValueError):
     pass
 
 
+def _check_npy_header(archive, info):
+    """Refuses an .npy member whose header asks for more bytes than the member holds: np.load
+    allocates the array the header describes before it reads a byte of it."""
+    with archive.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):  # what np.savez writes, or 2.0 for very large headers
+            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise _BadIndex(f"{info.filename} is an .npy file of version {version}")
+    if math.prod(shape) * dtype.itemsize > info.file_size:
+        raise _BadIndex(f"{info.filename} declares shape {shape} of {dtype}, more than it holds")
+
+
 def _checked_index(path, wnids, num_classes):
     """Reads a cached index, refusing anything a scan of the folders could not have written.
 
@@ -87,8 +103,10 @@ def _checked_index(path, wnids, num_classes):
     """
     with zipfile.ZipFile(path) as archive:
         total = sum(info.file_size for info in archive.infolist())
-    if total > MAX_INDEX_BYTES:
-        raise _BadIndex(f"{total} bytes unpacked, over the {MAX_INDEX_BYTES}-byte limit")
+        if total > MAX_INDEX_BYTES:
+            raise _BadIndex(f"{total} bytes unpacked, over the {MAX_INDEX_BYTES}-byte limit")
+        for info in archive.infolist():
+            _check_npy_header(archive, info)
     with np.load(path, allow_pickle=False) as cached:
         relpaths, labels = cached["relpaths"], cached["labels"]
     if relpaths.ndim != 1 or relpaths.dtype.kind != "S" or labels.ndim != 1:

@@ -10,6 +10,7 @@ windows, and seeded by (pipeline, position in the pipeline's stream) instead.
 """
 
 import dataclasses
+import errno
 import functools
 import hashlib
 import os
@@ -17,6 +18,7 @@ import sys
 
 import tensorflow as tf
 
+from resnext_tf import fileio
 from resnext_tf.data import decode, evaluation, transforms
 from resnext_tf.data.cifar import CifarArrays
 from resnext_tf.data.config import SPLITS, DataConfig
@@ -133,15 +135,58 @@ def _missing(size, found_slots):
     return tf.cast(tf.where(count == 0)[:, 0], tf.int32)
 
 
-# Why a file was replaced when its header passes decode.check_image.
+# Why a file was replaced when neither its reader nor decode.check_image says why.
 UNREADABLE = "cannot be read or decoded"
 
 
-def _reasons(size, slots, sources, fetch):
+def _read_image_file(path, max_bytes):
+    """(bytes, "") of the image file `path`, or (b"", why it is not read).
+
+    tf.io.read_file reads a file whole, whatever its size, before check_image can refuse it,
+    and blocks forever on a FIFO (`resnext_tf.fileio.read_limited` checks first).
+    """
+    try:
+        return fileio.read_limited(path, max_bytes), ""
+    except OSError as e:
+        limited = e.errno in (errno.EINVAL, errno.EFBIG)
+        return b"", e.strerror if limited else f"cannot be read ({e.strerror or e})"
+
+
+def _file_reader(limits):
+    """(fetch, describe) of image files: fetch gives a file's bytes and fails on a file that
+    _read_image_file does not read; describe gives why a file is refused ("" if it is not)."""
+
+    def read_file(path):  # bytes in a graph, a 0-d array of bytes when run eagerly
+        return _read_image_file(path if isinstance(path, bytes) else path.item(), limits.max_bytes)
+
+    def read(path):
+        data, reason = tf.numpy_function(
+            read_file,
+            [path],
+            [tf.string, tf.string],
+            stateful=False,
+        )
+        return tf.ensure_shape(data, []), tf.ensure_shape(reason, [])
+
+    def fetch(path):
+        data, reason = read(path)
+        with tf.control_dependencies([tf.debugging.Assert(tf.equal(reason, ""), [reason])]):
+            return tf.identity(data)
+
+    def describe(path):
+        data, reason = read(path)
+        return tf.cond(
+            tf.equal(reason, ""), lambda: decode.check_image(data, limits), lambda: reason
+        )
+
+    return fetch, describe
+
+
+def _reasons(size, slots, sources, describe):
     """Why the files `sources` of the given slots were refused, as a string [size] indexed by
-    slot: decode.check_image's reason, else UNREADABLE."""
+    slot: describe's reason, else UNREADABLE."""
     checked, reasons = map_ignoring_errors(
-        (slots, sources), lambda k, source: (k, decode.check_image(fetch(source)))
+        (slots, sources), lambda k, source: (k, describe(source))
     )
     reasons = tf.where(tf.equal(reasons, ""), UNREADABLE, reasons)
     return tf.tensor_scatter_nd_update(tf.fill([size], UNREADABLE), checked[:, None], reasons)
@@ -160,13 +205,13 @@ def _warning(names, slots, replacement, reasons):
     )
 
 
-def _replace_unreadable(batch, found, fetch, transform, standin, train):
+def _replace_unreadable(batch, found, reader, transform, standin, train):
     """Fills the slots of `batch` that `found` lacks: with the next candidate that decodes,
     else with the stand-in; prints one warning line per replaced example, with the reason."""
-    seeds, names, sources, labels = batch
+    (fetch, describe), (seeds, names, sources, labels) = reader, batch
     size = tf.shape(seeds)[0]
     missing = _missing(size, [found[0]])
-    reasons = _reasons(size, missing, tf.gather(sources[:, 0], missing), fetch)
+    reasons = _reasons(size, missing, tf.gather(sources[:, 0], missing), describe)
     parts, warnings = [found], []
     for k in range(1, sources.shape[1]):
         missing = _missing(size, [part[0] for part in parts])
@@ -197,12 +242,13 @@ def _replace_unreadable(batch, found, fetch, transform, standin, train):
     )
 
 
-def _decode_batches(ds, fetch, transform, config, train):
+def _decode_batches(ds, reader, transform, config, train):
     """Decodes batches of examples, replacing an example whose file cannot be read or decoded.
 
     Elements of `ds` are batches of (seed [b, 2], names [b, C], sources [b, C], labels [b, C]):
     C candidates per example, the example's own file first, then its stand-ins. An example
-    takes the first candidate that fetch + transform accept; if none does, a grey image with
+    takes the first candidate that `reader`'s fetch + transform accept (`reader`: fetch and
+    describe, as _file_reader returns them); if none does, a grey image with
     the example's label (label -1 in evaluation). Every slot of a batch thus holds exactly one
     example, so epoch lengths and positions never shift. The candidates of a batch are tried
     together in one inner dataset: the rare batch with a failure pays for the replacement.
@@ -215,11 +261,12 @@ def _decode_batches(ds, fetch, transform, config, train):
     def decode(*batch):
         seeds, _, sources, labels = batch
         size = tf.shape(seeds)[0]
+        fetch = reader[0]
         found = _transformed(tf.range(size), seeds, sources[:, 0], labels[:, 0], fetch, transform)
         out = tf.cond(
             tf.size(found[0]) == size,
             lambda: found[1:],
-            lambda: _replace_unreadable(batch, found, fetch, transform, standin, train),
+            lambda: _replace_unreadable(batch, found, reader, transform, standin, train),
         )
         # Static batch size where the input has one (training drops the remainder).
         return tf.nest.map_structure(
@@ -374,8 +421,12 @@ def _batches(config, data, train, batching, start, count, epoch, input_context):
     ds = ds.batch(batching.batch, drop_remainder=train)
     if isinstance(data, CifarArrays):
         return ds
-    fetch = tf.io.read_file if isinstance(data, FileIndex) else tf.identity
-    ds = _decode_batches(ds, fetch, _imagenet_transform(config, train), config, train)
+    limits = config.image_limits
+    if isinstance(data, FileIndex):
+        reader = _file_reader(limits)
+    else:  # the encoded bytes of TFRecords
+        reader = (tf.identity, lambda data: decode.check_image(data, limits))
+    ds = _decode_batches(ds, reader, _imagenet_transform(config, train), config, train)
     if not train:
         return ds
     # The color work of a whole batch at once (transforms.apply_color).

@@ -8,6 +8,7 @@ relate fields; the model and data rules are those of build_resnext and DataConfi
 """
 
 import dataclasses
+import math
 import os
 import warnings
 
@@ -119,7 +120,10 @@ class TrainConfig:
         None, "optimization", "Epochs (default: {epochs}); CIFAR decays at fractions.", low=1
     )
     epoch_number: int = option(1, "optimization", "First epoch of a fresh run (1-based).", low=1)
-    seed: int = option(0, "optimization", "Seed of initialisation, shuffling and augmentation.")
+    # numpy's legacy seeding (keras.utils.set_random_seed) takes [0, 2**32).
+    seed: int = option(
+        0, "optimization", "Seed of initialisation, shuffling and augmentation.", low=0, high=2**32
+    )
     steps_per_epoch: int | None = option(
         None, "optimization", "Cap on the batches of an epoch (smoke runs).", low=1
     )
@@ -301,6 +305,10 @@ class TrainConfig:
             )
 
 
+def _number(value):
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def _check_field(field, value):
     """Checks `value` against the choices and bounds of `field`'s metadata."""
     name, choices = field.name, field.metadata["choices"]
@@ -308,9 +316,14 @@ def _check_field(field, value):
     if choices is not None:
         for item in value if isinstance(value, tuple) else (value,):
             check_choice(name, item, choices)
+    # NaN passes every comparison below (all are False), and infinity is no rate or decay.
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number; received {name}={value!r}.")
     if value is None or (low is None and high is None):
         return
     if high is not None and not low <= value < high:
-        raise ValueError(f"{name} must be in [{low:g}, {high:g}); received {name}={value!r}.")
+        raise ValueError(
+            f"{name} must be in [{_number(low)}, {_number(high)}); received {name}={value!r}."
+        )
     if value < low:
-        raise ValueError(f"{name} must be >= {low:g}; received {name}={value!r}.")
+        raise ValueError(f"{name} must be >= {_number(low)}; received {name}={value!r}.")

@@ -8,7 +8,9 @@ the tensors involved. BatchNorm running statistics are part of the mapping.
 """
 
 import logging
+import os
 import re
+import struct
 
 import numpy as np
 
@@ -41,6 +43,13 @@ MAX_LISTED = 12
 MIN_TORCH = (2, 10)
 # How much of a reader's own error message a WeightsError quotes.
 MAX_QUOTED = 300
+# Records of the zip archive torch.save writes: the end of the central directory (its zip64
+# locator and record for large archives) and a central directory entry.
+_ZIP_END = struct.Struct("<4s4H2LH")
+_ZIP64_LOCATOR = struct.Struct("<4sLQL")
+_ZIP64_END = struct.Struct("<4sQ2H2L4Q")
+_ZIP_ENTRY = struct.Struct("<4s6H3L5H2L")
+ZIP_STORED = 0
 
 
 def version_tuple(version):
@@ -65,6 +74,46 @@ def check_torch_version(torch, path):
             f"code. Upgrade (pip install -U 'torch>={minimum}'), or convert the file to "
             ".safetensors on a machine you trust and load that."
         )
+
+
+def compressed_zip_record(path):
+    """The name of the first compressed record of the zip archive `path`, else None.
+
+    torch.save stores every record uncompressed; torch.load inflates a compressed one whole in
+    memory before anything in it is checked, so a small file could ask for any amount. Only
+    the central directory is read, which lies inside the file. None also for a file that is not
+    a zip archive or whose directory is damaged: torch.load reports those.
+    """
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        f.seek(max(0, size - _ZIP_END.size - 0xFFFF))  # the end record and its comment
+        tail = f.read()
+        end = tail.rfind(b"PK\x05\x06")
+        if end < 0 or end + _ZIP_END.size > len(tail):
+            return None
+        *_, entries, directory_size, directory_offset, _ = _ZIP_END.unpack_from(tail, end)
+        locator = end - _ZIP64_LOCATOR.size
+        if entries == 0xFFFF or 0xFFFFFFFF in (directory_size, directory_offset):
+            if locator < 0 or tail[locator : locator + 4] != b"PK\x06\x07":
+                return None
+            f.seek(_ZIP64_LOCATOR.unpack_from(tail, locator)[2])
+            record = f.read(_ZIP64_END.size)
+            if len(record) < _ZIP64_END.size or record[:4] != b"PK\x06\x06":
+                return None
+            *_, directory_size, directory_offset = _ZIP64_END.unpack(record)
+        if directory_offset + directory_size > size:
+            return None
+        f.seek(directory_offset)
+        directory = f.read(directory_size)
+    pos = 0
+    while directory[pos : pos + 4] == b"PK\x01\x02" and pos + _ZIP_ENTRY.size <= len(directory):
+        entry = _ZIP_ENTRY.unpack_from(directory, pos)
+        method, name_size, extra_size, comment_size = entry[4], *entry[10:13]
+        if method != ZIP_STORED:
+            start = pos + _ZIP_ENTRY.size
+            return directory[start : start + name_size].decode("utf-8", "replace")
+        pos += _ZIP_ENTRY.size + name_size + extra_size + comment_size
+    return None
 
 
 def read_state_dict(path):
@@ -106,6 +155,16 @@ def read_state_dict(path):
             "first, which needs only the safetensors package."
         ) from e
     check_torch_version(torch, path)
+    try:
+        compressed = compressed_zip_record(path)
+    except OSError as e:
+        raise WeightsError(f"Cannot read {path}: {quoted(e)}") from e
+    if compressed is not None:
+        raise WeightsError(
+            f"{path} holds the compressed record {compressed!r}; torch.save writes every record "
+            "uncompressed, and torch.load would inflate it whole before any check. Save the "
+            "weights again with torch.save, or convert them to .safetensors."
+        )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling, zip and storage errors of many kinds

@@ -5,8 +5,9 @@ using the torchfile package, because a .t7 file is untrusted input and torchfile
 tensor with `numpy.lib.stride_tricks.as_strided` from the sizes, strides and offset in the file
 without checking them: a crafted file of a few hundred bytes makes it read (or crash on) memory
 outside the storage. This reader checks every declared length against the bytes that remain,
-every tensor view against its storage, and caps nesting and the number of objects, so a file
-costs at most about its own size in memory and either reads or raises `T7FormatError`.
+every tensor view against its storage, and caps nesting and the number of objects and table
+entries (absolutely, and against the file's size), so a file costs at most about its own size in
+memory and either reads or raises `T7FormatError`.
 
 The format: each value starts with an int32 type tag. Numbers are doubles, booleans int32,
 strings an int32 length and the bytes. Tables, Torch objects and functions carry an int32
@@ -31,6 +32,12 @@ MAX_DEPTH = 128
 MAX_OBJECTS = 1 << 22
 MAX_TABLE_ENTRIES = 1 << 23
 MAX_DIMS = 32
+# An object or table entry costs 100-300 bytes of Python memory however few bytes it takes in
+# the file (an empty table takes 12). A model file is mostly tensor values, with some 15 objects
+# and table entries per module next to its weights, so a file may hold one per BYTES_PER_VALUE
+# bytes of it, or MIN_VALUES in a smaller file.
+BYTES_PER_VALUE = 1024
+MIN_VALUES = 1 << 16
 # Whole numbers read as int (Lua has only doubles) when they are exact.
 EXACT_INT = 2**53
 
@@ -133,6 +140,7 @@ class T7Reader:
         self.objects = {}
         self.table_entries = 0
         self.storage_values = 0
+        self.max_values = max(MIN_VALUES, len(self.data) // BYTES_PER_VALUE)
 
     # Primitives ------------------------------------------------------------------------------
 
@@ -167,6 +175,14 @@ class T7Reader:
     def read_string(self, what="a string"):
         return self.read_bytes(what).decode("utf-8", errors="replace")
 
+    def _count_values(self):
+        if len(self.objects) + self.table_entries > self.max_values:
+            raise T7FormatError(
+                f"more than {self.max_values} objects and table entries in {len(self.data)} "
+                f"bytes (one per {BYTES_PER_VALUE} bytes, at least {MIN_VALUES}); a model file "
+                "is mostly tensor values"
+            )
+
     # Values ----------------------------------------------------------------------------------
 
     def read(self, depth=0):
@@ -196,6 +212,7 @@ class T7Reader:
             return value
         if len(self.objects) >= MAX_OBJECTS:
             raise T7FormatError(f"more than {MAX_OBJECTS} objects")
+        self._count_values()
         if kind == TABLE:
             return self._table(index, depth)
         if kind == TORCH:
@@ -215,6 +232,7 @@ class T7Reader:
         self.table_entries += size
         if self.table_entries > MAX_TABLE_ENTRIES:
             raise T7FormatError(f"more than {MAX_TABLE_ENTRIES} table entries")
+        self._count_values()
         table = {}
         self.objects[index] = table  # registered first: a table may contain itself
         for _ in range(size):

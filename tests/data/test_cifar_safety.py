@@ -1,6 +1,8 @@
-"""CIFAR files from an untrusted source: no code runs, sizes are bounded, contents and official
-names are checked, and every failure is a one-line DataError naming the file."""
+"""CIFAR files from an untrusted source: no code runs, sizes are bounded, the unpickler cannot be
+made to allocate out of proportion or crash, contents and official names are checked, and every
+failure is a one-line DataError naming the file."""
 
+import gzip
 import io
 import os
 import pickle
@@ -11,6 +13,7 @@ import tarfile
 
 import numpy as np
 import pytest
+from child_process import peak_growth
 from image_samples import write_cifar_batches
 
 from resnext_tf.data import DataConfig, DataNotFoundError, cifar, dataset_spec
@@ -113,6 +116,98 @@ def test_ndarray_class_cannot_be_called_to_allocate(tmp_path):
     folder = _write_folder(tmp_path / "mine", {"test_batch": blob})
     with pytest.raises(DataError, match="not a readable CIFAR batch file"):
         load_cifar("cifar10", str(folder))
+
+
+# --- The unpickler cannot be made to allocate or crash --------------------------------------
+
+# Peak memory a crafted batch file may add while it is refused, beyond the file's own bytes.
+# Before the opcode pre-scan, the files below cost 1 GiB or more, or crashed the process.
+REFUSAL_MEMORY_MIB = 48
+
+
+def _dtype_call(name):
+    # numpy.dtype(name, False, True), as numpy pickles a dtype.
+    return b"cnumpy\ndtype\nX" + struct.pack("<I", len(name)) + name + b"\x89\x88\x87R"
+
+
+def _nested_object_arrays(depth):
+    # Each level: an object array of one item, the level below (the memo holds _reconstruct,
+    # ndarray, the object dtype, and the level below as entry 3).
+    head = b"\x80\x02cnumpy.core.multiarray\n_reconstruct\nq\x00cnumpy\nndarray\nq\x01"
+    head += _dtype_call(b"O8") + b"q\x02N"
+    below = b"r" + struct.pack("<I", 3) + b"0"
+    level = b"h\x00h\x01K\x00\x85C\x01b\x87R(K\x01K\x01\x85h\x02\x89]j\x03\x00\x00\x00atb"
+    return head + (below + level) * depth + b"."
+
+
+# name: (file, what the refusal says after "is refused before it is built: ").
+HOSTILE_PICKLES = {
+    # The C unpickler's memo table grows to the index: 8 bytes each, 1 GiB for 9 bytes.
+    "memo index": (
+        b"\x80\x02Nr" + struct.pack("<I", 2**26) + b".",
+        "memo index 67108864 at byte 3 after 0 entries",
+    ),
+    # 8 bytes of stack per byte of file (and the reallocations while it grows).
+    "DUP": (b"\x80\x02N" + b"2" * 2**24 + b".", "the opcode DUP at byte 3"),
+    # 72 bytes per two-byte list.
+    "empty lists": (
+        b"\x80\x02]" + b"]a" * 2**23 + b".",
+        "more than 262144 opcodes in 16777220 bytes (at byte 262145)",
+    ),
+    # scalar(dtype("V209715200")) allocates the 200 MiB the dtype says, four times.
+    "void scalars": (
+        b"\x80\x02("
+        + (b"cnumpy.core.multiarray\nscalar\n" + _dtype_call(b"V209715200") + b"\x85R") * 4
+        + b"l.",
+        "an array or scalar of dtype 'V209715200', not a bool, integer or float dtype",
+    ),
+    # numpy reads the million items of an object array past the end of the file's empty list.
+    "object array": (
+        b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85C\x01b\x87R"
+        + b"(K\x01J"
+        + struct.pack("<i", 10**6)
+        + b"\x85"
+        + _dtype_call(b"O8")
+        + b"\x89]tb.",
+        "an array or scalar of dtype object, not a bool, integer or float dtype",
+    ),
+    # Freeing object arrays nested this deep recurses until the C stack overflows.
+    "nested object arrays": (
+        _nested_object_arrays(300_000),
+        "values nest deeper than 32 levels at byte 478",
+    ),
+    # So does hashing a tuple nested this deep, as a dict key.
+    "nested tuple as a key": (
+        b"\x80\x02}N" + b"\x85" * 300_000 + b"Ns.",
+        "values nest deeper than 32 levels at byte 36",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", HOSTILE_PICKLES)
+def test_crafted_pickle_is_refused_before_it_costs_memory_or_crashes(tmp_path, case):
+    blob, says = HOSTILE_PICKLES[case]
+    folder = _write_folder(tmp_path / "mine", {"data_batch_1": blob})
+    growth, error, _ = peak_growth(
+        "from resnext_tf.data.cifar import load_cifar", f"load_cifar('cifar10', {str(folder)!r})"
+    )
+    where = folder / "data_batch_1"
+    assert error.startswith(f"DataError: {where} is refused before it is built: {says}")
+    assert "MAX_PICKLE_" in error and "\n" not in error
+    assert growth < len(blob) / 2**20 + REFUSAL_MEMORY_MIB
+
+
+def test_full_size_batch_in_the_official_format_is_within_the_bounds(tmp_path):
+    # 10,000 images, labels and file names, as each official CIFAR-10 batch holds.
+    count = 10_000
+    batch = {
+        b"batch_label": b"training batch 1 of 5",
+        b"labels": [i % 10 for i in range(count)],
+        b"data": np.zeros((count, 3072), np.uint8),
+        b"filenames": [b"image_%05d.png" % i for i in range(count)],
+    }
+    folder = _write_folder(tmp_path / "mine", {"data_batch_1": _python2_style(batch)})
+    assert load_cifar("cifar10", str(folder))["train"].num_examples == count + 4 * 2
 
 
 # --- What official and user-written files hold still loads ----------------------------------
@@ -282,6 +377,104 @@ def test_archive_member_must_be_a_regular_file(tmp_path):
         tar.addfile(info)
     with pytest.raises(DataError, match="data_batch_1 is not a regular file"):
         load_cifar("cifar10", str(path))
+
+
+def _header(name, kind, size):
+    info = tarfile.TarInfo(name)
+    info.type, info.size = kind, size
+    return info.tobuf(tarfile.GNU_FORMAT)  # one 512-byte block for a short name
+
+
+def _padded(data):
+    return data + b"\0" * (-len(data) % tarfile.BLOCKSIZE)
+
+
+def _write_hostile_tarball(path, head):
+    """A .tar.gz of `head` (header blocks and payload, written in pieces) and then the batch
+    files, which tarfile reaches only after reading what `head` declares."""
+    with gzip.open(path, "wb") as f:
+        for piece in head:
+            f.write(piece)
+        for name, blob in _all_files().items():
+            f.write(_header(f"cifar-10-batches-py/{name}", tarfile.REGTYPE, len(blob)))
+            f.write(_padded(blob))
+        f.write(b"\0" * 2 * tarfile.BLOCKSIZE)
+    return path
+
+
+def _zeros(size):
+    return (b"\0" * 2**20 for _ in range(size // 2**20))
+
+
+def _pax_records(**records):
+    lines = b""
+    for key, value in records.items():
+        record = f" GNU.sparse.{key}={value}\n".encode()
+        lines += f"{len(record) + 2}".encode() + record  # the length counts its own 2 digits
+    return lines
+
+
+def _sparse_map(count):
+    # A GNU sparse 1.0 member: PAX records naming the format, then a map of `count` numbers.
+    records = _pax_records(major=1, minor=0, name="x", realsize=1)
+    yield _header("pax", tarfile.XHDTYPE, len(records)) + _padded(records)
+    yield _header("GNUSparseFile.0/x", tarfile.REGTYPE, 2 * count + 9)
+    yield f"{count}\n".encode()
+    for _ in range(count // 2**19):
+        yield b"1\n" * 2**19
+
+
+def _declaring(kind, size):
+    # A header whose payload of `size` zeros tarfile reads whole to find the next member.
+    yield _header("././@LongLink" if kind == tarfile.GNUTYPE_LONGNAME else "pax", kind, size)
+    yield from _zeros(size)
+
+
+# name: (the blocks before the batch files, what the refusal says after "it holds ").
+HOSTILE_TAR_HEADERS = {
+    "GNU long name": (
+        lambda: _declaring(tarfile.GNUTYPE_LONGNAME, 2**27),
+        "long-name or PAX headers of more than 65536 bytes in all (the one at byte 0 declares "
+        "134217728; limit MAX_TAR_HEADER_BYTES)",
+    ),
+    "PAX header": (
+        lambda: _declaring(tarfile.XHDTYPE, 2**27),
+        "long-name or PAX headers of more than 65536 bytes in all (the one at byte 0 declares "
+        "134217728; limit MAX_TAR_HEADER_BYTES)",
+    ),
+    "GNU sparse 1.0 map": (
+        lambda: _sparse_map(2**24),
+        "the GNU sparse (PAX 1.0) file 'GNUSparseFile.0/x'",
+    ),
+    "old GNU sparse": (
+        lambda: [_header("x", tarfile.GNUTYPE_SPARSE, 0)],
+        "the GNU sparse file 'x'",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", HOSTILE_TAR_HEADERS)
+def test_tar_header_tarfile_would_read_unbounded_is_refused(tmp_path, case):
+    head, says = HOSTILE_TAR_HEADERS[case]
+    path = _write_hostile_tarball(tmp_path / "mine.tar.gz", head())
+    growth, error, _ = peak_growth(
+        "from resnext_tf.data.cifar import load_cifar", f"load_cifar('cifar10', {str(path)!r})"
+    )
+    assert error.startswith(f"DataError: {path} is refused: it holds {says}, which tarfile")
+    assert "\n" not in error
+    assert growth < REFUSAL_MEMORY_MIB
+
+
+@pytest.mark.parametrize("form", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT])
+def test_archive_with_long_names_loads(tmp_path, form):
+    # A member of a long name first: a PAX path record or a GNU long-name header.
+    path = tmp_path / "mine.tar.gz"
+    with tarfile.open(path, "w:gz", format=form) as tar:
+        for name, blob in {"notes-" + "x" * 300 + ".txt": b"hi", **_all_files()}.items():
+            info = tarfile.TarInfo(name if "notes" in name else f"cifar-10-batches-py/{name}")
+            info.size, info.mtime, info.uname = len(blob), 1700000000.5, "é" * 40
+            tar.addfile(info, io.BytesIO(blob))
+    assert load_cifar("cifar10", str(path))["eval"].num_examples == 2
 
 
 def test_archive_missing_batches_names_them(tmp_path):

@@ -5,11 +5,13 @@ import logging
 import os
 import shutil
 import tarfile
+import zipfile
 
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from child_process import peak_growth
 from image_samples import (
     WNIDS,
     encode,
@@ -345,6 +347,18 @@ def test_tfds_imagenet_epochs_resume_and_eval(tfds_imagenet):
     assert eval_labels[5] == -1
 
 
+def _huge_shape(path):
+    # relpaths.npy whose header declares 2**40 paths of 40 bytes, holding one: np.load would
+    # allocate 40 TiB from the header alone.
+    header = b"{'descr': '|S40', 'fortran_order': False, 'shape': (1099511627776,), }"
+    header += b" " * (-(len(header) + 11) % 64) + b"\n"
+    npy = b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + b"x" * 40
+    with zipfile.ZipFile(f"{path}.npz", "w") as archive:
+        archive.writestr("relpaths.npy", npy)
+        with archive.open("labels.npy", "w") as f:
+            np.save(f, np.array([0]))
+
+
 def _planted(relpaths, labels, pickled=False):
     def write(path):
         if pickled:  # an object array: np.save pickles it
@@ -362,8 +376,9 @@ def _planted(relpaths, labels, pickled=False):
         (_planted(np.array([b"/etc/passwd", b"x/y"]), np.array([0, 1])), "not <wnid>/<file>"),
         (_planted(np.array([f"{WNIDS[0]}/0.JPEG".encode()]), np.array([7])), "labels outside"),
         (_planted(None, np.array([0]), pickled=True), "pickled"),
+        (_huge_shape, "relpaths.npy declares shape (1099511627776,) of |S40, more than it holds"),
     ],
-    ids=["parent-path", "absolute-path", "label-range", "pickled-objects"],
+    ids=["parent-path", "absolute-path", "label-range", "pickled-objects", "huge-shape"],
 )
 def test_a_planted_index_is_refused_and_the_folders_listed_again(tmp_path, caplog, plant, reason):
     # The cache sits inside the dataset's folder, which may come from anyone: a crafted index
@@ -403,7 +418,54 @@ def test_image_limits_of_the_data_config_apply_to_training(tmp_path, capfd):
     )
     _collect(build_dataset(cfg, "train", 3))
     large_path = tmp_path / "train" / WNIDS[0] / "1.JPEG"
-    assert f'"{large_path}" replaced by' in capfd.readouterr().err
+    replaced = f'"{large_path}" replaced by "{tmp_path / "train" / WNIDS[0] / "2.JPEG"}"'
+    assert f"{replaced}: 56x48 pixels exceed the pixel limit 1024" in capfd.readouterr().err
+
+
+def test_a_file_that_is_not_a_regular_file_is_replaced_with_the_reason(tmp_path, capfd):
+    # A directory named like an image, listed by a planted index: refused from its type.
+    data_dir = _small_tree(tmp_path, files_per_class=1)
+    index = imagenet.load_file_index(data_dir, "train", list(WNIDS[:2]))
+    os.makedirs(tmp_path / "train" / WNIDS[0] / "dir.JPEG")
+    name = f"train-{imagenet._index_key(tmp_path / 'train', list(WNIDS[:2]), list(WNIDS[:2]))}"
+    relpaths = np.array(sorted([*index.relpaths, f"{WNIDS[0]}/dir.JPEG".encode()]))
+    np.savez(tmp_path / ".resnext_tf_index" / name, relpaths=relpaths, labels=np.array([0, 0, 1]))
+    cfg = DataConfig("imagenet", data_dir=tmp_path, **DETERMINISTIC)
+    images, _ = _collect(build_dataset(cfg, "train", 3))
+    assert images.shape == (3, 32, 32, 3)
+    directory = tmp_path / "train" / WNIDS[0] / "dir.JPEG"
+    next_file = tmp_path / "train" / WNIDS[1] / "0.JPEG"
+    line = f'"{directory}" replaced by "{next_file}": is not a regular file\n'
+    assert line in capfd.readouterr().err
+
+
+def test_a_huge_file_and_a_fifo_are_replaced_unread(tmp_path):
+    # tf.io.read_file read a 1 GiB file whole before its size was checked (+1 GiB), and blocked
+    # forever on a FIFO that a planted index names. Both are refused from the open file; the
+    # epoch goes on. In a child process: its peak memory is its own, and a hang meets a timeout.
+    data_dir = _small_tree(tmp_path, files_per_class=2)
+    index = imagenet.load_file_index(data_dir, "train", list(WNIDS[:2]))
+    folder = tmp_path / "train" / WNIDS[0]
+    with open(folder / "1.JPEG", "r+b") as f:  # sparse: no disk space, but read as zeros
+        f.truncate(2**30)
+    os.remove(folder / "0.JPEG")
+    os.mkfifo(folder / "0.JPEG")  # a listing skips it; the planted index names it
+    name = f"train-{imagenet._index_key(tmp_path / 'train', list(WNIDS[:2]), list(WNIDS[:2]))}"
+    np.savez(tmp_path / ".resnext_tf_index" / name, relpaths=index.relpaths, labels=index.labels)
+    growth, error, stderr = peak_growth(
+        "from resnext_tf.data import DataConfig, build_dataset\n"
+        f"cfg = DataConfig('imagenet', data_dir={str(tmp_path)!r}, image_size=32)\n"
+        "list(build_dataset(cfg, 'eval', 4))  # TensorFlow and the pipeline's graphs, loaded",
+        "assert sum(len(labels) for _, labels in build_dataset(cfg, 'train', 4)) == 4",
+        package_init=True,
+        timeout=180,
+    )
+    assert error == ""
+    assert f'"{folder / "0.JPEG"}" replaced by' in stderr
+    assert f'"{folder / "1.JPEG"}" replaced by' in stderr
+    assert ": is not a regular file" in stderr
+    assert ": 1073741824 bytes exceed the size limit 67108864" in stderr
+    assert growth < 256
 
 
 def test_train_config_image_limits_reach_the_pipeline():

@@ -87,6 +87,35 @@ def test_inconsistent_flags_are_usage_errors(argv, message):
         parse(argv)
 
 
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        # NaN passes every bound; these ran until the first NaN loss stopped them.
+        (["--lr=nan"], "lr must be a finite number; received lr=nan."),
+        (["--lr=inf"], "lr must be a finite number; received lr=inf."),
+        (
+            ["--weight_decay=nan"],
+            "weight_decay must be a finite number; received weight_decay=nan.",
+        ),
+        (["--momentum=nan"], "momentum must be a finite number; received momentum=nan."),
+        (["--seed=4294967296"], "seed must be in [0, 4294967296); received seed=4294967296."),
+    ],
+)
+def test_non_finite_floats_and_seeds_out_of_range_are_usage_errors(argv, message):
+    with pytest.raises(app.UsageError) as error:
+        parse(argv)
+    assert str(error.value) == message
+
+
+def test_negative_seed_is_refused_where_it_enters():
+    # It ended in numpy's "Seed must be between 0 and 2**32 - 1" traceback once training began.
+    with pytest.raises(absl_flags.IllegalFlagValueError, match="not an integer in the range"):
+        parse(["--seed=-1"])
+    with pytest.raises(ValueError) as error:
+        TrainConfig(seed=-1)
+    assert str(error.value) == "seed must be in [0, 4294967296); received seed=-1."
+
+
 def test_imagenet_depth_and_ten_crop_checks():
     with pytest.raises(ValueError, match=r"depth=29; expected one of \(50, 101, 152\)"):
         TrainConfig(dataset="imagenet", depth=29)

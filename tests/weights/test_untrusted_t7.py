@@ -13,6 +13,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch_files
+from child_process import peak_growth
 from torch_files import NUMBER, TABLE, TORCH, Obj, RawTensor
 
 from resnext_tf.errors import WeightsError
@@ -61,6 +62,17 @@ def shared_batch_norm():
     return tree
 
 
+def empty_tables(count):
+    """A Lua array of `count` empty tables: 24 bytes of file, some 280 bytes of Python each."""
+    entry = np.dtype(
+        [("key_type", "<i4"), ("key", "<f8"), ("type", "<i4"), ("index", "<i4"), ("size", "<i4")]
+    )
+    entries = np.zeros(count, entry)
+    entries["key_type"], entries["key"] = NUMBER, np.arange(1, count + 1)
+    entries["type"], entries["index"] = TABLE, np.arange(2, count + 2)
+    return struct.pack("<iii", TABLE, 1, count) + entries.tobytes()
+
+
 def self_wrapping():
     wrapper = Obj("nn.DataParallelTable", modules=[])
     wrapper.fields["modules"].append(wrapper)
@@ -87,6 +99,11 @@ CASES = {
     ),
     "deep_nesting": (nested_tables(10 * MAX_DEPTH), False, f"deeper than {MAX_DEPTH}"),
     "huge_table": (struct.pack("<iii", TABLE, 1, 2**31 - 1), False, "declares 2147483647"),
+    "many_empty_tables": (
+        empty_tables(70_000),
+        False,
+        "more than 65536 objects and table entries in 1680012 bytes",
+    ),
     "huge_string": (struct.pack("<ii", 2, 2**31 - 1) + b"ab", False, "needs 2147483647 bytes"),
     "unknown_type": (struct.pack("<i", 99), False, "unknown type tag 99"),
     "tensor_refers_to_itself": (
@@ -180,6 +197,20 @@ def test_crafted_file_is_refused_naming_the_file(crafted, name):
     expected = CASES[name][2] or "needs a torch.FloatStorage; received str"
     assert expected in message
     assert "\n" not in message
+
+
+def test_objects_and_entries_are_bounded_by_the_file_size(tmp_path):
+    # 2,000,000 empty tables in a 46 MiB file once took 543 MiB; refused, the file's bytes remain.
+    path = tmp_path / "tables.t7"
+    path.write_bytes(empty_tables(2_000_000))
+    growth, error, _ = peak_growth(
+        "from resnext_tf.weights.t7file import read_t7_file", f"read_t7_file({str(path)!r})"
+    )
+    assert error == (
+        "T7FormatError: more than 65536 objects and table entries in 48000012 bytes (one per "
+        "1024 bytes, at least 65536); a model file is mostly tensor values"
+    )
+    assert growth < path.stat().st_size / 2**20 + 16
 
 
 def test_exact_fit_views_read_the_right_values(tmp_path):

@@ -7,6 +7,7 @@ import logging
 import os
 import pathlib
 import threading
+import zipfile
 
 import numpy as np
 import pytest
@@ -24,6 +25,7 @@ from resnext_tf.weights import (
 )
 from resnext_tf.weights.convert import main as convert_main
 from resnext_tf.weights.pretrained import Pretrained
+from resnext_tf.weights.state_dict import compressed_zip_record
 
 MODEL = "resnext50_32x4d"
 
@@ -329,6 +331,47 @@ def test_damaged_pth_is_a_weights_error(tmp_path, torch, kind):
     path.write_bytes(data[: len(data) // 2] if kind == "truncated" else b"\x80\x04garbage")
     with pytest.raises(WeightsError, match=rf"Cannot read {path}"):
         load_weights(tiny_cifar(), str(path))
+
+
+def test_pth_with_a_compressed_record_is_refused_before_torch_inflates_it(
+    tmp_path, torch, monkeypatch
+):
+    # torch.save's archive again, deflated, its storage record grown to 128 MiB of zeros:
+    # torch.load would inflate it whole (the tensor views one value of it) before any check.
+    saved, path = tmp_path / "saved.pth", tmp_path / "deflated.pth"
+    torch.save({"fc.bias": torch.zeros(1)}, str(saved))
+    with zipfile.ZipFile(saved) as source, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as out:
+        for info in source.infolist():
+            with out.open(info.filename, "w", force_zip64=True) as record:
+                if info.filename.endswith("/data/0"):
+                    for _ in range(128):
+                        record.write(bytes(2**20))
+                else:
+                    record.write(source.read(info))
+    assert path.stat().st_size < 2**20
+
+    def inflate(*args, **kwargs):
+        raise AssertionError("torch.load ran")
+
+    monkeypatch.setattr(torch, "load", inflate)
+    with pytest.raises(WeightsError) as error:
+        load_weights(tiny_cifar(), str(path))
+    assert str(error.value) == (
+        f"{path} holds the compressed record 'saved/data.pkl'; torch.save writes every record "
+        "uncompressed, and torch.load would inflate it whole before any check. Save the weights "
+        "again with torch.save, or convert them to .safetensors."
+    )
+
+
+@pytest.mark.parametrize("form", ["zip", "zip64", "legacy"])
+def test_what_torch_save_writes_passes_the_compressed_record_check(tmp_path, torch, form):
+    path = tmp_path / "w.pth"
+    if form == "legacy":
+        torch.save({"a": torch.zeros(3)}, str(path), _use_new_zipfile_serialization=False)
+    else:  # over 65,535 records, the archive has zip64 end records
+        count = 65_600 if form == "zip64" else 3
+        torch.save({str(i): torch.zeros(1) for i in range(count)}, str(path))
+    assert compressed_zip_record(path) is None
 
 
 def test_old_torch_is_refused(tmp_path, torch, monkeypatch):
