@@ -1,10 +1,7 @@
 """Keras 3 layers of ResNeXt: the grouped convolution, batch normalization, the bottleneck block.
 
-Pure Keras (keras.layers / keras.ops), so the same model runs on the TensorFlow, JAX and PyTorch
-backends. Where a backend has a faster kernel than keras.ops reaches (TensorFlow's native grouped
-convolution and fused batch normalization, JAX's one-pass batch normalization), the layers reach
-it through `resnext_tf.backend_ops`, which alone knows the backends. Every convolution is
-bias-free and every strided convolution pads explicitly and symmetrically as Torch does, so
+Pure Keras, so the model runs on every backend; faster backend kernels are reached only through
+`resnext_tf.backend_ops`. Convolutions are bias-free and pad symmetrically as Torch does, so
 weights converted from Torch give the same outputs.
 """
 
@@ -24,10 +21,8 @@ BN_MOMENTUM = 0.9
 
 BOTTLENECK_TYPES = ("resnext_C", "resnext_B", "resnet")
 SHORTCUT_TYPES = ("A", "B", "C")
-# "block_diagonal" merges this many groups (or all of them, where fewer divide the cardinality)
-# into one group whose kernel is block-diagonal: wider groups give cuDNN more arithmetic per
-# byte, while more merged groups multiply more zeros; 4 trained fastest of 2, 4 and 8
-# (docs/performance.md, "GPU").
+# "block_diagonal" merges this many groups (fewer where they must divide the cardinality) into
+# one block-diagonal group: wider groups suit cuDNN, more zeros cost (docs/performance.md).
 GROUP_MERGE = 4
 
 
@@ -39,7 +34,7 @@ def conv_initializer():
 
 
 def block_diagonal_kernel(kernel, groups, merge):
-    """Rewrites a grouped kernel as one of groups / merge groups with block-diagonal kernels.
+    """Rewrites a grouped kernel as groups / merge groups with block-diagonal kernels.
 
     Args:
       kernel: (kh, kw, in_channels // groups, filters), output channels group by group.
@@ -47,10 +42,8 @@ def block_diagonal_kernel(kernel, groups, merge):
       merge: Groups merged into one; divides `groups`.
 
     Returns:
-      (kh, kw, merge * in_channels // groups, filters): merged group j holds original groups
-      j * merge ... j * merge + merge - 1 on its diagonal and zeros elsewhere, so the
-      convolution with groups / merge groups computes the same outputs, and the gradient of
-      the zeros never reaches `kernel`.
+      (kh, kw, merge * in_channels // groups, filters), zero off the diagonal blocks: the same
+      convolution with groups / merge groups, and no gradient reaches `kernel` from the zeros.
     """
     kh, kw, group_in, filters = kernel.shape
     group_out = filters // groups
@@ -70,10 +63,8 @@ def symmetric_pad(x, pad):
 class GroupedConv2D(keras.layers.Layer):
     """Bias-free grouped convolution with Torch's symmetric padding.
 
-    The kernel has Keras Conv2D(groups) layout, (kh, kw, in_channels // groups, filters), with
-    output channels ordered group by group, as Torch's weight transposed. Both implementations use
-    this one variable, so weights move between them unchanged. The convolutions themselves run
-    through `resnext_tf.backend_ops.conv2d`.
+    The kernel has Keras Conv2D(groups) layout, (kh, kw, in_channels // groups, filters), output
+    channels group by group; every `conv_impl` uses this one variable.
 
     Args:
       filters: Output channels; divisible by `groups`.
@@ -81,18 +72,15 @@ class GroupedConv2D(keras.layers.Layer):
       strides: Square stride.
       groups: Number of groups (the cardinality).
       padding: Zero padding on each side of height and width.
-      conv_impl: "grouped" (one grouped convolution; on TensorFlow its native kernel where
-        `backend_ops.tf_native_grouped_conv`, else Keras' XLA-compiled one), "split" (slice the
-        channels, one convolution a group, concatenate; needs no XLA anywhere),
-        "block_diagonal" (one grouped convolution of groups / GROUP_MERGE wider groups, see
-        `block_diagonal_kernel`) or "auto" (see `backend_ops.resolve_conv_impl`).
-      kernel_initializer: Kernel initializer; He fan_out normal by default.
+      conv_impl: "grouped" (one grouped convolution), "split" (one convolution a group; no
+        XLA anywhere), "block_diagonal" (`block_diagonal_kernel`, GROUP_MERGE groups at a time)
+        or "auto" (`backend_ops.resolve_conv_impl`).
+      kernel_initializer: He fan_out normal by default.
       **kwargs: Base layer arguments (name, dtype, ...).
     """
 
-    # True on layers that never compute gradients (inference graphs: `resnext_tf.fold`'s folded
-    # convolutions, the export's serving copy). TensorFlow then runs grouped convolutions as
-    # its native kernel wherever it runs them forward, even without the grouped gradient.
+    # True on layers that never take gradients (`resnext_tf.fold`, the serving copy): TensorFlow
+    # then runs grouped convolutions natively wherever it has the forward kernel.
     inference_only = False
 
     def __init__(
@@ -142,17 +130,16 @@ class GroupedConv2D(keras.layers.Layer):
         return self.convolve(inputs, ops.cast(self.kernel, self.compute_dtype))
 
     def convolve(self, inputs, kernel):
-        """This layer's convolution (padding, stride, implementation) with another kernel.
+        """This layer's convolution with another kernel (e.g. with BN folded in).
 
         Args:
           inputs: NHWC tensor in the layer's compute dtype.
-          kernel: A kernel of this layer's shape and compute dtype (e.g. with BN folded in).
+          kernel: A kernel of this layer's shape and compute dtype.
 
         Returns:
           The NHWC output.
         """
-        # With stride 1 and 'same'-sized padding, 'same' is the identical computation without the
-        # extra pad op.
+        # Here 'same' is the identical computation without a pad op.
         same = self.strides == 1 and 2 * self.padding == self.kernel_size - 1
         if not same:
             inputs = symmetric_pad(inputs, self.padding)
@@ -202,14 +189,10 @@ class GroupedConv2D(keras.layers.Layer):
 class BatchNorm(keras.layers.BatchNormalization):
     """keras.layers.BatchNormalization on the backends' fused kernels where they help.
 
-    The same arguments, variables, config and results as the Keras layer: training normalizes
-    with the batch statistics and moves `moving_mean` / `moving_variance` towards the batch mean
-    and biased batch variance by `1 - momentum`; inference, and training of a frozen layer
-    (trainable=False, as in Keras 3), use the moving statistics. A plain NHWC normalization
-    (4D channels-last input, no mask, synchronization or renormalization) runs on the fused
-    kernel of `resnext_tf.backend_ops.batch_norm` where the backend has one: one kernel forward
-    and one backward instead of Keras' moments and element-wise ops. Otherwise, and on PyTorch,
-    it is Keras' layer.
+    The same arguments, variables, config and results as the Keras layer (a frozen layer uses
+    the moving statistics, as in Keras 3). A plain NHWC normalization (4D channels-last, no mask,
+    synchronization or renormalization) runs on `backend_ops.batch_norm`'s fused kernel where
+    the backend has one; anything else is Keras' layer.
     """
 
     def _fused(self, inputs, mask, training):
@@ -259,9 +242,8 @@ class Bottleneck(keras.layers.Layer):
 
     resnext_C: 1x1 (in -> D*C), BN, ReLU, grouped 3x3 (stride s), BN, ReLU, 1x1 (-> 4*planes), BN.
     resnext_B: C branches [1x1 in -> D, BN, ReLU, 3x3 D -> D (stride s), BN, ReLU], concatenated,
-    then 1x1 (-> 4*planes), BN. The same function as C with the branch weights stacked.
-    resnet: resnext_C with cardinality 1 and base_width 64.
-    The shortcut is added and a final ReLU applied.
+    then 1x1, BN: form C with the branch weights stacked. resnet: C with cardinality 1, width 64.
+    Then the shortcut is added and a ReLU applied.
 
     Args:
       planes: Stage width (64, 128, 256, 512); the block outputs 4 * planes channels.
@@ -277,18 +259,12 @@ class Bottleneck(keras.layers.Layer):
       **kwargs: Base layer arguments (name, dtype, ...).
 
     Attributes:
-      width: Channels of the grouped 3x3, D * C (`bottleneck_width`).
-      out_channels: 4 * planes.
-      conv1, bn1, conv2, bn2: The 1x1 reduction and the grouped 3x3 with their BNs (None in a
-        resnext_B block).
-      branch_conv1, branch_bn1, branch_conv2, branch_bn2: resnext_B's branches, one entry each
-        (empty otherwise).
-      conv3, bn3: The 1x1 expansion and the block's last BN.
-      has_projection: Whether the shortcut is a projection.
-      shortcut_conv, shortcut_bn: The projection shortcut (None without one).
-    The sublayers exist once the block is built; their attribute names are part of the
-    .weights.h5 format. Subclasses change the layers the block is made of by overriding
-    `make_conv` and `make_norm` (e.g. BN folded away for inference).
+      width, out_channels: D * C (`bottleneck_width`) and 4 * planes.
+      conv1, bn1, conv2, bn2, conv3, bn3: The three convolutions and their BNs (the first two
+        pairs None in resnext_B, whose branches are branch_conv1, ..., branch_bn2, one per group).
+      has_projection, shortcut_conv, shortcut_bn: The projection shortcut (None without one).
+    Sublayers exist once built; their names are part of the .weights.h5 format. Subclasses
+    override `make_conv` and `make_norm` to change them (e.g. BN folded away).
     """
 
     def __init__(
@@ -350,8 +326,7 @@ class Bottleneck(keras.layers.Layer):
         )
 
     def make_norm(self, suffix, zero_gamma=False):
-        """A BatchNorm of the block, named `<block>_<suffix>`; gamma starts at 0 with
-        `zero_gamma`."""
+        """A BatchNorm of the block, named `<block>_<suffix>`."""
         return BatchNorm(
             epsilon=BN_EPSILON,
             momentum=BN_MOMENTUM,
@@ -360,6 +335,10 @@ class Bottleneck(keras.layers.Layer):
             name=f"{self.name}_{suffix}",
             dtype=self.dtype_policy,
         )
+
+    def _branches(self):
+        branches = (self.branch_conv1, self.branch_bn1, self.branch_conv2, self.branch_bn2)
+        return zip(*branches, strict=True)
 
     def _needs_projection(self, in_channels):
         return self.shortcut_type == "C" or (
@@ -385,13 +364,7 @@ class Bottleneck(keras.layers.Layer):
             ]
             self.branch_bn2 = [self.make_norm(f"branch{i}_bn2") for i in range(self.cardinality)]
             in_branch = (*input_shape[:-1], d)
-            for conv1, bn1, conv2, bn2 in zip(
-                self.branch_conv1,
-                self.branch_bn1,
-                self.branch_conv2,
-                self.branch_bn2,
-                strict=True,
-            ):
+            for conv1, bn1, conv2, bn2 in self._branches():
                 conv1.build(input_shape)
                 bn1.build(in_branch)
                 conv2.build(in_branch)
@@ -421,13 +394,7 @@ class Bottleneck(keras.layers.Layer):
     def _residual(self, x, training):
         if self.bottleneck_type == "resnext_B":
             branches = []
-            for conv1, bn1, conv2, bn2 in zip(
-                self.branch_conv1,
-                self.branch_bn1,
-                self.branch_conv2,
-                self.branch_bn2,
-                strict=True,
-            ):
+            for conv1, bn1, conv2, bn2 in self._branches():
                 y = ops.relu(bn1(conv1(x), training=training))
                 branches.append(ops.relu(bn2(conv2(y), training=training)))
             y = ops.concatenate(branches, axis=-1)
