@@ -1,15 +1,8 @@
 """Published weights by name: where they come from, their licence, download and local cache.
 
-Names and paths never mix: a known weight name (`KNOWN_NAMES`: "imagenet" and every tag of
-`PRETRAINED`) always means the published file, downloaded and hash-checked, whatever lies in
-the working directory; anything else (or any os.PathLike) is a path, so a local file that
-happens to be called "imagenet" is reached as "./imagenet".
-
-Files named in the torch hub convention (`name-<hash>.pth`) carry the first hex digits of their
-SHA-256. A download is streamed to a temporary file in the cache folder, hashed, and renamed
-into place only when its hash starts with them; a cached file is checked again on each use.
-The original Torch7 models publish no checksum, so their names are refused: the error says
-where to download the file, whose path the user then passes as a trust decision of their own.
+A known name (`KNOWN_NAMES`) always means the published file, checked against the SHA-256
+prefix in its name on download and on each use; anything else, and any os.PathLike, is a path.
+Files without a published checksum (the Torch7 models) are used by path only (docs/weights.md).
 """
 
 import dataclasses
@@ -145,12 +138,7 @@ PRETRAINED = {
 # the original recipe (torchvision's v1 recipe is fb.resnet.torch's).
 IMAGENET = "imagenet"
 DEFAULT_TAG = {
-    "resnext50_32x4d": "torchvision_v1",
-    "resnext101_32x8d": "torchvision_v1",
-    "resnext101_64x4d": "torchvision_v1",
-    "resnet50": "torchvision_v1",
-    "resnet101": "torchvision_v1",
-    "resnet152": "torchvision_v1",
+    name: "torchvision_v1" for name, tags in PRETRAINED.items() if "torchvision_v1" in tags
 }
 # Strings that are weight names and never paths.
 KNOWN_NAMES = frozenset({IMAGENET, *(tag for tags in PRETRAINED.values() for tag in tags)})
@@ -195,10 +183,9 @@ def fetch(entry):
       The path of the verified file in the cache.
 
     Raises:
-      WeightsError: when the file has no published checksum (it is never used by name), or its
-        SHA-256 does not start with the published prefix (the file is removed).
-      WeightsUnavailable: when it cannot be downloaded (offline); the message gives the URL and
-        where to put the file.
+      WeightsError: when the file has no published checksum, or its SHA-256 does not start with
+        the published prefix (the file is removed).
+      WeightsUnavailable: when it cannot be downloaded; the message says where to put it.
     """
     path = os.path.join(cache_dir(DOWNLOADS), entry.filename)
     expected = entry.sha256_prefix
@@ -227,13 +214,8 @@ def fetch(entry):
 
 
 def _download(entry, path, manual):
-    """Downloads `entry` to `path`: only a complete file with the published hash arrives there.
-
-    The bytes go to a temporary file of this process in the same folder
-    (`resnext_tf.fileio.atomic_path`), hashed as they come and bounded by MAX_DOWNLOAD_BYTES;
-    it is renamed onto `path` only after the hash matched, so a concurrent reader sees either no
-    file or the whole verified one.
-    """
+    """Downloads `entry` to `path`, hashed and bounded (MAX_DOWNLOAD_BYTES) as it streams into
+    a temporary file that is renamed onto `path` only when the hash matched."""
     if not entry.url.startswith(DOWNLOAD_SCHEMES):
         raise WeightsError(f"Refusing to download {entry.url}: expected an http(s) URL.")
     logger.info("Downloading %s (licence: %s).", entry.url, entry.licence)
@@ -274,16 +256,11 @@ def _too_large(entry, what):
 
 
 def resolve_weights(weights, model_name):
-    """Turns a `weights` argument into a local file path.
-
-    A known name (`KNOWN_NAMES`) always means the published weights, never a file of that name
-    in the working directory; every other string, and any os.PathLike, is a path ("./imagenet"
-    for a local file called imagenet).
+    """Turns a `weights` argument into a local file path (see the module docstring).
 
     Args:
-      weights: None; "imagenet" (the model's default published ImageNet weights); another tag
-        of `list_pretrained(model_name)`, such as "torchvision_v2" or "timm_a1h"; or the path of
-        an existing weights file.
+      weights: None, a name of `list_pretrained(model_name)` ("imagenet" is the model's default
+        tag), or the path of an existing weights file ("./imagenet" for a file of that name).
       model_name: Registry name of the architecture, e.g. "resnext50_32x4d".
 
     Returns:
