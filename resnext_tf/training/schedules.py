@@ -45,16 +45,10 @@ class StepSchedule:
     """Learning rate of every training step: optional linear warmup, then the step or cosine
     schedule.
 
-    Steps are counted from the start of the run (0-based `global_step`: the step taken after
-    `global_step` earlier ones), so a resumed run continues the same values. Without warmup,
-    the step schedule returns `learning_rate(...)` of the step's epoch unchanged, i.e. the
-    original recipe bit for bit.
-
-    During the first W = warmup_steps(...) steps the scheduled rate is multiplied by
-    (global_step + 1) / W: a linear ramp from base/W to the full rate at step W - 1, as the
-    gradual warmup of Goyal et al. (2017), which ramps the rate per iteration. Cosine decays
-    base * (1 + cos(pi * t)) / 2 with t = (global_step - W) / (total - W) going from 0 after
-    the warmup towards 1 at the end of the run.
+    Steps count from the start of the run (0-based `global_step`), so a resumed run continues
+    the same values; without warmup the step schedule is the original recipe bit for bit. The
+    warmup is Goyal et al.'s (2017) per-step linear ramp; the formulas are in docs/training.md,
+    "Large batch".
 
     Args:
         base_lr: the (linearly scaled) learning rate that warmup reaches.
