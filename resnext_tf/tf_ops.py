@@ -127,8 +127,7 @@ def grouped_conv_supported(dtype="float32", gradients=True):
 
     A tiny grouped convolution (and its gradient ops) runs eagerly, even during a trace, against
     one convolution a group; the answer is cached. TensorFlow's own CPU kernels lack the grouped
-    gradient; oneDNN (default on x86 CPUs with AVX512-VNNI, AVX512-BF16 or AMX, elsewhere with
-    TF_ENABLE_ONEDNN_OPTS=1) and cuDNN have both directions.
+    gradient; oneDNN (see `resnext_tf.hardware`) and cuDNN have both directions.
 
     Args:
       dtype: The compute dtype, e.g. "float32" or "bfloat16".
