@@ -117,12 +117,7 @@ class GroupedConv2D(keras.layers.Layer):
             )
         self.kernel = self.add_weight(
             name="kernel",
-            shape=(
-                self.kernel_size,
-                self.kernel_size,
-                in_channels // self.groups,
-                self.filters,
-            ),
+            shape=(self.kernel_size, self.kernel_size, in_channels // self.groups, self.filters),
             initializer=self.kernel_initializer,
         )
 

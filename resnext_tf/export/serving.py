@@ -142,8 +142,8 @@ def class_tables(contract):
 
 
 def _failures(image_bytes, found, limits):
-    """"image <i>: <reason>" of each image not in `found` (check_image's reason, else
-    UNDECODABLE), joined by "; "."""
+    """The line "image <i>: <reason>" of each image not in `found`, joined by "; "; the reason
+    is check_image's, else UNDECODABLE."""
     count = tf.size(image_bytes)
     hits = tf.scatter_nd(found[:, None], tf.ones_like(found), [count])
     failed = tf.cast(tf.where(tf.equal(hits, 0))[:, 0], tf.int32)
@@ -280,5 +280,3 @@ def write_warmup(export_path, model_name, image_bytes):
     with tf.io.TFRecordWriter(path) as writer:
         writer.write(record.SerializeToString())
     return path
-
-

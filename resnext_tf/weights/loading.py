@@ -205,9 +205,7 @@ def _load_cached(model, path, skip_classifier):
         model.load_weights(path)
     except READ_ERRORS as e:
         logger.warning(
-            "Removing the unreadable cached conversion %s (%s); converting again.",
-            path,
-            quoted(e),
+            "Removing the unreadable cached conversion %s (%s); converting again.", path, quoted(e)
         )
         with contextlib.suppress(OSError):  # gone already, or not a file we can remove
             os.remove(path)
