@@ -1,8 +1,7 @@
 """The one door from resnext_tf's layers to backend kernels, and the policy that picks them.
 
-`resnext_tf.tf_ops` and `resnext_tf.jax_ops` are imported on first use and only on their own
-backend, so the model never imports TensorFlow under JAX or PyTorch; everything else is
-keras.ops. The measurements behind each choice are in docs/performance.md.
+`tf_ops` and `jax_ops` are imported on first use, only on their own backend, so the model never
+imports TensorFlow under JAX or PyTorch. The figures behind each choice: docs/performance.md.
 """
 
 import functools
@@ -37,10 +36,10 @@ def _backend():
 
 
 def tf_native_grouped_conv(dtype="float32", inference=False):
-    """Whether grouped convolutions in `dtype` run as TensorFlow's own kernel in this process.
+    """Whether grouped convolutions in `dtype` run as TensorFlow's own kernel here.
 
-    False off TensorFlow; there `resnext_tf.tf_ops.grouped_conv_supported` probes it. Training
-    needs oneDNN or cuDNN; `inference` (the forward pass only) runs on any TensorFlow build.
+    Probed by `tf_ops.grouped_conv_supported`: training needs oneDNN or cuDNN, `inference` (the
+    forward pass only) runs on any TensorFlow.
     """
     backend, kernels = _backend()
     return backend == "tensorflow" and kernels.grouped_conv_supported(dtype, not inference)
@@ -49,11 +48,9 @@ def tf_native_grouped_conv(dtype="float32", inference=False):
 def resolve_conv_impl(conv_impl, dtype="float32", inference=False):
     """Picks the grouped-convolution implementation for the current Keras backend.
 
-    "auto" resolves to "grouped" on TensorFlow where `tf_native_grouped_conv`, else to "split"
-    (Keras' grouped convolution there is XLA-compiled: slow to train on CPU, and a SavedModel
-    would need XLA to serve); to "block_diagonal" with JAX on a GPU (cuDNN does little work per
-    byte on 4- to 32-channel groups); to "grouped" elsewhere (XLA and PyTorch lower groups
-    natively).
+    "auto" is "grouped" on TensorFlow where `tf_native_grouped_conv`, else "split" (Keras' grouped
+    convolution there is XLA: slow to train on CPU, and XLA at serving time); "block_diagonal" with
+    JAX on a GPU (cuDNN is slow on 4- to 32-channel groups); "grouped" elsewhere (native groups).
 
     Args:
       conv_impl: One of CONV_IMPLS.
@@ -121,7 +118,7 @@ def conv2d(inputs, kernel, strides, padding, inference=False):
 def batch_norm(inputs, gamma, beta, moving_mean, moving_variance, epsilon, training):
     """Batch normalization of NHWC `inputs` over the last axis on the backend's fused kernel.
 
-    TensorFlow: FusedBatchNormV3. JAX: `jax_ops.batch_norm_train` in training only (XLA fuses
+    TensorFlow: FusedBatchNormV3; JAX: `jax_ops.batch_norm_train`, in training only (XLA fuses
     Keras' inference normalization already).
 
     Args:

@@ -1,8 +1,7 @@
-"""Keras 3 layers of ResNeXt: the grouped convolution, batch normalization, the bottleneck block.
+"""Keras 3 layers of ResNeXt: grouped convolution, batch normalization, the bottleneck block.
 
-Pure Keras, so the model runs on every backend; faster backend kernels are reached only through
-`resnext_tf.backend_ops`. Convolutions are bias-free and pad symmetrically as Torch does, so
-weights converted from Torch give the same outputs.
+Pure Keras; faster backend kernels are reached only through `resnext_tf.backend_ops`.
+Convolutions are bias-free and pad symmetrically as Torch does, so converted weights match.
 """
 
 import math
@@ -14,8 +13,7 @@ from resnext_tf import backend_ops
 from resnext_tf.backend_ops import CONV_IMPLS, resolve_conv_impl
 from resnext_tf.errors import check_choice
 
-# Torch's nn.SpatialBatchNormalization / nn.BatchNorm2d defaults: eps 1e-5, running-average
-# momentum 0.1, which is Keras momentum 0.9.
+# Torch's BatchNorm defaults: eps 1e-5, running-average momentum 0.1 (Keras momentum 0.9).
 BN_EPSILON = 1e-5
 BN_MOMENTUM = 0.9
 
@@ -43,7 +41,7 @@ def block_diagonal_kernel(kernel, groups, merge):
 
     Returns:
       (kh, kw, merge * in_channels // groups, filters), zero off the diagonal blocks: the same
-      convolution with groups / merge groups, and no gradient reaches `kernel` from the zeros.
+      convolution, and the zeros pass no gradient to `kernel`.
     """
     kh, kw, group_in, filters = kernel.shape
     group_out = filters // groups
@@ -63,8 +61,7 @@ def symmetric_pad(x, pad):
 class GroupedConv2D(keras.layers.Layer):
     """Bias-free grouped convolution with Torch's symmetric padding.
 
-    The kernel has Keras Conv2D(groups) layout, (kh, kw, in_channels // groups, filters), output
-    channels group by group; every `conv_impl` uses this one variable.
+    Whatever `conv_impl`, the kernel has Keras Conv2D(groups) layout, outputs group by group.
 
     Args:
       filters: Output channels; divisible by `groups`.
@@ -72,9 +69,8 @@ class GroupedConv2D(keras.layers.Layer):
       strides: Square stride.
       groups: Number of groups (the cardinality).
       padding: Zero padding on each side of height and width.
-      conv_impl: "grouped" (one grouped convolution), "split" (one convolution a group; no
-        XLA anywhere), "block_diagonal" (`block_diagonal_kernel`, GROUP_MERGE groups at a time)
-        or "auto" (`backend_ops.resolve_conv_impl`).
+      conv_impl: "grouped" (one convolution), "split" (one a group, no XLA), "block_diagonal"
+        (`block_diagonal_kernel`) or "auto" (`backend_ops.resolve_conv_impl`).
       kernel_initializer: He fan_out normal by default.
       **kwargs: Base layer arguments (name, dtype, ...).
     """
@@ -125,15 +121,7 @@ class GroupedConv2D(keras.layers.Layer):
         return self.convolve(inputs, ops.cast(self.kernel, self.compute_dtype))
 
     def convolve(self, inputs, kernel):
-        """This layer's convolution with another kernel (e.g. with BN folded in).
-
-        Args:
-          inputs: NHWC tensor in the layer's compute dtype.
-          kernel: A kernel of this layer's shape and compute dtype.
-
-        Returns:
-          The NHWC output.
-        """
+        """This layer's convolution of NHWC `inputs` with another `kernel` (e.g. BN folded in)."""
         # Here 'same' is the identical computation without a pad op.
         same = self.strides == 1 and 2 * self.padding == self.kernel_size - 1
         if not same:
@@ -184,10 +172,8 @@ class GroupedConv2D(keras.layers.Layer):
 class BatchNorm(keras.layers.BatchNormalization):
     """keras.layers.BatchNormalization on the backends' fused kernels where they help.
 
-    The same arguments, variables, config and results as the Keras layer (a frozen layer uses
-    the moving statistics, as in Keras 3). A plain NHWC normalization (4D channels-last, no mask,
-    synchronization or renormalization) runs on `backend_ops.batch_norm`'s fused kernel where
-    the backend has one; anything else is Keras' layer.
+    The same arguments, variables, config and results; a plain NHWC normalization (no mask,
+    synchronization or renormalization) runs on `backend_ops.batch_norm` where the backend can.
     """
 
     def _fused(self, inputs, mask, training):
@@ -236,16 +222,15 @@ class Bottleneck(keras.layers.Layer):
     """One residual bottleneck block: ResNeXt (forms B and C) or the plain ResNet bottleneck.
 
     resnext_C: 1x1 (in -> D*C), BN, ReLU, grouped 3x3 (stride s), BN, ReLU, 1x1 (-> 4*planes), BN.
-    resnext_B: C branches [1x1 in -> D, BN, ReLU, 3x3 D -> D (stride s), BN, ReLU], concatenated,
-    then 1x1, BN: form C with the branch weights stacked. resnet: C with cardinality 1, width 64.
-    Then the shortcut is added and a ReLU applied.
+    resnext_B: C branches of 1x1 and 3x3 (D channels) concatenated, then 1x1, BN: form C with the
+    branch weights stacked. resnet: C with cardinality 1, width 64. Then shortcut, add, ReLU.
 
     Args:
-      planes: Stage width (64, 128, 256, 512); the block outputs 4 * planes channels.
+      planes: Stage width; the block outputs 4 * planes channels.
       strides: Stride of the 3x3 convolution and of the projection shortcut.
       cardinality: Number of groups C.
       base_width: Width of one group in the first stage (the paper's d).
-      bottleneck_type: "resnext_C", "resnext_B" or "resnet".
+      bottleneck_type: One of BOTTLENECK_TYPES.
       shortcut_type: "A" (identity, or subsample + zero channels), "B" (projection where the
         shape changes) or "C" (always a projection).
       conv_impl: Grouped 3x3 implementation, see `GroupedConv2D`.
@@ -253,13 +238,10 @@ class Bottleneck(keras.layers.Layer):
       sync_bn: Synchronize BN statistics across replicas (TensorFlow backend only).
       **kwargs: Base layer arguments (name, dtype, ...).
 
-    Attributes:
-      width, out_channels: D * C (`bottleneck_width`) and 4 * planes.
-      conv1, bn1, conv2, bn2, conv3, bn3: The three convolutions and their BNs (the first two
-        pairs None in resnext_B, whose branches are branch_conv1, ..., branch_bn2, one per group).
-      has_projection, shortcut_conv, shortcut_bn: The projection shortcut (None without one).
-    Sublayers exist once built; their names are part of the .weights.h5 format. Subclasses
-    override `make_conv` and `make_norm` to change them (e.g. BN folded away).
+    `width` (D * C) and `out_channels` are set at construction, the sublayers (conv1 ... bn3, or
+    resnext_B's branch_conv1 ... branch_bn2 lists; shortcut_conv / shortcut_bn if
+    `has_projection`) when built. Their names are part of the .weights.h5 format; subclasses
+    change them by overriding `make_conv` and `make_norm` (e.g. BN folded away).
     """
 
     def __init__(
@@ -302,7 +284,7 @@ class Bottleneck(keras.layers.Layer):
         self.sync_bn = sync_bn
         self.width = bottleneck_width(planes, cardinality, base_width)
         self.out_channels = 4 * planes
-        # The sublayers (see Attributes), made in build.
+        # The sublayers (see the class docstring), made in build.
         self.conv1 = self.bn1 = self.conv2 = self.bn2 = self.conv3 = self.bn3 = None
         self.shortcut_conv = self.shortcut_bn = self.has_projection = None
         self.branch_conv1, self.branch_bn1, self.branch_conv2, self.branch_bn2 = [], [], [], []

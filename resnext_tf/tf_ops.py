@@ -24,16 +24,10 @@ POINTWISE_MATMUL_MIN_RATIO = 0.25
 
 
 def grouped_conv2d(inputs, kernel, strides, padding):
-    """One convolution with in_channels / kernel.shape[2] groups.
+    """Returns one convolution with in_channels / kernel.shape[2] groups.
 
-    Args:
-      inputs: NHWC tensor.
-      kernel: (kh, kw, in_channels // groups, filters), output channels group by group.
-      strides: Square stride.
-      padding: "SAME" or "VALID": explicit paddings have no grouped gradient.
-
-    Returns:
-      The NHWC output tensor.
+    Arguments as `backend_ops.conv2d`, but `padding` is "SAME" or "VALID": explicit paddings have
+    no grouped gradient.
     """
     return tf.nn.conv2d(inputs, kernel, strides, padding)
 
@@ -63,15 +57,12 @@ def pointwise_as_matmul(input_shape, strides, filters):
 
 
 def pointwise_conv2d(inputs, kernel, strides):
-    """A 1x1 convolution without padding, as one matrix product.
+    """Returns a 1x1 convolution without padding as one matrix product.
 
     Args:
       inputs: NHWC tensor.
       kernel: (1, 1, in_channels, filters).
       strides: Square stride, applied by slicing first.
-
-    Returns:
-      The NHWC output tensor.
     """
     if strides > 1:
         inputs = inputs[:, ::strides, ::strides, :]
@@ -132,27 +123,17 @@ def grouped_conv_supported(dtype="float32", gradients=True):
     Args:
       dtype: The compute dtype, e.g. "float32" or "bfloat16".
       gradients: Ask whether it trains; False asks whether it infers (forward only).
-
-    Returns:
-      True when the native grouped convolution serves that purpose in `dtype`.
     """
     with tf.init_scope():
         return _grouped_conv_supported(tf.as_dtype(dtype), bool(gradients))
 
 
 def fused_batch_norm(inputs, gamma, beta, mean, variance, epsilon, training):
-    """Batch normalization of NHWC `inputs` over the last axis with FusedBatchNormV3.
+    """`backend_ops.batch_norm` on TensorFlow, with FusedBatchNormV3.
 
-    Args:
-      inputs: 4D NHWC tensor, float32, float16 or bfloat16 (computed in float32).
-      gamma, beta: float32 scale and offset.
-      mean, variance: float32 moving statistics, used when not `training`.
-      epsilon: Added to the variance.
-      training: Normalize with the batch statistics (True) or the moving ones.
-
-    Returns:
-      (outputs in the dtype of `inputs`, mean, variance): in training the batch mean and biased
-      variance (as Keras averages it), else `mean` and `variance`.
+    `inputs` may be float32, float16 or bfloat16 (computed in float32); `mean` and `variance` are
+    the moving statistics. In training the returned ones are the batch mean and the biased
+    variance, as Keras averages it.
     """
     # The raw op, not tf.compat.v1.nn.fused_batch_norm, which raises epsilon to 1.001e-5. In
     # training the kernel takes empty statistics and returns the batch's.
