@@ -64,8 +64,7 @@ def _verify_manifest(checkpoint_dir):
 
 
 def _verify_by_reading(checkpoint_dir):
-    # Checkpoints written before manifests existed: read every tensor, which checks the index
-    # and the lengths and checksums TensorFlow keeps for each tensor.
+    # Checkpoints from before manifests: reading every tensor checks TensorFlow's own checksums.
     try:
         reader = tf.train.load_checkpoint(os.path.join(checkpoint_dir, PREFIX))
         for name in reader.get_variable_to_shape_map():
@@ -84,8 +83,7 @@ def _signature(checkpoint_dir):
     return os.path.realpath(checkpoint_dir), tuple(entries)
 
 
-# Checkpoints found intact, by signature: one process often resolves the same checkpoint more
-# than once (class count, then weights) and need not hash it again.
+# Signatures of checkpoints found intact: a process often resolves one twice, hashing it once.
 _VERIFIED = set()
 
 

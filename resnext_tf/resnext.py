@@ -23,14 +23,11 @@ POOLINGS = (None, "avg", "max")
 
 
 def stage_blocks(stem, depth):
-    """Blocks per stage for a stem and depth.
+    """Returns the number of blocks in each stage for a stem and depth.
 
     Args:
       stem: "imagenet" or "cifar".
       depth: 50, 101 or 152 for ImageNet; 9n + 2 (29 = 3 blocks a stage) for CIFAR.
-
-    Returns:
-      The number of blocks in each stage.
 
     Raises:
       ValueError: for an unknown stem or a depth the stem does not support.

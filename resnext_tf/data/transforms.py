@@ -11,8 +11,7 @@ import tensorflow as tf
 from resnext_tf.data.decode import DEFAULT_LIMITS, checked, decode_window, image_shape
 from resnext_tf.recipes import RECIPES
 
-# ImageNet channel mean and std on [0, 1] RGB images, and CIFAR's (mean, std) on 0-255 images,
-# from the recipes.
+# The recipes' ImageNet mean and std on [0, 1] RGB, and CIFAR's (mean, std) on 0-255 images.
 IMAGENET_MEAN, IMAGENET_STD = RECIPES["imagenet"].mean, RECIPES["imagenet"].std
 CIFAR_MEAN_STD = {name: (r.mean, r.std) for name, r in RECIPES.items() if r.stem == "cifar"}
 # AlexNet PCA lighting noise: eigenvalues and eigenvector rows (docs/reference.md "Data", step 3).
@@ -152,10 +151,8 @@ def jitter_coefficients(factors, order):
 
 
 def lighting_shift(seed, alphastd):
-    """AlexNet PCA noise eigvec @ (alpha * eigval), alpha ~ N(0, alphastd) per component.
-
-    Returns:
-        float32 [3]: the RGB offset added to every pixel of the image.
+    """Returns AlexNet's PCA lighting offset of one image, float32 [3] added to every pixel:
+    eigvec @ (alpha * eigval), alpha ~ N(0, alphastd) per component.
     """
     alpha = tf.random.stateless_normal([3], seed, stddev=alphastd)
     eigvec = tf.constant(PCA_EIGVEC, tf.float32)

@@ -1,13 +1,9 @@
 """The serving graph: the model rewritten for inference, and the SavedModel's signatures.
 
-  serving_default  image_bytes: string [N >= 1], each checked against the image limits from
-                   its header, then decoded and given the evaluation transform in the graph; a
-                   bad image fails the request with InvalidArgument naming it ("image 3: ...").
-  predict_images   images: float32 [N, H, W, 3], already transformed.
-
-Both return logits, probabilities, the top-k classes and scores, and the top-k labels (and
-wnids) the data contract knows. Grouped convolutions run without XLA, which stock TF Serving
-lacks (docs/export.md).
+serving_default takes encoded images (`image_bytes`), checked against the image limits from
+their headers and transformed in the graph; a bad image fails the request with InvalidArgument
+naming it ("image 3: ..."). predict_images takes transformed float32 `images`. Their outputs are
+listed in docs/export.md, "Signatures"; grouped convolutions run without XLA.
 """
 
 import logging

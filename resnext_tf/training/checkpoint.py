@@ -47,19 +47,17 @@ class CheckpointManager:
         self.keep = keep
         self._objects = objects
 
-    def _pointer(self, which):
+    def _target(self, which):
         name, _ = checkpoints.pointer_target(self.directory, which)
-        return {"name": name} if name else None
+        return os.path.join(self.directory, name) if name else None
 
     def latest(self):
         """Path `latest` names (unverified), or None."""
-        pointer = self._pointer(LATEST)
-        return os.path.join(self.directory, pointer["name"]) if pointer else None
+        return self._target(LATEST)
 
     def best(self):
         """Path `best` names (unverified), or None."""
-        pointer = self._pointer(BEST)
-        return os.path.join(self.directory, pointer["name"]) if pointer else None
+        return self._target(BEST)
 
     def newest_valid(self):
         """The checkpoint to resume from (see `newest_valid`), or None when there is none."""
@@ -119,7 +117,7 @@ class CheckpointManager:
         return checkpoints.read_state(checkpoint_dir)
 
     def _apply_retention(self):
-        protected = {(self._pointer(which) or {}).get("name") for which in (LATEST, BEST)}
+        protected = {checkpoints.pointer_target(self.directory, w)[0] for w in (LATEST, BEST)}
         names = sorted(os.listdir(self.directory))
         epochs = [n for n in names if n.startswith(checkpoints.EPOCH_PREFIX)]
         stale = [n for n in names if n.startswith(checkpoints.STEP_PREFIX)]

@@ -29,8 +29,7 @@ def learning_rate(base_lr, recipe, epoch, num_epochs):
     return base_lr * math.pow(DECAY_FACTOR, recipe.decays(epoch, num_epochs))
 
 
-# Shapes of the per-step schedule: "step" is the original's (above), "cosine" decays to zero over
-# the steps after the warmup.
+# "step" is the original's schedule (above); "cosine" decays to zero after the warmup.
 LR_SCHEDULES = ("step", "cosine")
 
 

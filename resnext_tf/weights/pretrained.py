@@ -17,8 +17,7 @@ from resnext_tf.errors import WeightsError
 
 logger = logging.getLogger(__name__)
 
-# Cache root: $RESNEXT_TF_CACHE, else <Keras home>/resnext_tf (Keras home is $KERAS_HOME or
-# ~/.keras, where keras.applications keeps its weights).
+# Cache root: $RESNEXT_TF_CACHE, else resnext_tf/ in $KERAS_HOME or ~/.keras (as Keras' own).
 CACHE_ENV = "RESNEXT_TF_CACHE"
 DOWNLOADS, CONVERTED = "downloads", "converted"
 # torch hub convention: "-<first hex digits of the sha256>." in the file name.

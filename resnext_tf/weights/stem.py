@@ -21,8 +21,7 @@ RGB = 3
 # Layer name of the stem convolution in resnext_tf models, and its torchvision/timm tensor.
 STEM_LAYER = "stem_conv"
 TORCH_STEM_KERNEL = "conv1.weight"
-# The stem kernel inside a Keras .weights.h5 file: top-level layers are stored under their
-# class's snake_case name, and the stem is the only GroupedConv2D outside the blocks.
+# The stem kernel in a .weights.h5 file: the only top-level GroupedConv2D, named by its class.
 H5_STEM_KERNEL = "layers/grouped_conv2d/vars/0"
 # The weights file inside a .keras archive.
 KERAS_ARCHIVE_WEIGHTS = "model.weights.h5"

@@ -20,8 +20,7 @@ BATCH_NORMS = ("SpatialBatchNormalization", "BatchNormalization")
 LINEARS = ("Linear",)
 SEQUENTIAL = "Sequential"
 CONCAT_TABLE = "ConcatTable"
-# Parameter-free modules of the original models (pooling, activations, reshapes, the
-# shortcut's subsample-and-pad and the joins).
+# Parameter-free modules of the original models (type A shortcuts' subsample-and-pad included).
 PARAMETER_FREE = (
     "ReLU",
     "SpatialMaxPooling",
