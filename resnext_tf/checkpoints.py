@@ -88,10 +88,8 @@ _VERIFIED = set()
 
 
 def verify(checkpoint_dir):
-    """Checks that `checkpoint_dir` holds a complete, unaltered checkpoint.
-
-    Returns:
-        None when it does, else a short description of the damage.
+    """Returns None when `checkpoint_dir` holds a complete, unaltered checkpoint, else a short
+    description of the damage.
     """
     if not os.path.isdir(checkpoint_dir):
         return "it does not exist"
@@ -208,9 +206,6 @@ def find_checkpoint(path):
 
     A checkpoint directory or the `best` pointer must verify as named; a model_dir, its
     checkpoints/ folder or the `latest` pointer gives `newest_valid` of the folder.
-
-    Args:
-        path: any of these.
 
     Returns:
         The checkpoint directory (holding state.json), or None when `path` holds none.

@@ -40,7 +40,7 @@ _requested = False
 
 
 def request_onednn(environ=None, modules=None, machine=None, flags=None):
-    """Sets TF_ENABLE_ONEDNN_OPTS=1 where TensorFlow would leave oneDNN off.
+    """Sets TF_ENABLE_ONEDNN_OPTS=1 where TensorFlow would leave oneDNN off; True if it did.
 
     Not where the variable is set (the user's choice), TensorFlow is imported (it reads the
     variable once), off x86-64, or on a CPU with ONEDNN_DEFAULT_FLAGS.
@@ -48,9 +48,6 @@ def request_onednn(environ=None, modules=None, machine=None, flags=None):
     Args:
       environ, modules, machine, flags: os.environ, sys.modules, platform.machine() and
         `cpu_flags()` by default.
-
-    Returns:
-      True when it set the variable.
     """
     global _requested
     environ = os.environ if environ is None else environ

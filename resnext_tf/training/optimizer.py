@@ -15,15 +15,12 @@ NO_DECAY_KINDS = ("bn", "bias")
 
 
 def no_decay_variables(model, kinds):
-    """The trainable variables of `model` that `kinds` exempt from weight decay.
+    """The trainable variables of `model` that `kinds` exempt from weight decay, in order.
 
     Args:
         model: a Keras model.
         kinds: subset of NO_DECAY_KINDS: "bn", gamma and beta of every BatchNormalization;
             "bias", every variable named "bias" (in ResNeXt only the classifier's).
-
-    Returns:
-        The variables, in the order of `model.trainable_variables`.
 
     Raises:
         ValueError: for an unknown kind.

@@ -13,16 +13,13 @@ DECAY_FACTOR = 0.1
 
 
 def learning_rate(base_lr, recipe, epoch, num_epochs):
-    """Scheduled learning rate of `epoch` (1-based) under the step schedule of `recipe`.
+    """Returns base_lr * 0.1 ** (decays of `recipe`'s step schedule up to `epoch`).
 
     Args:
         base_lr: learning rate of the first epoch.
         recipe: the dataset's resnext_tf.recipes.Recipe.
         epoch: 1-based epoch number.
         num_epochs: total epochs of the run (the CIFAR decay points are fractions of it).
-
-    Returns:
-        base_lr * 0.1 ** (decays so far).
     """
     if epoch < 1:
         raise ValueError(f"epoch is 1-based; received epoch={epoch!r}; expected >= 1.")

@@ -173,13 +173,7 @@ def lookup(weights, model_name):
 
 
 def fetch(entry):
-    """Returns the local path of a published file, downloading it on first use.
-
-    Args:
-      entry: A `Pretrained`.
-
-    Returns:
-      The path of the verified file in the cache.
+    """Returns the local path of the `Pretrained` file `entry`, downloaded on first use.
 
     Raises:
       WeightsError: when the file has no published checksum, or its SHA-256 does not start with

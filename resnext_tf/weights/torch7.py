@@ -49,8 +49,8 @@ def read_t7(path):
       path: A .t7 file written by Torch7's torch.save (binary format), holding the nn model.
 
     Returns:
-      A dict from torchvision tensor name (conv1.weight, layer1.0.bn1.running_var, fc.bias,
-      ...) to float32 arrays in Torch layout.
+      {torchvision tensor name (conv1.weight, layer1.0.bn1.running_var, ...): float32 array in
+      Torch layout}.
 
     Raises:
       WeightsError: naming the file, when it is not a well-formed Torch7 file or its module tree
@@ -71,15 +71,12 @@ def read_t7(path):
 
 
 def t7_state_dict(root, max_values=None):
-    """Converts a module tree read from a .t7 file into a torchvision-style state dict.
+    """`read_t7`'s state dict of a module tree read from a .t7 file.
 
     Args:
       root: The model object of the file (see `resnext_tf.weights.t7file.read_t7_file`).
       max_values: The most values the parameters may hold together (the file's storages);
         more means shared tensors, which would let a small file expand into large copies.
-
-    Returns:
-      See `read_t7`.
 
     Raises:
       ValueError: when the module tree is not a ResNeXt/ResNet of models/resnext.lua.
