@@ -331,15 +331,13 @@ class Bottleneck(keras.layers.Layer):
             )
         d = self.width // self.cardinality
         if self.bottleneck_type == "resnext_B":
-            self.branch_conv1 = [
-                self.make_conv(f"branch{i}_conv1", d) for i in range(self.cardinality)
-            ]
-            self.branch_bn1 = [self.make_norm(f"branch{i}_bn1") for i in range(self.cardinality)]
+            branches = range(self.cardinality)
+            self.branch_conv1 = [self.make_conv(f"branch{i}_conv1", d) for i in branches]
+            self.branch_bn1 = [self.make_norm(f"branch{i}_bn1") for i in branches]
             self.branch_conv2 = [
-                self.make_conv(f"branch{i}_conv2", d, 3, self.strides)
-                for i in range(self.cardinality)
+                self.make_conv(f"branch{i}_conv2", d, 3, self.strides) for i in branches
             ]
-            self.branch_bn2 = [self.make_norm(f"branch{i}_bn2") for i in range(self.cardinality)]
+            self.branch_bn2 = [self.make_norm(f"branch{i}_bn2") for i in branches]
             in_branch = (*input_shape[:-1], d)
             for conv1, bn1, conv2, bn2 in self._branches():
                 conv1.build(input_shape)

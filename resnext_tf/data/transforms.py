@@ -125,11 +125,8 @@ def _jitter_maps(factors):
 
 
 def sample_color_jitter(seed, strength):
-    """Draws the jitter factors 1 + U(-strength, strength) and a random order of the 3 ops.
-
-    Returns:
-        (factors, order): float32 [3] for brightness, contrast, saturation and an int32 [3]
-        permutation; order[k] is the op applied k-th.
+    """Returns (factors, order): float32 [3] jitter factors 1 + U(-strength, strength) for
+    brightness, contrast and saturation, and the int32 [3] order of the ops (order[k] goes k-th).
     """
     factor_seed, order_seed = split_seed(seed, 2)
     factors = 1.0 + tf.random.stateless_uniform([3], factor_seed, -strength, strength)
@@ -138,10 +135,8 @@ def sample_color_jitter(seed, strength):
 
 
 def jitter_coefficients(factors, order):
-    """Composes fb.resnet.torch's ColorJitter blends in `order`, without clamping.
-
-    Returns:
-        float32 [3]: (p, q, r) of p * x + q * grey(x) + r * mean(grey(x)).
+    """Returns float32 (p, q, r) of p * x + q * grey(x) + r * mean(grey(x)): fb.resnet.torch's
+    ColorJitter blends composed in `order`, without clamping.
     """
     maps = _jitter_maps(factors)
     coefficients = tf.constant(NO_JITTER)
@@ -182,14 +177,8 @@ def color_map(channel_mean, coefficients, shift):
 
 
 def apply_color(images, color):
-    """Applies per-image color maps to a batch.
-
-    Args:
-        images: float32 [b, H, W, 3].
-        color: float32 [b, 4, 3], each image's color_map.
-
-    Returns:
-        float32 [b, H, W, 3]: images @ matrix + bias, image by image.
+    """Returns float32 [b, H, W, 3] `images` @ matrix + bias, image by image, for [b, 4, 3]
+    `color`, each image's `color_map`.
     """
     shape = tf.shape(images)
     pixels = tf.matmul(tf.reshape(images, [shape[0], -1, 3]), color[:, :3])

@@ -191,12 +191,7 @@ def signature_functions(model, transform, names, top_k, limits=decode.DEFAULT_LI
         logits = model(images, training=False)
         probabilities = tf.nn.softmax(logits)
         scores, classes = tf.math.top_k(probabilities, k=top_k)
-        outputs = {
-            "logits": logits,
-            "probabilities": probabilities,
-            "classes": classes,
-            "scores": scores,
-        }
+        outputs = dict(logits=logits, probabilities=probabilities, classes=classes, scores=scores)
         outputs.update({key: tf.gather(table, classes) for key, table in tables.items()})
         return outputs
 

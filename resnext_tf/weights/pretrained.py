@@ -36,6 +36,8 @@ TIMM_RSB = "https://github.com/huggingface/pytorch-image-models/releases/downloa
 TIMM = "https://github.com/rwightman/pytorch-image-models/releases/download/"
 FB_SEMI = "https://dl.fbaipublicfiles.com/semiweaksupervision/model_files/"
 FB_TORCH7 = "https://s3.amazonaws.com/resnext/imagenet_models/"
+SSL = "semi-supervised on YFCC100M, fine-tuned on ImageNet"
+SWSL = "semi-weakly supervised on IG-1B, fine-tuned on ImageNet"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,25 +87,13 @@ PRETRAINED = {
         "timm_a1": _timm(TIMM_RSB + "resnext50_32x4d_a1_0-b5a91a1d.pth", "A1"),
         "timm_a2": _timm(TIMM_RSB + "resnext50_32x4d_a2_0-efc76add.pth", "A2"),
         "timm_a3": _timm(TIMM_RSB + "resnext50_32x4d_a3_0-3e450271.pth", "A3"),
-        "fb_ssl": _fb(
-            FB_SEMI + "semi_supervised_resnext50_32x4-ddb3e555.pth",
-            "semi-supervised on YFCC100M, fine-tuned on ImageNet",
-        ),
-        "fb_swsl": _fb(
-            FB_SEMI + "semi_weakly_supervised_resnext50_32x4-72679e44.pth",
-            "semi-weakly supervised on IG-1B, fine-tuned on ImageNet",
-        ),
+        "fb_ssl": _fb(FB_SEMI + "semi_supervised_resnext50_32x4-ddb3e555.pth", SSL),
+        "fb_swsl": _fb(FB_SEMI + "semi_weakly_supervised_resnext50_32x4-72679e44.pth", SWSL),
         "fb_torch7": _fb(FB_TORCH7 + "resnext_50_32x4d.t7", "original Torch7 model, top-1 77.8"),
     },
     "resnext101_32x4d": {
-        "fb_ssl": _fb(
-            FB_SEMI + "semi_supervised_resnext101_32x4-dc43570a.pth",
-            "semi-supervised on YFCC100M, fine-tuned on ImageNet",
-        ),
-        "fb_swsl": _fb(
-            FB_SEMI + "semi_weakly_supervised_resnext101_32x4-3f87e46b.pth",
-            "semi-weakly supervised on IG-1B, fine-tuned on ImageNet",
-        ),
+        "fb_ssl": _fb(FB_SEMI + "semi_supervised_resnext101_32x4-dc43570a.pth", SSL),
+        "fb_swsl": _fb(FB_SEMI + "semi_weakly_supervised_resnext101_32x4-3f87e46b.pth", SWSL),
         "fb_torch7": _fb(FB_TORCH7 + "resnext_101_32x4d.t7", "original Torch7 model, top-1 78.8"),
     },
     "resnext101_32x8d": {
