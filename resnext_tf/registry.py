@@ -4,8 +4,8 @@ from resnext_tf.contract import DataContract, attach
 from resnext_tf.recipes import RECIPES
 from resnext_tf.resnext import build_resnext
 
-# name -> (dataset, depth, cardinality, base_width, bottleneck_type); the dataset's recipe gives
-# the stem and class count. The ResNeXt-50 CxWd set keeps ResNet-50's complexity (paper, Table 3).
+# name -> (dataset, depth, cardinality C, base_width W, bottleneck_type), named "CxWd"; the
+# recipe gives stem and classes. The ResNeXt-50 CxWd set keeps ResNet-50's complexity (Table 3).
 MODEL_SPECS = {
     "resnext29_8x64d": ("cifar10", 29, 8, 64, "resnext_C"),
     "resnext29_16x64d": ("cifar10", 29, 16, 64, "resnext_C"),
