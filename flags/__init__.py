@@ -1,10 +1,8 @@
-"""absl flags of run_cifar.py and run_imagenet.py, generated from TrainConfig's fields, and their
-conversion to a TrainConfig (library code never reads FLAGS).
+"""absl flags of run_cifar.py and run_imagenet.py, generated from TrainConfig's fields
+(`resnext_tf.training.config.option`), and their conversion to a TrainConfig.
 
-A flag has the name, default, help, group, choices and lower bound of its field
-(`resnext_tf.training.config.option`). `{name}` in a help text shows the recipe's value of the
-entry point's datasets (resnext_tf.recipes), which TrainConfig fills in for fields left at None.
---help lists the flags group by group.
+`{name}` in a help text shows the recipe's value for the entry point's datasets, which
+TrainConfig fills in for fields left at None.
 """
 
 import dataclasses
@@ -64,8 +62,7 @@ def _flag(field, datasets):
         return absl_flags.EnumFlag(name, default, text, meta["choices"])
     parsers = {int: absl_flags.IntegerParser, float: absl_flags.FloatParser}
     if kind in parsers:
-        # The upper bound is open in TrainConfig; the flag accepts it so that the error
-        # states the rule.
+        # TrainConfig's upper bound is open; the flag lets it through so its error says so.
         parser = parsers[kind](meta["low"], meta["high"])
     else:
         parser = absl_flags.ArgumentParser()
@@ -102,12 +99,10 @@ def config_from_flags(flag_values=absl_flags.FLAGS):
     """Builds the TrainConfig from parsed flags.
 
     Raises:
-        app.UsageError: when the values do not make a valid configuration (the message names
-            the bad value and the allowed ones).
+        app.UsageError: naming the bad value and the allowed ones.
     """
     if "verbosity" in flag_values and not flag_values["verbosity"].present:
-        # app.run logs at INFO, and TensorFlow logs every checkpoint write at INFO; keep the
-        # console to the run's own lines unless --verbosity asks for more.
+        # TensorFlow logs every checkpoint write at INFO; keep the console to the run's lines.
         absl_logging.set_verbosity(absl_logging.WARNING)
     values = {f.name: flag_values[f.name].value for f in dataclasses.fields(TrainConfig)}
     try:

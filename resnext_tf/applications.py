@@ -1,8 +1,7 @@
 """Keras Applications-style constructors: `ResNeXt50`, `ResNeXt101`, `ResNeXt152`, `ResNeXt29`.
 
-They follow keras.applications' signature and validation (include_top, weights, input_tensor,
-input_shape, pooling, classes, classifier_activation, name) and add `cardinality` and
-`base_width`. Unlike `create_model`, the default head ends in a softmax, as in keras.applications.
+keras.applications' signature and validation, plus `cardinality` and `base_width`; unlike
+`create_model`, the default head ends in a softmax, as in keras.applications.
 """
 
 import os
@@ -16,8 +15,7 @@ from resnext_tf.recipes import RECIPES
 from resnext_tf.resnext import build_resnext
 from resnext_tf.weights.pretrained import IMAGENET, PRETRAINED
 
-# Weight names resolved by `resnext_tf.weights` (published ImageNet weights): "imagenet" and
-# the source tags ("torchvision_v2", "timm_a1h", ...; resnext_tf.weights.list_pretrained()).
+# Published ImageNet weight names: "imagenet" and the source tags (weights.list_pretrained()).
 PRETRAINED_NAMES = (IMAGENET, *sorted({tag for tags in PRETRAINED.values() for tag in tags}))
 
 
@@ -33,8 +31,7 @@ def _input_channels(input_shape, input_tensor, in_channels):
 def _check_weights(weights, include_top, classes, stem, channels):
     if weights is None:
         return
-    # A published name always means the published weights, even where a file or folder of that
-    # name exists in the working directory (resnext_tf.weights.resolve_weights' rule).
+    # A published name wins over a file of that name (resnext_tf.weights.resolve_weights' rule).
     if weights not in PRETRAINED_NAMES:
         if isinstance(weights, (str, os.PathLike)) and os.path.exists(weights):
             return
@@ -55,9 +52,7 @@ def _check_weights(weights, include_top, classes, stem, channels):
             f"1000. Received classes={classes}"
         )
     if channels != 3:
-        # keras.applications' rule (imagenet_utils.obtain_input_shape): published weights are
-        # RGB, so the input must have 3 channels. A file path is loaded as it is, and
-        # resnext_tf.weights.load_weights adapts RGB weights to other counts.
+        # keras.applications' rule (obtain_input_shape); a weights file is loaded as it is.
         raise WeightsError(
             f"The input must have 3 channels with weights={weights!r}; received {channels} "
             "input channels. Use weights=None and resnext_tf.weights.load_weights(model, "
@@ -113,12 +108,11 @@ _ARGS_DOC = """
 
     Args:
       include_top: Whether to include the pooling and the fully-connected classifier.
-      weights: None (random initialization), "imagenet", or the path to a weights file
-        (.weights.h5, or a torchvision/timm/Torch7 file that `resnext_tf.weights` converts).
+      weights: None (random initialization), a published name ("imagenet", ...) or a weights
+        file that `resnext_tf.weights.load_weights` reads.
       input_tensor: Optional Keras tensor to use as image input.
-      input_shape: Optional (height, width, channels), at least 32x32 (8x8 for ResNeXt29);
-        224x224x3 (32x32x3) by default. Any channel count with weights=None or a weights file;
-        3 with published weights ("imagenet", ...), as keras.applications requires.
+      input_shape: Optional (height, width, channels), at least 32x32 (8x8 for ResNeXt29),
+        224x224x3 (32x32x3) by default; 3 channels with a published name, as Keras requires.
       pooling: Without the top: None, "avg" or "max".
       classes: Number of classes when `include_top`.
       classifier_activation: Activation of the top layer; None returns logits.
@@ -143,12 +137,11 @@ ResNeXt29 = _constructor(
 def preprocess_input(x, data_format=None):
     """Scales RGB images in [0, 255] to [0, 1] and normalises with the ImageNet mean and std.
 
-    The normalisation of fb.resnet.torch, which the models were trained with (keras.applications'
+    fb.resnet.torch's normalisation, which the models were trained with (keras.applications'
     "torch" mode).
 
     Args:
-      x: Images, [..., H, W, 3] (channels_last) or [..., 3, H, W] with
-        data_format="channels_first"; a NumPy array or a backend tensor.
+      x: Images, NumPy or backend tensor, [..., H, W, 3] or [..., 3, H, W] (channels_first).
       data_format: None or "channels_last" (default), or "channels_first".
 
     Returns:
@@ -159,7 +152,6 @@ def preprocess_input(x, data_format=None):
             "data_format should be one of None, 'channels_last', 'channels_first'; received "
             f"data_format={data_format!r}."
         )
-    # The ImageNet recipe's normalization, on images scaled to [0, 1].
     mean = np.asarray(RECIPES["imagenet"].mean, np.float32)
     std = np.asarray(RECIPES["imagenet"].std, np.float32)
     if data_format == "channels_first":

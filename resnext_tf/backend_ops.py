@@ -1,12 +1,7 @@
 """The one door from resnext_tf's layers to backend kernels, and the policy that picks them.
 
-The layers are pure Keras and never ask which backend runs. Where a backend has a faster
-kernel than keras.ops reaches, the functions here call it: `resnext_tf.tf_ops` on TensorFlow
-(a native grouped convolution, 1x1 convolutions as matrix products, the fused batch
-normalization) and `resnext_tf.jax_ops` on JAX (training-mode batch normalization). Each module is
-imported on first use and only on its own backend, so the model library never imports
-TensorFlow under JAX or PyTorch. Everything else, the whole PyTorch backend included, is
-keras.ops. Why each choice is faster, and by how much, is in docs/performance.md.
+`tf_ops` and `jax_ops` are imported on first use, only on their own backend, so the model never
+imports TensorFlow under JAX or PyTorch. The figures behind each choice: docs/performance.md.
 """
 
 import functools
@@ -41,14 +36,10 @@ def _backend():
 
 
 def tf_native_grouped_conv(dtype="float32", inference=False):
-    """Whether grouped convolutions in `dtype` run as TensorFlow's own kernel in this process.
+    """Whether grouped convolutions in `dtype` run as TensorFlow's own kernel here.
 
-    False on JAX and PyTorch. On TensorFlow, the answer of a small probe run once per process
-    and dtype (`resnext_tf.tf_ops.grouped_conv_supported`). For training (forward and
-    gradients): True with oneDNN or cuDNN (GPUs), False where TensorFlow has no grouped gradient
-    (a CPU without oneDNN: TensorFlow leaves it off on CPUs without AVX512-VNNI, AVX512-BF16 or
-    AMX, and with TF_ENABLE_ONEDNN_OPTS=0). For `inference` (the forward pass only): True
-    wherever TensorFlow runs, its own CPU kernels included.
+    Probed by `tf_ops.grouped_conv_supported`: training needs oneDNN or cuDNN, `inference` (the
+    forward pass only) runs on any TensorFlow.
     """
     backend, kernels = _backend()
     return backend == "tensorflow" and kernels.grouped_conv_supported(dtype, not inference)
@@ -57,25 +48,14 @@ def tf_native_grouped_conv(dtype="float32", inference=False):
 def resolve_conv_impl(conv_impl, dtype="float32", inference=False):
     """Picks the grouped-convolution implementation for the current Keras backend.
 
-    "auto" resolves to:
-      * TensorFlow: "grouped" where TensorFlow runs the grouped convolution natively, forward and
-        gradients, or forward only for an `inference` layer (`tf_native_grouped_conv`): one
-        convolution a layer instead of `cardinality` small ones plus the slicing and
-        concatenation. Else "split": Keras' own grouped
-        convolution (the fallback of "grouped" there) runs inside an XLA-compiled function,
-        whose CPU gradient is far slower than split convolutions and which a SavedModel then
-        needs at serving time.
-      * JAX on a GPU: "block_diagonal": cuDNN's grouped kernels do little arithmetic per byte
-        on groups of 4-32 channels; merged groups (resnext_tf.layers.GROUP_MERGE at a time)
-        are wider and train faster, although they multiply as many times more zeros.
-      * JAX elsewhere and PyTorch: "grouped". Both lower groups natively (XLA
-        feature_group_count, cuDNN grouped kernels), one kernel launch instead of
-        `cardinality` of them.
+    "auto" is "grouped" on TensorFlow where `tf_native_grouped_conv`, else "split" (Keras' grouped
+    convolution there is XLA: slow to train on CPU, and XLA at serving time); "block_diagonal" with
+    JAX on a GPU (cuDNN is slow on 4- to 32-channel groups); "grouped" elsewhere (native groups).
 
     Args:
-      conv_impl: "auto", "grouped", "split" or "block_diagonal".
-      dtype: Compute dtype of the convolution (TensorFlow's support is probed per dtype).
-      inference: The layer never computes gradients (e.g. `resnext_tf.fold.FoldedConv2D`).
+      conv_impl: One of CONV_IMPLS.
+      dtype: Compute dtype of the convolution.
+      inference: The layer never takes gradients (e.g. `resnext_tf.fold.FoldedConv2D`).
 
     Returns:
       "grouped", "split" or "block_diagonal".
@@ -110,19 +90,17 @@ def explain_conv_impl(conv_impl, dtype="float32"):
 
 
 def conv2d(inputs, kernel, strides, padding, inference=False):
-    """Bias-free NHWC convolution; the groups are in_channels / kernel.shape[2].
+    """Bias-free NHWC convolution with in_channels / kernel.shape[2] groups.
 
-    On TensorFlow a grouped convolution runs as TensorFlow's own grouped kernel where there is
-    one (`tf_native_grouped_conv`), and a 1x1 convolution as one matrix product where that is
-    faster (`resnext_tf.tf_ops.pointwise_as_matmul`); everything else is keras.ops.conv.
+    On TensorFlow, grouped convolutions run natively where `tf_native_grouped_conv`, and 1x1
+    ones as a matrix product where `tf_ops.pointwise_as_matmul`; the rest is keras.ops.conv.
 
     Args:
       inputs: NHWC tensor.
       kernel: (kh, kw, in_channels // groups, filters), in the dtype of `inputs`.
       strides: Square stride.
       padding: "same" or "valid".
-      inference: No gradient is ever taken: TensorFlow's native grouped kernel serves wherever
-        it runs forward, whether or not it has the gradients.
+      inference: No gradient is ever taken (see `tf_native_grouped_conv`).
     """
     backend, kernels = _backend()
     if backend == "tensorflow":
@@ -138,21 +116,20 @@ def conv2d(inputs, kernel, strides, padding, inference=False):
 
 
 def batch_norm(inputs, gamma, beta, moving_mean, moving_variance, epsilon, training):
-    """Batch normalization of NHWC `inputs` over the last axis with the backend's fused kernel.
+    """Batch normalization of NHWC `inputs` over the last axis on the backend's fused kernel.
 
-    TensorFlow: FusedBatchNormV3, in training and inference. JAX: training only
-    (`resnext_tf.jax_ops.batch_norm_train`); inference stays Keras' element-wise normalization,
-    which XLA fuses.
+    TensorFlow: FusedBatchNormV3; JAX: `jax_ops.batch_norm_train`, in training only (XLA fuses
+    Keras' inference normalization already).
 
     Args:
       inputs: 4D NHWC tensor.
-      gamma, beta, moving_mean, moving_variance: the layer's float32 variables.
+      gamma, beta, moving_mean, moving_variance: The layer's float32 variables.
       epsilon: Added to the variance.
       training: Normalize with the batch statistics (True) or the moving ones.
 
     Returns:
-      (outputs, mean, variance), the statistics being the batch's in training (the biased
-      variance); or None where the backend has no fused kernel for this call or dtype.
+      (outputs, mean, variance), in training the batch's (biased variance); None where the
+      backend has no fused kernel for this call.
     """
     backend, kernels = _backend()
     if keras.backend.standardize_dtype(inputs.dtype) not in FUSED_BN_DTYPES:

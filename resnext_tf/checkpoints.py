@@ -1,17 +1,10 @@
 """The on-disk format of a run's checkpoints, and reading them: find, verify, restore.
 
-Layout under `<model_dir>/checkpoints/` (the counterpart of the original's model_<epoch>,
-optimState_<epoch>, latest and model_best files):
-
-    epoch-0003/         end of epoch 3: ckpt.index, ckpt.data-*, state.json, manifest.json
-    step-000001234/     mid-epoch checkpoint after global step 1234 (only the newest is kept)
-    latest              JSON pointer {"name": "epoch-0003"}
-    best                JSON pointer to the checkpoint with the best validation top-1 error
-
-The manifest, written last, records the size and sha256 of every other file, so a truncated or
-altered checkpoint is recognised before it is restored; a damaged one (disk errors, copies cut
-short) is skipped with a warning in favour of the newest checkpoint that verifies. Writing is
-`resnext_tf.training.checkpoint`'s; training, export and predict all read runs through here.
+Under `<model_dir>/checkpoints/`: `epoch-0003/` and the newest mid-epoch `step-000001234/`
+(ckpt.*, state.json, manifest.json), and the JSON pointers `latest` and `best` (the layout is in
+docs/training.md, "model_dir"). The manifest holds every other file's size and sha256, so a
+damaged checkpoint is skipped, with a warning, for the newest that verifies. Writing is
+`resnext_tf.training.checkpoint`'s.
 """
 
 import os
@@ -53,8 +46,7 @@ def _verify_manifest(checkpoint_dir):
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return f"{MANIFEST_FILE} is unreadable"
     names = [name for name, _, _ in entries]
-    # Only plain names of this directory: a manifest from elsewhere must not send the check
-    # to other files.
+    # Only plain names of this directory: a foreign manifest must not point at other files.
     if any(os.path.basename(n) != n or n in ("", ".", "..") for n in names) or not (
         STATE_FILE in names and f"{PREFIX}.index" in names
     ):
@@ -72,8 +64,7 @@ def _verify_manifest(checkpoint_dir):
 
 
 def _verify_by_reading(checkpoint_dir):
-    # Checkpoints written before manifests existed: read every tensor, which checks the index
-    # and the lengths and checksums TensorFlow keeps for each tensor.
+    # Checkpoints from before manifests: reading every tensor checks TensorFlow's own checksums.
     try:
         reader = tf.train.load_checkpoint(os.path.join(checkpoint_dir, PREFIX))
         for name in reader.get_variable_to_shape_map():
@@ -92,16 +83,13 @@ def _signature(checkpoint_dir):
     return os.path.realpath(checkpoint_dir), tuple(entries)
 
 
-# Checkpoints found intact, by signature: one process often resolves the same checkpoint more
-# than once (class count, then weights) and need not hash it again.
+# Signatures of checkpoints found intact: a process often resolves one twice, hashing it once.
 _VERIFIED = set()
 
 
 def verify(checkpoint_dir):
-    """Checks that `checkpoint_dir` holds a complete, unaltered checkpoint.
-
-    Returns:
-        None when it does, else a short description of the damage.
+    """Returns None when `checkpoint_dir` holds a complete, unaltered checkpoint, else a short
+    description of the damage.
     """
     if not os.path.isdir(checkpoint_dir):
         return "it does not exist"
@@ -149,8 +137,7 @@ def _recency(directory, name):
 
 
 def holds_checkpoints(directory):
-    """Whether the checkpoints/ folder `directory` holds any checkpoint or pointer, damaged or
-    not."""
+    """Whether the checkpoints/ folder `directory` holds any checkpoint or pointer at all."""
     if not os.path.isdir(directory):
         return False
     return any(is_checkpoint_name(n) or n in (LATEST, BEST) for n in os.listdir(directory))
@@ -159,8 +146,7 @@ def holds_checkpoints(directory):
 def newest_valid(directory):
     """The checkpoint of the checkpoints/ folder `directory` to continue from.
 
-    `latest` when it verifies; otherwise, with a warning that names the damage, the newest
-    checkpoint (by global step) that verifies.
+    `latest` when it verifies, else (with a warning) the newest by global step that verifies.
 
     Returns:
         A checkpoint directory, or None when `directory` holds no checkpoint at all.
@@ -218,12 +204,8 @@ def _verified(checkpoint_dir, named_by):
 def find_checkpoint(path):
     """Resolves a model_dir, its checkpoints/ folder, a checkpoint directory or a pointer file.
 
-    A checkpoint directory, or the `best` pointer, is used as named and must verify. A
-    model_dir, a checkpoints/ folder or the `latest` pointer gives `newest_valid` of the folder:
-    a damaged newest checkpoint is skipped with a warning.
-
-    Args:
-        path: any of these; a pointer is the `latest` or `best` file of a checkpoints/ folder.
+    A checkpoint directory or the `best` pointer must verify as named; a model_dir, its
+    checkpoints/ folder or the `latest` pointer gives `newest_valid` of the folder.
 
     Returns:
         The checkpoint directory (holding state.json), or None when `path` holds none.
@@ -231,9 +213,7 @@ def find_checkpoint(path):
     Raises:
         CheckpointError: when the checkpoint named is damaged, or none of the folder verifies.
     """
-    if os.path.isfile(os.path.join(path, STATE_FILE)) or os.path.isfile(
-        os.path.join(path, MANIFEST_FILE)
-    ):
+    if any(os.path.isfile(os.path.join(path, name)) for name in (STATE_FILE, MANIFEST_FILE)):
         return _verified(path, "named directly")
     base, parent = os.path.basename(path), os.path.dirname(path)
     if base == BEST and os.path.isfile(path):

@@ -1,10 +1,8 @@
 """What a model expects of its images and what its outputs mean: its data contract.
 
-As timm's pretrained_cfg, a `DataContract` travels with a model: the dataset's recipe (hence
-the normalization), the input size, the evaluation resize and the class names. Registry
-variants carry one (`resnext_tf.create_model` sets `model.data_contract`), a training run
-records its own in every checkpoint, and export and predict read it instead of guessing from
-the architecture. Pure Python: importing it loads neither Keras nor TensorFlow.
+Like timm's pretrained_cfg, a `DataContract` (recipe, input size, evaluation resize, class
+names) travels with a model and its checkpoints, so export and predict read it instead of
+guessing. Pure Python: importing it loads neither Keras nor TensorFlow.
 """
 
 import dataclasses
@@ -38,8 +36,7 @@ def _cifar_names():
 
 
 def dataset_classes(dataset, num_classes):
-    """(labels, wnids) a model of `num_classes` trained on `dataset` predicts, where the
-    dataset's own classes are that many; (None, None) otherwise."""
+    """(labels, wnids) of `dataset` where it has `num_classes` classes, else (None, None)."""
     if dataset == "imagenet":
         wnids, labels = imagenet_classes()
     else:
@@ -50,8 +47,7 @@ def dataset_classes(dataset, num_classes):
 
 
 def folder_classes(wnids):
-    """(labels, wnids) of classes named by their folders: ImageNet's labels where it knows the
-    wnids, else the folder names themselves as labels."""
+    """(labels, wnids) of class folders: ImageNet's labels for its wnids, else the folder names."""
     known_wnids, known_labels = imagenet_classes()
     label_of = dict(zip(known_wnids, known_labels, strict=True))
     if not any(w in label_of for w in wnids):
@@ -64,11 +60,9 @@ class DataContract:
     """The evaluation a model was trained for, and the names of its classes.
 
     Attributes:
-      dataset: A recipe of resnext_tf.recipes ("imagenet", "cifar10", "cifar100"): its
-        normalization and stem.
+      dataset: A recipe of resnext_tf.recipes ("imagenet", "cifar10", "cifar100").
       image_size: Side of the square input.
-      eval_resize: ImageNet evaluation resizes the shorter side to this before the centre crop;
-        None: the recipe's ratio to image_size.
+      eval_resize: Shorter side before the centre crop (ImageNet); None: the recipe's ratio.
       antialias: Low-pass filter when downscaling in the resize.
       labels: One name per class, or None where unknown.
       wnids: ImageNet WordNet ids per class, or None.
@@ -98,8 +92,7 @@ class DataContract:
 
     @classmethod
     def for_dataset(cls, dataset, num_classes, image_size=None, **kwargs):
-        """The contract of a model of `num_classes` trained on `dataset`, with the dataset's
-        class names where they fit."""
+        """The contract of `dataset` for `num_classes`, with its class names where they fit."""
         labels, wnids = dataset_classes(dataset, num_classes)
         return cls(dataset, image_size, labels=labels, wnids=wnids, **kwargs)
 

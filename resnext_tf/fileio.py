@@ -1,9 +1,7 @@
 """Crash-safe file writes and content hashes, shared by checkpoints, logs, weights and exports.
 
-A file or folder becomes visible only by a rename, after its data is on disk; temporary names
-are private to the process (pid and a random token), so that concurrent runs never touch each
-other's files in progress; after the rename the folder is synced, so that the rename itself
-survives a crash.
+A file or folder becomes visible only by a rename, after its data is synced, under a temporary
+name private to the process (pid and a random token); the folder is synced after the rename.
 """
 
 import contextlib
@@ -71,8 +69,7 @@ def atomic_path(path):
 
 
 def write_text_atomic(path, text):
-    """Replaces the file `path` with `text`: readers see the old or the new content, never a
-    part."""
+    """Replaces the file `path` with `text`; readers never see a part."""
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
         f.write(text)
 
@@ -121,8 +118,7 @@ def publish_dir(tmp, final, replace=True):
     """Renames the complete folder `tmp` to `final`.
 
     An existing `final` is replaced when `replace` (else FileExistsError): swapped atomically
-    where the system can, so `final` always names a complete folder; elsewhere the old one is
-    renamed aside first, and a crash in between leaves `final` missing.
+    where the system can, elsewhere renamed aside first (a crash then may leave none).
     """
     if not os.path.exists(final):
         os.rename(tmp, final)  # fails rather than merge if another writer got there first
@@ -141,9 +137,8 @@ def publish_dir(tmp, final, replace=True):
 def read_limited(path, limit, follow_symlinks=True):
     """The bytes of the regular file `path`, refusing more than `limit` of them.
 
-    Opened without blocking (a FIFO would wait for a writer forever) and checked to be a
-    regular file (a device such as /dev/zero never ends) before anything is read; then at most
-    limit + 1 bytes are read, so a file that grows meanwhile costs no more.
+    Opened without blocking (a FIFO would wait forever) and checked to be a regular file (a
+    device never ends) before reading at most limit + 1 bytes, even from a growing file.
 
     Raises:
       OSError: the file cannot be opened or read, is not a regular file (or, without

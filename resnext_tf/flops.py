@@ -21,8 +21,6 @@ def _layer_macs(layer, input_shape):
     total = 0
     for sub in layer._flatten_layers(include_self=False, recursive=False):
         if isinstance(sub, GroupedConv2D):
-            # Inside a block, each conv's input is the block input (first convs, shortcut) or
-            # the previous conv's output with the same spatial size as the conv's own input.
             total += _conv_macs(sub, _conv_input_shape(layer, sub, input_shape))
     return total
 
@@ -34,7 +32,7 @@ def _conv_input_shape(block, conv, block_input):
     if conv is block.conv3:
         out = block.compute_output_shape(block_input)
         return (*out[:-1], block.width)
-    # The 3x3: input is the block input's spatial size with `width` (or one branch's) channels.
+    # The 3x3: the block input's spatial size with `width` (or one branch's) channels.
     return (*block_input[:-1], conv.kernel.shape[2] * conv.groups)
 
 
@@ -43,8 +41,7 @@ def count_flops(model, input_shape=None):
 
     Args:
       model: A model from `create_model`/`build_resnext`, or a registered name.
-      input_shape: (height, width, channels) when `model` is a name; defaults to the variant's
-        size with 3 channels. The stem's count follows the model's input channels.
+      input_shape: (height, width, channels) when `model` is a name; the variant's by default.
 
     Returns:
       Multiply-adds of the convolutions and the classifier, as an int.

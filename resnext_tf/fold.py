@@ -1,18 +1,8 @@
 """The inference graph of every export: BatchNormalization folded into the convolutions.
 
-A convolution followed by inference-mode batch normalization is one convolution with a bias:
-
-    BN(conv(x, k)) = conv(x, k * s) + (beta - mean * s),   s = gamma / sqrt(variance + eps)
-
-(per output channel, so a grouped convolution folds the same way). `fold_batchnorm` rebuilds a
-functional resnext_tf model with every such pair replaced by one `FoldedConv2D` and the BN
-gone, inside the bottleneck blocks (every block type) and at the top level (the stem). The
-folded graph is what TensorFlow's graph optimizer and the other runtimes fuse best: conv + bias
-+ ReLU (+ the residual add) as one kernel, no normalization pass over the activations.
-
-With dtype="bfloat16" the folded kernels and biases are stored and computed in bfloat16, which
-CPUs with AVX512-BF16 or AMX run natively; images come in and logits go out in float32 (the
-pooling and the classifier run in float32, so the logits are not rounded to bfloat16).
+Per output channel, BN(conv(x, k)) = conv(x, k * s) + (beta - mean * s) with
+s = gamma / sqrt(variance + eps): one biased convolution, which runtimes fuse with the ReLU
+and residual add. docs/export.md, "Folded BatchNorm and bfloat16", has the details.
 """
 
 import keras
@@ -21,13 +11,10 @@ from keras import ops
 from resnext_tf.layers import Bottleneck, GroupedConv2D
 
 DTYPES = ("float32", "bfloat16")
-# How far bfloat16 logits may be from float32 ones: this fraction of the image's largest
-# |float32 logit|. bfloat16 keeps 8 significant bits (relative rounding 2**-9 per value); the
-# folded weights and every activation are rounded, and the errors of ~50 layers add up to
-# about 1% of the logit scale on the test models (tests/test_deploy.py); 3% leaves room.
+# How far bfloat16 logits may be from float32 ones, as a fraction of the image's largest
+# |float32 logit|: rounding (2**-9 a value) over ~50 layers gives about 1% (tests/test_deploy.py).
 BF16_LOGIT_TOLERANCE = 0.03
-# Layers that stay in float32 in a bfloat16 graph: the average over the last feature map and
-# the classifier (a small share of the work; their float32 sums keep the logits' precision).
+# Layers that stay float32 in a bfloat16 graph: cheap, and they keep the logits' precision.
 FLOAT32_LAYERS = ("GlobalAveragePooling2D", "Dense", "GlobalMaxPooling2D", "Flatten")
 
 
@@ -35,11 +22,9 @@ FLOAT32_LAYERS = ("GlobalAveragePooling2D", "Dense", "GlobalMaxPooling2D", "Flat
 class FoldedConv2D(GroupedConv2D):
     """`GroupedConv2D` with a per-channel bias: a convolution with its BatchNormalization folded.
 
-    The bias of a grouped convolution is added with an element-wise add, of the others with
-    BiasAdd. TensorFlow's graph optimizer fuses BiasAdd into the convolution, and without oneDNN
-    (TensorFlow's own CPU kernels, as some serving builds run) that fused kernel rejects grouped
-    convolutions ("Fused conv implementation does not support grouped convolutions"); with
-    oneDNN the add is fused all the same.
+    A grouped convolution's bias is an element-wise add, not BiasAdd: without oneDNN, TensorFlow
+    fuses BiasAdd into a kernel that rejects groups ("Fused conv implementation does not support
+    grouped convolutions").
     """
 
     inference_only = True
@@ -60,8 +45,7 @@ class FoldedConv2D(GroupedConv2D):
 
 @keras.saving.register_keras_serializable(package="resnext_tf")
 class FoldedAway(keras.layers.Layer):
-    """Stands where a folded BatchNormalization was: passes its input through, accepting the
-    arguments a BN call may carry (training, mask)."""
+    """Identity standing where a folded BatchNormalization was."""
 
     def call(self, inputs, training=None, mask=None):
         return inputs
@@ -72,10 +56,7 @@ class FoldedAway(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="resnext_tf")
 class FoldedBottleneck(Bottleneck):
-    """`Bottleneck` for inference with every BN folded: biased convolutions, no normalization.
-
-    The same configuration as the block it replaces; `fold_batchnorm` fills in the weights.
-    """
+    """`Bottleneck` with every BN folded; `fold_batchnorm` fills in the weights."""
 
     def make_conv(self, suffix, filters, kernel_size=1, strides=1, groups=1):
         return FoldedConv2D(
@@ -111,8 +92,7 @@ class FoldedBottleneck(Bottleneck):
 
 
 def bn_name(conv_name):
-    """The attribute of the BN after a block's convolution: conv1 -> bn1, shortcut_conv ->
-    shortcut_bn."""
+    """The BN after a block's convolution: conv1 -> bn1, shortcut_conv -> shortcut_bn."""
     return conv_name.replace("conv", "bn")
 
 
@@ -130,8 +110,7 @@ def folded_kernel_and_bias(conv, bn):
 
 
 def _top_level_pairs(model):
-    """{conv name: bn name} of the top-level GroupedConv2D layers whose only consumer is a
-    BatchNormalization fed by nothing else (the stem's)."""
+    """{conv: bn} names of top-level conv -> BN pairs with no other consumer (the stem's)."""
     pairs = {}
     for layer in model.layers:
         if not isinstance(layer, keras.layers.BatchNormalization) or len(layer._inbound_nodes) != 1:
@@ -164,13 +143,14 @@ def fold_batchnorm(model, dtype="float32"):
 
     Args:
       model: A functional model from `create_model` / `build_resnext` (any block type).
-      dtype: "float32", or "bfloat16": folded weights stored and computed in bfloat16, float32
-        images in and float32 outputs out (see the module docstring).
+      dtype: "float32", or "bfloat16" (weights and compute; float32 images in, logits out).
 
     Returns:
-      A new `keras.Model` whose inference outputs are those of `model(x, training=False)` up
-      to rounding; it has no BatchNormalization after a convolution and no BN statistics.
-      It is for inference only (its BN layers are gone).
+      An inference-only `keras.Model` with the outputs of `model(x, training=False)` up to
+      rounding.
+
+    Raises:
+      ValueError: `dtype` is not one of DTYPES.
     """
     if dtype not in DTYPES:
         raise ValueError(f"Unknown dtype; received dtype={dtype!r}, expected one of {DTYPES}.")

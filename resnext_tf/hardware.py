@@ -1,13 +1,9 @@
 """The CPU this process runs on, oneDNN's state in TensorFlow, and the request to turn oneDNN on.
 
-TensorFlow's x86 builds carry oneDNN but turn it on by default only on CPUs with the
-neural-network instructions AVX512-VNNI, AVX512-BF16 or AMX. Elsewhere (AVX2 CPUs: many cloud
-VMs, workstations and laptops) TensorFlow's own kernels run, which compute grouped convolutions
-forward but not their gradients, so training falls back to one convolution a group, and which
-are slower at inference too. resnext_tf asks for oneDNN on such CPUs (`request_onednn`, called
-when the package is imported) unless the user has set TF_ENABLE_ONEDNN_OPTS; docs/performance.md
-has the measurements behind that choice. Nothing here imports TensorFlow except
-`onednn_enabled`.
+TensorFlow's x86 builds turn oneDNN on by themselves only on CPUs with AVX512-VNNI, AVX512-BF16
+or AMX; elsewhere its own kernels lack the grouped-convolution gradient and are slower, so
+importing resnext_tf asks for oneDNN (`request_onednn`) unless TF_ENABLE_ONEDNN_OPTS is set
+(docs/performance.md). Only `onednn_enabled` imports TensorFlow.
 """
 
 import logging
@@ -44,19 +40,14 @@ _requested = False
 
 
 def request_onednn(environ=None, modules=None, machine=None, flags=None):
-    """Sets TF_ENABLE_ONEDNN_OPTS=1 before TensorFlow is imported where TensorFlow would leave
-    oneDNN off, unless the user chose.
+    """Sets TF_ENABLE_ONEDNN_OPTS=1 where TensorFlow would leave oneDNN off; True if it did.
 
-    Does nothing where the variable is set (either value is the user's choice), where
-    TensorFlow is already imported (too late: it reads the variable once), off x86-64, or on
-    a CPU where TensorFlow turns oneDNN on by itself (ONEDNN_DEFAULT_FLAGS).
+    Not where the variable is set (the user's choice), TensorFlow is imported (it reads the
+    variable once), off x86-64, or on a CPU with ONEDNN_DEFAULT_FLAGS.
 
     Args:
       environ, modules, machine, flags: os.environ, sys.modules, platform.machine() and
         `cpu_flags()` by default.
-
-    Returns:
-      True when it set the variable.
     """
     global _requested
     environ = os.environ if environ is None else environ

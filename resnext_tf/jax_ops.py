@@ -1,14 +1,8 @@
-"""JAX kernels behind the model layers; `resnext_tf.backend_ops` imports this module only when
-Keras runs on the JAX backend.
+"""JAX kernels behind the model layers, imported only through `resnext_tf.backend_ops`.
 
-Training-mode batch normalization as one function with a hand-written gradient. Keras' own
-JAX path computes the statistics with `jnp.mean` and `jnp.var` (the variance re-reads its
-input after the mean) and lets autodiff differentiate through both, which leaves XLA several
-passes over every activation in the backward pass. Here the forward pass reads the input
-once for both statistics (a sum and a sum of squares, which XLA computes as one multi-output
-reduction) and once to normalize; the backward pass reads the input and the incoming gradient
-once for the two channel sums and once more to write the input gradient, the minimum for
-batch normalization. Statistics are computed in float32 whatever the input dtype.
+Training-mode batch normalization with a hand-written gradient: one read of the input for both
+float32 statistics (one multi-output reduction) and one to normalize, and two passes backward,
+where autodiff of Keras' `jnp.mean` + `jnp.var` leaves XLA several (docs/performance.md, "GPU").
 """
 
 import functools
@@ -27,10 +21,10 @@ def _reduce_axes(x):
 
 
 def _statistics(x, shift):
-    """Per-channel mean and biased variance of x (last axis is channels), one pass.
+    """Per-channel mean and biased variance of channels-last x in one pass.
 
-    The sum of squares is taken about `shift` (a close guess of the mean, e.g. the moving
-    mean), which keeps E[(x-s)^2] - E[x-s]^2 accurate when |mean| is large against the spread.
+    Summing about `shift` (a guess of the mean, e.g. the moving mean) keeps
+    E[(x-s)^2] - E[x-s]^2 accurate when |mean| is large against the spread.
     """
     axes = _reduce_axes(x)
     count = x.size // x.shape[-1]
@@ -47,16 +41,13 @@ def batch_norm_train(x, gamma, beta, shift, epsilon):
     """Training-mode batch normalization over every axis but the last.
 
     Args:
-      x: Activations, channels last, any float dtype; the output has the same dtype.
-      gamma: float32 scale, shape (channels,).
-      beta: float32 offset, shape (channels,).
-      shift: float32 guess of the batch mean, shape (channels,) or scalar; no gradient flows
-        into it.
+      x: Activations, channels last, any float dtype (kept by the output).
+      gamma, beta: float32 scale and offset, shape (channels,).
+      shift: float32 guess of the batch mean, (channels,) or scalar; takes no gradient.
       epsilon: Added to the variance.
 
     Returns:
-      (y, mean, variance): the normalized output and the float32 batch mean and biased
-      variance, as Keras' `ops.moments` defines them.
+      (y, mean, variance), the statistics float32 and as Keras' `ops.moments` defines them.
     """
     return _forward(x, gamma, beta, shift, epsilon)[0]
 
@@ -79,8 +70,8 @@ def _backward(epsilon, residuals, cotangents):
     dy = dy.astype(jnp.float32)
     dbeta = jnp.sum(dy, axes)
     dgamma = jnp.sum(dy * xhat, axes)
-    # d/dx of gamma * xhat + beta through the batch statistics, plus the direct use of the
-    # returned mean and variance (zero when they only feed the moving averages).
+    # Through the batch statistics, plus the returned mean and variance's own cotangents (zero
+    # when they only feed the moving averages).
     dx = (gamma * inv / count) * (count * dy - dbeta - xhat * dgamma)
     dx = dx + (dmean + 2.0 * dvariance * centred) / count
     return dx.astype(x.dtype), dgamma, dbeta, jnp.zeros_like(shift)

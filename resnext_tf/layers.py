@@ -1,11 +1,7 @@
-"""Keras 3 layers of ResNeXt: the grouped convolution, batch normalization, the bottleneck block.
+"""Keras 3 layers of ResNeXt: grouped convolution, batch normalization, the bottleneck block.
 
-Pure Keras (keras.layers / keras.ops), so the same model runs on the TensorFlow, JAX and PyTorch
-backends. Where a backend has a faster kernel than keras.ops reaches (TensorFlow's native grouped
-convolution and fused batch normalization, JAX's one-pass batch normalization), the layers reach
-it through `resnext_tf.backend_ops`, which alone knows the backends. Every convolution is
-bias-free and every strided convolution pads explicitly and symmetrically as Torch does, so
-weights converted from Torch give the same outputs.
+Pure Keras; faster backend kernels are reached only through `resnext_tf.backend_ops`.
+Convolutions are bias-free and pad symmetrically as Torch does, so converted weights match.
 """
 
 import math
@@ -17,17 +13,14 @@ from resnext_tf import backend_ops
 from resnext_tf.backend_ops import CONV_IMPLS, resolve_conv_impl
 from resnext_tf.errors import check_choice
 
-# Torch's nn.SpatialBatchNormalization / nn.BatchNorm2d defaults: eps 1e-5, running-average
-# momentum 0.1, which is Keras momentum 0.9.
+# Torch's BatchNorm defaults: eps 1e-5, running-average momentum 0.1 (Keras momentum 0.9).
 BN_EPSILON = 1e-5
 BN_MOMENTUM = 0.9
 
 BOTTLENECK_TYPES = ("resnext_C", "resnext_B", "resnet")
 SHORTCUT_TYPES = ("A", "B", "C")
-# "block_diagonal" merges this many groups (or all of them, where fewer divide the cardinality)
-# into one group whose kernel is block-diagonal: wider groups give cuDNN more arithmetic per
-# byte, while more merged groups multiply more zeros; 4 trained fastest of 2, 4 and 8
-# (docs/performance.md, "GPU").
+# "block_diagonal" merges this many groups (fewer where they must divide the cardinality) into
+# one block-diagonal group: wider groups suit cuDNN, more zeros cost (docs/performance.md).
 GROUP_MERGE = 4
 
 
@@ -39,7 +32,7 @@ def conv_initializer():
 
 
 def block_diagonal_kernel(kernel, groups, merge):
-    """Rewrites a grouped kernel as one of groups / merge groups with block-diagonal kernels.
+    """Rewrites a grouped kernel as groups / merge groups with block-diagonal kernels.
 
     Args:
       kernel: (kh, kw, in_channels // groups, filters), output channels group by group.
@@ -47,10 +40,8 @@ def block_diagonal_kernel(kernel, groups, merge):
       merge: Groups merged into one; divides `groups`.
 
     Returns:
-      (kh, kw, merge * in_channels // groups, filters): merged group j holds original groups
-      j * merge ... j * merge + merge - 1 on its diagonal and zeros elsewhere, so the
-      convolution with groups / merge groups computes the same outputs, and the gradient of
-      the zeros never reaches `kernel`.
+      (kh, kw, merge * in_channels // groups, filters), zero off the diagonal blocks: the same
+      convolution, and the zeros pass no gradient to `kernel`.
     """
     kh, kw, group_in, filters = kernel.shape
     group_out = filters // groups
@@ -70,10 +61,7 @@ def symmetric_pad(x, pad):
 class GroupedConv2D(keras.layers.Layer):
     """Bias-free grouped convolution with Torch's symmetric padding.
 
-    The kernel has Keras Conv2D(groups) layout, (kh, kw, in_channels // groups, filters), with
-    output channels ordered group by group, as Torch's weight transposed. Both implementations use
-    this one variable, so weights move between them unchanged. The convolutions themselves run
-    through `resnext_tf.backend_ops.conv2d`.
+    Whatever `conv_impl`, the kernel has Keras Conv2D(groups) layout, outputs group by group.
 
     Args:
       filters: Output channels; divisible by `groups`.
@@ -81,18 +69,14 @@ class GroupedConv2D(keras.layers.Layer):
       strides: Square stride.
       groups: Number of groups (the cardinality).
       padding: Zero padding on each side of height and width.
-      conv_impl: "grouped" (one grouped convolution; on TensorFlow its native kernel where
-        `backend_ops.tf_native_grouped_conv`, else Keras' XLA-compiled one), "split" (slice the
-        channels, one convolution a group, concatenate; needs no XLA anywhere),
-        "block_diagonal" (one grouped convolution of groups / GROUP_MERGE wider groups, see
-        `block_diagonal_kernel`) or "auto" (see `backend_ops.resolve_conv_impl`).
-      kernel_initializer: Kernel initializer; He fan_out normal by default.
+      conv_impl: "grouped" (one convolution), "split" (one a group, no XLA), "block_diagonal"
+        (`block_diagonal_kernel`) or "auto" (`backend_ops.resolve_conv_impl`).
+      kernel_initializer: He fan_out normal by default.
       **kwargs: Base layer arguments (name, dtype, ...).
     """
 
-    # True on layers that never compute gradients (inference graphs: `resnext_tf.fold`'s folded
-    # convolutions, the export's serving copy). TensorFlow then runs grouped convolutions as
-    # its native kernel wherever it runs them forward, even without the grouped gradient.
+    # True on layers that never take gradients (`resnext_tf.fold`, the serving copy): TensorFlow
+    # then runs grouped convolutions natively wherever it has the forward kernel.
     inference_only = False
 
     def __init__(
@@ -129,12 +113,7 @@ class GroupedConv2D(keras.layers.Layer):
             )
         self.kernel = self.add_weight(
             name="kernel",
-            shape=(
-                self.kernel_size,
-                self.kernel_size,
-                in_channels // self.groups,
-                self.filters,
-            ),
+            shape=(self.kernel_size, self.kernel_size, in_channels // self.groups, self.filters),
             initializer=self.kernel_initializer,
         )
 
@@ -142,17 +121,8 @@ class GroupedConv2D(keras.layers.Layer):
         return self.convolve(inputs, ops.cast(self.kernel, self.compute_dtype))
 
     def convolve(self, inputs, kernel):
-        """This layer's convolution (padding, stride, implementation) with another kernel.
-
-        Args:
-          inputs: NHWC tensor in the layer's compute dtype.
-          kernel: A kernel of this layer's shape and compute dtype (e.g. with BN folded in).
-
-        Returns:
-          The NHWC output.
-        """
-        # With stride 1 and 'same'-sized padding, 'same' is the identical computation without the
-        # extra pad op.
+        """This layer's convolution of NHWC `inputs` with another `kernel` (e.g. BN folded in)."""
+        # Here 'same' is the identical computation without a pad op.
         same = self.strides == 1 and 2 * self.padding == self.kernel_size - 1
         if not same:
             inputs = symmetric_pad(inputs, self.padding)
@@ -202,14 +172,8 @@ class GroupedConv2D(keras.layers.Layer):
 class BatchNorm(keras.layers.BatchNormalization):
     """keras.layers.BatchNormalization on the backends' fused kernels where they help.
 
-    The same arguments, variables, config and results as the Keras layer: training normalizes
-    with the batch statistics and moves `moving_mean` / `moving_variance` towards the batch mean
-    and biased batch variance by `1 - momentum`; inference, and training of a frozen layer
-    (trainable=False, as in Keras 3), use the moving statistics. A plain NHWC normalization
-    (4D channels-last input, no mask, synchronization or renormalization) runs on the fused
-    kernel of `resnext_tf.backend_ops.batch_norm` where the backend has one: one kernel forward
-    and one backward instead of Keras' moments and element-wise ops. Otherwise, and on PyTorch,
-    it is Keras' layer.
+    The same arguments, variables, config and results; a plain NHWC normalization (no mask,
+    synchronization or renormalization) runs on `backend_ops.batch_norm` where the backend can.
     """
 
     def _fused(self, inputs, mask, training):
@@ -258,17 +222,15 @@ class Bottleneck(keras.layers.Layer):
     """One residual bottleneck block: ResNeXt (forms B and C) or the plain ResNet bottleneck.
 
     resnext_C: 1x1 (in -> D*C), BN, ReLU, grouped 3x3 (stride s), BN, ReLU, 1x1 (-> 4*planes), BN.
-    resnext_B: C branches [1x1 in -> D, BN, ReLU, 3x3 D -> D (stride s), BN, ReLU], concatenated,
-    then 1x1 (-> 4*planes), BN. The same function as C with the branch weights stacked.
-    resnet: resnext_C with cardinality 1 and base_width 64.
-    The shortcut is added and a final ReLU applied.
+    resnext_B: C branches of 1x1 and 3x3 (D channels) concatenated, then 1x1, BN: form C with the
+    branch weights stacked. resnet: C with cardinality 1, width 64. Then shortcut, add, ReLU.
 
     Args:
-      planes: Stage width (64, 128, 256, 512); the block outputs 4 * planes channels.
+      planes: Stage width; the block outputs 4 * planes channels.
       strides: Stride of the 3x3 convolution and of the projection shortcut.
       cardinality: Number of groups C.
       base_width: Width of one group in the first stage (the paper's d).
-      bottleneck_type: "resnext_C", "resnext_B" or "resnet".
+      bottleneck_type: One of BOTTLENECK_TYPES.
       shortcut_type: "A" (identity, or subsample + zero channels), "B" (projection where the
         shape changes) or "C" (always a projection).
       conv_impl: Grouped 3x3 implementation, see `GroupedConv2D`.
@@ -276,19 +238,10 @@ class Bottleneck(keras.layers.Layer):
       sync_bn: Synchronize BN statistics across replicas (TensorFlow backend only).
       **kwargs: Base layer arguments (name, dtype, ...).
 
-    Attributes:
-      width: Channels of the grouped 3x3, D * C (`bottleneck_width`).
-      out_channels: 4 * planes.
-      conv1, bn1, conv2, bn2: The 1x1 reduction and the grouped 3x3 with their BNs (None in a
-        resnext_B block).
-      branch_conv1, branch_bn1, branch_conv2, branch_bn2: resnext_B's branches, one entry each
-        (empty otherwise).
-      conv3, bn3: The 1x1 expansion and the block's last BN.
-      has_projection: Whether the shortcut is a projection.
-      shortcut_conv, shortcut_bn: The projection shortcut (None without one).
-    The sublayers exist once the block is built; their attribute names are part of the
-    .weights.h5 format. Subclasses change the layers the block is made of by overriding
-    `make_conv` and `make_norm` (e.g. BN folded away for inference).
+    `width` (D * C) and `out_channels` are set at construction, the sublayers (conv1 ... bn3, or
+    resnext_B's branch_conv1 ... branch_bn2 lists; shortcut_conv / shortcut_bn if
+    `has_projection`) when built. Their names are part of the .weights.h5 format; subclasses
+    change them by overriding `make_conv` and `make_norm` (e.g. BN folded away).
     """
 
     def __init__(
@@ -331,7 +284,7 @@ class Bottleneck(keras.layers.Layer):
         self.sync_bn = sync_bn
         self.width = bottleneck_width(planes, cardinality, base_width)
         self.out_channels = 4 * planes
-        # The sublayers (see Attributes), made in build.
+        # The sublayers (see the class docstring), made in build.
         self.conv1 = self.bn1 = self.conv2 = self.bn2 = self.conv3 = self.bn3 = None
         self.shortcut_conv = self.shortcut_bn = self.has_projection = None
         self.branch_conv1, self.branch_bn1, self.branch_conv2, self.branch_bn2 = [], [], [], []
@@ -350,8 +303,7 @@ class Bottleneck(keras.layers.Layer):
         )
 
     def make_norm(self, suffix, zero_gamma=False):
-        """A BatchNorm of the block, named `<block>_<suffix>`; gamma starts at 0 with
-        `zero_gamma`."""
+        """A BatchNorm of the block, named `<block>_<suffix>`."""
         return BatchNorm(
             epsilon=BN_EPSILON,
             momentum=BN_MOMENTUM,
@@ -360,6 +312,10 @@ class Bottleneck(keras.layers.Layer):
             name=f"{self.name}_{suffix}",
             dtype=self.dtype_policy,
         )
+
+    def _branches(self):
+        branches = (self.branch_conv1, self.branch_bn1, self.branch_conv2, self.branch_bn2)
+        return zip(*branches, strict=True)
 
     def _needs_projection(self, in_channels):
         return self.shortcut_type == "C" or (
@@ -375,23 +331,15 @@ class Bottleneck(keras.layers.Layer):
             )
         d = self.width // self.cardinality
         if self.bottleneck_type == "resnext_B":
-            self.branch_conv1 = [
-                self.make_conv(f"branch{i}_conv1", d) for i in range(self.cardinality)
-            ]
-            self.branch_bn1 = [self.make_norm(f"branch{i}_bn1") for i in range(self.cardinality)]
+            branches = range(self.cardinality)
+            self.branch_conv1 = [self.make_conv(f"branch{i}_conv1", d) for i in branches]
+            self.branch_bn1 = [self.make_norm(f"branch{i}_bn1") for i in branches]
             self.branch_conv2 = [
-                self.make_conv(f"branch{i}_conv2", d, 3, self.strides)
-                for i in range(self.cardinality)
+                self.make_conv(f"branch{i}_conv2", d, 3, self.strides) for i in branches
             ]
-            self.branch_bn2 = [self.make_norm(f"branch{i}_bn2") for i in range(self.cardinality)]
+            self.branch_bn2 = [self.make_norm(f"branch{i}_bn2") for i in branches]
             in_branch = (*input_shape[:-1], d)
-            for conv1, bn1, conv2, bn2 in zip(
-                self.branch_conv1,
-                self.branch_bn1,
-                self.branch_conv2,
-                self.branch_bn2,
-                strict=True,
-            ):
+            for conv1, bn1, conv2, bn2 in self._branches():
                 conv1.build(input_shape)
                 bn1.build(in_branch)
                 conv2.build(in_branch)
@@ -421,13 +369,7 @@ class Bottleneck(keras.layers.Layer):
     def _residual(self, x, training):
         if self.bottleneck_type == "resnext_B":
             branches = []
-            for conv1, bn1, conv2, bn2 in zip(
-                self.branch_conv1,
-                self.branch_bn1,
-                self.branch_conv2,
-                self.branch_bn2,
-                strict=True,
-            ):
+            for conv1, bn1, conv2, bn2 in self._branches():
                 y = ops.relu(bn1(conv1(x), training=training))
                 branches.append(ops.relu(bn2(conv2(y), training=training)))
             y = ops.concatenate(branches, axis=-1)

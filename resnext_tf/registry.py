@@ -4,10 +4,8 @@ from resnext_tf.contract import DataContract, attach
 from resnext_tf.recipes import RECIPES
 from resnext_tf.resnext import build_resnext
 
-# name -> (dataset, depth, cardinality, base_width, bottleneck_type); the dataset's recipe gives
-# the stem and the default class count. "CxWd" is cardinality C with base width W. The
-# ResNeXt-50 2x40d/4x24d/8x14d/32x4d set keeps the complexity of ResNet-50 (1x64d), the paper's
-# Table 3.
+# name -> (dataset, depth, cardinality C, base_width W, bottleneck_type), named "CxWd"; the
+# recipe gives stem and classes. The ResNeXt-50 CxWd set keeps ResNet-50's complexity (Table 3).
 MODEL_SPECS = {
     "resnext29_8x64d": ("cifar10", 29, 8, 64, "resnext_C"),
     "resnext29_16x64d": ("cifar10", 29, 16, 64, "resnext_C"),
@@ -57,19 +55,14 @@ def create_model(name, **overrides):
 
     Args:
       name: One of `list_models()`.
-      **overrides: Other `build_resnext` arguments (num_classes, shortcut_type, conv_impl,
-        input_shape, in_channels, include_top, pooling, ...). `in_channels` (or the last entry
-        of `input_shape`) sets the number of input channels, 3 by default; `load_weights` adapts
-        RGB weights to other counts (`resnext_tf.weights.stem`). "resnext_B" may replace
-        "resnext_C" (the same function). Overrides of the architecture (stem, depth,
-        cardinality, base_width) must agree with the variant. The input is the variant's size
-        unless `input_shape` says otherwise; `input_shape=(None, None, 3)` takes any size, as
-        timm's and torchvision's models do (the head pools globally).
+      **overrides: Other `build_resnext` arguments (num_classes, conv_impl, input_shape,
+        in_channels, include_top, ...). "resnext_B" may replace "resnext_C" (the same
+        function); stem, depth, cardinality and base_width must agree with the variant.
+        `input_shape=(None, None, 3)` takes any size, as timm's models do.
 
     Returns:
-      A `keras.Model`. A classifier with a square RGB input carries the variant's data contract
-      (`resnext_tf.contract.of_model`): its dataset's evaluation, and its class names where the
-      model has the dataset's class count (a CIFAR variant with another count has none).
+      A `keras.Model`; a classifier with a square RGB input carries the variant's data contract
+      (`contract.of_model`), with class names where it has the dataset's class count.
 
     Raises:
       ValueError: for an unknown name or an override that contradicts the variant.

@@ -6,26 +6,15 @@ import keras
 
 from resnext_tf.contract import DataContract, attach
 from resnext_tf.errors import check_choice
-from resnext_tf.layers import (
-    BN_EPSILON,
-    BN_MOMENTUM,
-    BatchNorm,
-    Bottleneck,
-    GroupedConv2D,
-)
+from resnext_tf.layers import BN_EPSILON, BN_MOMENTUM, BatchNorm, Bottleneck, GroupedConv2D
 from resnext_tf.recipes import RECIPES
 
 # ImageNet depth -> blocks in each of the four stages (ResNeXt models/resnext.lua).
-IMAGENET_STAGE_BLOCKS = {
-    50: (3, 4, 6, 3),
-    101: (3, 4, 23, 3),
-    152: (3, 8, 36, 3),
-}
+IMAGENET_STAGE_BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 # Stage widths ("planes"); each block outputs 4 * planes channels.
 IMAGENET_PLANES = (64, 128, 256, 512)
 CIFAR_PLANES = (64, 128, 256)
-# Smallest input side each stem accepts: ImageNet downsamples by 32 (as keras.applications.ResNet),
-# CIFAR by 4.
+# Smallest input side: the ImageNet stem downsamples by 32 (as keras.applications), CIFAR by 4.
 MIN_INPUT_SIZE = {"imagenet": 32, "cifar": 8}
 # Default input side of each stem: its datasets' crop (resnext_tf.recipes).
 DEFAULT_INPUT_SIZE = {r.stem: r.image_size for r in RECIPES.values()}
@@ -34,14 +23,11 @@ POOLINGS = (None, "avg", "max")
 
 
 def stage_blocks(stem, depth):
-    """Blocks per stage for a stem and depth.
+    """Returns the number of blocks in each stage for a stem and depth.
 
     Args:
       stem: "imagenet" or "cifar".
-      depth: Network depth: 50, 101 or 152 for ImageNet; 9n + 2 (29 = 3 blocks a stage) for CIFAR.
-
-    Returns:
-      A tuple with the number of blocks in each stage.
+      depth: 50, 101 or 152 for ImageNet; 9n + 2 (29 = 3 blocks a stage) for CIFAR.
 
     Raises:
       ValueError: for an unknown stem or a depth the stem does not support.
@@ -65,23 +51,19 @@ def stage_blocks(stem, depth):
 def check_input_shape(input_shape, stem, in_channels=None):
     """Validates an (H, W, C) input shape for a stem, keras.applications style.
 
-    Any number of channels is accepted (grayscale, RGB-D, multispectral). Published weights are
-    RGB: `resnext_tf.weights.load_weights` adapts their stem to other counts, while the
-    keras.applications-style constructors refuse weights="imagenet" with them, as Keras does.
+    Any channel count is accepted: `resnext_tf.weights.load_weights` adapts RGB weights to it.
 
     Args:
-      input_shape: A tuple (height, width, channels); height and width may be None, with or
-        without the top (its global pooling takes any size), for a model of any input size.
+      input_shape: (height, width, channels); height and width may be None (any input size).
       stem: "imagenet" or "cifar".
-      in_channels: Optional channel count; must agree with `input_shape` when both are given.
+      in_channels: Optional channel count; must agree with `input_shape`.
 
     Returns:
-      The input shape as a tuple; the stem's default size (with `in_channels`, else 3 channels)
-      when `input_shape` is None.
+      The shape as a tuple; for None, the stem's default size with `in_channels` (or 3).
 
     Raises:
-      ValueError: for a channel count below 1, one that contradicts `in_channels`, or a side
-        below the stem's minimum.
+      ValueError: for channels below 1 or contradicting `in_channels`, or a side below the
+        stem's minimum.
     """
     if in_channels is not None and (
         isinstance(in_channels, bool)
@@ -174,30 +156,19 @@ def build_resnext(
     """Builds a ResNeXt (or ResNet) as a functional Keras model.
 
     Args:
-      depth: 50, 101 or 152 with the ImageNet stem; 9n + 2 (e.g. 29) with the CIFAR stem.
+      depth: See `stage_blocks`.
       cardinality: Groups C of the 3x3 convolutions.
       base_width: Width d of one group in the first stage.
-      stem: "imagenet" (7x7/2 conv + 3x3/2 max pool, four stages) or "cifar" (3x3 conv, three
-        stages).
+      stem: "imagenet" (7x7/2 conv, 3x3/2 max pool, 4 stages) or "cifar" (3x3 conv, 3 stages).
       num_classes: Classifier outputs when `include_top`.
-      bottleneck_type: "resnext_C" (grouped convolution), "resnext_B" (parallel branches) or
-        "resnet" (plain bottleneck; requires cardinality 1 and base_width 64).
-      shortcut_type: "A", "B" or "C", as the original's shortcutType.
-      conv_impl: "auto", "grouped", "split" or "block_diagonal"; see
-        `resnext_tf.backend_ops.resolve_conv_impl`.
-      zero_init_residual: Zero-initialise the last BN gamma of every block.
-      sync_bn: Synchronized BatchNormalization across replicas (TensorFlow backend only).
+      bottleneck_type, shortcut_type, conv_impl, zero_init_residual, sync_bn: See `Bottleneck`.
       include_top: Attach global average pooling and the classifier.
       pooling: Without the top: None (4D features), "avg" or "max".
-      input_shape: (height, width, channels), any number of channels; defaults to 224x224
-        (ImageNet) or 32x32 (CIFAR) with `in_channels` channels. (None, None, channels) takes
-        images of any size (at least the stem's minimum), the top included.
+      input_shape: See `check_input_shape`; 224x224 (ImageNet) or 32x32 (CIFAR) by default.
       input_tensor: Optional Keras tensor to use as the model input.
       classifier_activation: None for logits (the default here), or e.g. "softmax".
       name: Model name; derived from the architecture by default.
-      in_channels: Input channels (default 3, RGB); an alternative to spelling them in
-        `input_shape`. Weights trained on RGB are adapted to other counts by
-        `resnext_tf.weights.load_weights` (see `resnext_tf.weights.stem`).
+      in_channels: Input channels (default 3), instead of spelling them in `input_shape`.
 
     Returns:
       A `keras.Model`; an ImageNet-stem classifier of square RGB images carries the ImageNet

@@ -1,9 +1,8 @@
 """Reading a training run: its model, its data contract, and weights from a run or any file.
 
-Every checkpoint's state.json records the architecture ("model": build_resnext's arguments)
-and the data contract ("contract", `resnext_tf.contract.DataContract`), so export and predict
-rebuild a run's model and evaluation without the trainer's configuration. Checkpoints written
-before those records existed are read from the configuration they recorded instead.
+Each checkpoint's state.json records the architecture ("model") and the data contract
+("contract"), so export and predict need no trainer configuration; older checkpoints are read
+from the configuration they recorded.
 """
 
 import os
@@ -35,11 +34,9 @@ ARCHITECTURE = (
 
 
 def own_checkpoint(path):
-    """The checkpoint of ours that `path` names (a model_dir, its checkpoints/ folder, a
-    checkpoint directory, a pointer), or None for anything else.
+    """The checkpoint of ours that `path` names (see `checkpoints.find_checkpoint`), or None.
 
-    A published weight name always means the published file, even where a folder of that name
-    exists in the working directory (write ./imagenet for the folder).
+    A published weight name is never a path here (write ./imagenet for such a folder).
     """
     if path in KNOWN_NAMES or not os.path.exists(path):
         return None
@@ -80,8 +77,8 @@ def data_contract(state):
 
 
 def model_from_run(path, conv_impl="auto", variant=None):
-    """(model, checkpoint directory) of the newest checkpoint of a run that verifies; the model
-    carries the run's data contract (`resnext_tf.contract.of_model`).
+    """(model, checkpoint directory) of the newest verified checkpoint of a run; the model
+    carries the run's data contract.
 
     Args:
       path: A model_dir, its checkpoints/ folder, a checkpoint directory or a pointer.
@@ -116,14 +113,12 @@ def model_from_run(path, conv_impl="auto", variant=None):
 
 
 def load_run_or_weights(model, path):
-    """Loads weights (only) into `model` from a training run or any weights file; the
-    architecture must match.
+    """Loads weights (only) into `model` of the same architecture from a run or any file.
 
     Args:
         model: the target keras model.
-        path: a .weights.h5 file, a .keras file, one of our checkpoints (a model_dir, its
-            checkpoints/ folder, a checkpoint directory or the latest/best pointer), or anything
-            `resnext_tf.weights.load_weights` reads (Torch files, published weight names).
+        path: one of our checkpoints (`own_checkpoint`), a .keras file, or anything
+            `resnext_tf.weights.load_weights` reads.
 
     Raises:
         ValueError: when the weights cannot be read or do not fit the model.
@@ -157,8 +152,7 @@ def copy_layer_weights(source, target, skip=()):
 def source_num_classes(path, default):
     """Classifier size of the model stored at `path`, or `default` when the file does not say.
 
-    Our checkpoints record it; in a Keras .weights.h5 file the classifier is the model's only
-    Dense layer, stored under layers/dense (Keras names the groups by layer class).
+    Our checkpoints record it; a .weights.h5 file stores the only Dense layer as layers/dense.
     """
     found = own_checkpoint(path)
     if found:

@@ -1,14 +1,8 @@
-"""TensorFlow kernels behind resnext_tf's layers on the TensorFlow backend.
+"""TensorFlow kernels behind resnext_tf's layers, imported only through `resnext_tf.backend_ops`.
 
-Keras 3 reaches neither of the two TensorFlow kernels that make ResNeXt fast on TensorFlow:
-`keras.ops.conv` wraps every grouped convolution in an XLA-compiled function (whose CPU
-gradient is far slower than split convolutions), and Keras' BatchNormalization computes moments
-and the normalization as separate element-wise ops. Here they run as one `tf.nn.conv2d` with a
-grouped kernel (oneDNN on x86 CPUs and cuDNN on GPUs implement it, forward and gradients,
-without XLA) and as FusedBatchNormV3. docs/performance.md has the measurements.
-
-`resnext_tf.backend_ops` imports this module on first use, and only when the Keras backend is
-TensorFlow, so the model library never imports TensorFlow under JAX or PyTorch.
+Keras 3 reaches neither: `keras.ops.conv` wraps every grouped convolution in an XLA-compiled
+function, and Keras' BatchNormalization is separate element-wise ops. Here they are one grouped
+`tf.nn.conv2d` (oneDNN and cuDNN run it, gradients included, without XLA) and FusedBatchNormV3.
 """
 
 import functools
@@ -23,27 +17,17 @@ PROBE_INPUT_SHAPE = (1, 5, 5, 4)
 PROBE_KERNEL_SHAPE = (3, 3, 2, 4)
 PROBE_FORMS = ((1, "SAME"), (2, "VALID"))
 PROBE_TOLERANCE = 0.25
-# A 1x1 convolution runs as one matrix product (`pointwise_conv2d`) on CPUs where its kernel
-# holds at least this many elements per element of its input and output. oneDNN's convolution
-# reorders the kernel into its blocked layout at every call (forward, and both gradients),
-# which costs most where the kernel is large against the activations (the last stages of
-# ImageNet models); at large spatial sizes the convolution stays faster (docs/performance.md,
-# "1x1 convolutions as matrix products").
+# A 1x1 convolution runs as one matrix product on CPUs where its kernel has at least this many
+# elements per element of input and output: oneDNN's convolution reorders the kernel at every
+# call, which costs most where the kernel outweighs the activations.
 POINTWISE_MATMUL_MIN_RATIO = 0.25
 
 
 def grouped_conv2d(inputs, kernel, strides, padding):
-    """One convolution whatever the number of groups: groups = in_channels / kernel.shape[2].
+    """Returns one convolution with in_channels / kernel.shape[2] groups.
 
-    Args:
-      inputs: NHWC tensor.
-      kernel: (kh, kw, in_channels // groups, filters), output channels group by group.
-      strides: Square stride.
-      padding: "SAME" or "VALID". Explicit paddings are not accepted: oneDNN has no grouped
-        gradient for them, and TensorFlow's own CPU kernels have none at all.
-
-    Returns:
-      The NHWC output tensor.
+    Arguments as `backend_ops.conv2d`, but `padding` is "SAME" or "VALID": explicit paddings have
+    no grouped gradient.
     """
     return tf.nn.conv2d(inputs, kernel, strides, padding)
 
@@ -56,10 +40,8 @@ def _gpu_visible():
 def pointwise_as_matmul(input_shape, strides, filters):
     """Whether a 1x1 convolution of this shape runs as `pointwise_conv2d`.
 
-    True on CPU-only processes where the kernel has at least POINTWISE_MATMUL_MIN_RATIO
-    elements per element of the input (after the stride) and output. An unknown batch size
-    counts as 1 (serving); unknown height or width keeps the convolution. Where a GPU is
-    visible the convolution (cuDNN) is kept: the matrix product was measured on CPUs only.
+    Only in CPU-only processes (it was measured on CPUs only) and with known height and width;
+    an unknown batch counts as 1 (serving).
 
     Args:
       input_shape: NHWC shape, entries None where unknown.
@@ -75,16 +57,12 @@ def pointwise_as_matmul(input_shape, strides, filters):
 
 
 def pointwise_conv2d(inputs, kernel, strides):
-    """A 1x1 convolution without padding, as one matrix product.
+    """Returns a 1x1 convolution without padding as one matrix product.
 
     Args:
       inputs: NHWC tensor.
       kernel: (1, 1, in_channels, filters).
-      strides: Square stride; the output keeps every `strides`-th row and column from the
-        first, as the convolution does.
-
-    Returns:
-      The NHWC output tensor.
+      strides: Square stride, applied by slicing first.
     """
     if strides > 1:
         inputs = inputs[:, ::strides, ::strides, :]
@@ -94,10 +72,9 @@ def pointwise_conv2d(inputs, kernel, strides):
 
 
 def _conv_and_gradients(inputs, kernel, strides, padding, gradients=True):
-    """Conv2D and the two ops its registered gradient runs, with an upstream gradient of ones.
+    """Conv2D and (with `gradients`) its two gradient ops for an upstream gradient of ones.
 
-    The gradient ops are called directly, not through a GradientTape: the probe runs under
-    tf.init_scope, which pauses tapes. Without `gradients`, only the convolution.
+    Called directly: the probe runs under tf.init_scope, which pauses tapes.
     """
     outputs = tf.nn.conv2d(inputs, kernel, strides, padding)
     if not gradients:
@@ -139,38 +116,24 @@ def _grouped_conv_supported(dtype, gradients):
 def grouped_conv_supported(dtype="float32", gradients=True):
     """Whether this process runs `grouped_conv2d` natively in `dtype`.
 
-    Decided by running a tiny grouped convolution (and, with `gradients`, its two gradient ops)
-    eagerly, also when called while a tf.function is traced, and comparing the results with one
-    convolution a group; the answer is cached for the process. TensorFlow's own CPU kernels
-    compute grouped convolutions forward but not their gradients; oneDNN (on by default in x86
-    builds on CPUs with AVX512-VNNI, AVX512-BF16 or AMX, on request elsewhere with
-    TF_ENABLE_ONEDNN_OPTS=1) and cuDNN do both.
+    A tiny grouped convolution (and its gradient ops) runs eagerly, even during a trace, against
+    one convolution a group; the answer is cached. TensorFlow's own CPU kernels lack the grouped
+    gradient; oneDNN (see `resnext_tf.hardware`) and cuDNN have both directions.
 
     Args:
       dtype: The compute dtype, e.g. "float32" or "bfloat16".
-      gradients: Ask whether it trains (forward and gradients); False asks whether it
-        infers (the forward pass only), which is what an inference graph needs.
-
-    Returns:
-      True when the native grouped convolution is usable for that purpose in `dtype`.
+      gradients: Ask whether it trains; False asks whether it infers (forward only).
     """
     with tf.init_scope():
         return _grouped_conv_supported(tf.as_dtype(dtype), bool(gradients))
 
 
 def fused_batch_norm(inputs, gamma, beta, mean, variance, epsilon, training):
-    """Batch normalization of NHWC `inputs` over the last axis with FusedBatchNormV3.
+    """`backend_ops.batch_norm` on TensorFlow, with FusedBatchNormV3.
 
-    Args:
-      inputs: 4D NHWC tensor, float32, float16 or bfloat16 (the kernel computes in float32).
-      gamma, beta: float32 scale and offset, one per channel.
-      mean, variance: float32 moving statistics, used when not `training`.
-      epsilon: Added to the variance.
-      training: Normalize with the batch statistics (True) or the moving ones (False).
-
-    Returns:
-      (outputs in the dtype of `inputs`, mean, variance): in training the batch mean and the
-      biased batch variance (as Keras averages it), otherwise `mean` and `variance`.
+    `inputs` may be float32, float16 or bfloat16 (computed in float32); `mean` and `variance` are
+    the moving statistics. In training the returned ones are the batch mean and the biased
+    variance, as Keras averages it.
     """
     # The raw op, not tf.compat.v1.nn.fused_batch_norm, which raises epsilon to 1.001e-5. In
     # training the kernel takes empty statistics and returns the batch's.

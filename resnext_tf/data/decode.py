@@ -1,9 +1,5 @@
-"""Encoded images: their header read before anything decodes them, the limits checked against it,
-and the decoders of training, serving and prediction.
-
-`check_image` reads only the length and the header (and a GIF's block structure) of an encoded
-image and says why it is refused, so that an image asks the decoder for no more than
-`ImageLimits` allow; `decode` and `decode_window` then decode it to RGB.
+"""Encoded images: the header checked against `ImageLimits` before anything decodes them
+(`check_image`), and the RGB decoders of training, serving and prediction (docs/data.md).
 """
 
 import tensorflow as tf
@@ -15,8 +11,7 @@ DEFAULT_LIMITS = ImageLimits()
 # bytes. JPEG XL, which TensorFlow also decodes, is refused: its header is not parsed here.
 IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WebP")
 NOT_AN_IMAGE = f"is not a {', '.join(IMAGE_FORMATS[:-1])} or {IMAGE_FORMATS[-1]} image"
-# libjpeg's accurate integer IDCT, the default of Torch's image.load and of PIL; TF's own
-# default (fast IDCT) differs from them by up to 4 levels.
+# libjpeg's accurate integer IDCT, as Torch's image.load and PIL decode (TF's default differs).
 JPEG_DCT = "INTEGER_ACCURATE"
 # GIF blocks walked to find the frames; a step skips up to GIF_RUN full data sub-blocks.
 GIF_MAX_STEPS = 4096
@@ -64,11 +59,9 @@ def _color_table_bytes(flags):
 def _gif_frame_pixels(data):
     """(pixels of all the frames of a GIF, whether its blocks were walked to the end).
 
-    giflib reads a whole GIF (DGifSlurp) before TensorFlow takes its first frame, allocating
-    every frame's pixels, and LZW data can encode a large frame in few bytes. The frames are
-    found by walking the blocks; a step reads one block or sub-block, or skips up to GIF_RUN
-    full (255-byte) data sub-blocks at once. Walking stops at the trailer, at a byte that
-    starts no block, at the end of the data, or after GIF_MAX_STEPS steps.
+    giflib allocates every frame before TensorFlow takes the first, and LZW packs a large
+    frame in few bytes. The walk stops at the trailer, at a byte that starts no block, at the
+    end of the data, or after GIF_MAX_STEPS steps.
     """
     raw = tf.io.decode_raw(data, tf.uint8)
     n = tf.size(raw, out_type=tf.int64)
@@ -93,8 +86,7 @@ def _gif_frame_pixels(data):
         image, extension = tf.equal(kind, 0x2C), tf.equal(kind, 0x21)
         width = tf.maximum(byte(pos + 5), 0) + 256 * tf.maximum(byte(pos + 6), 0)
         height = tf.maximum(byte(pos + 7), 0) + 256 * tf.maximum(byte(pos + 8), 0)
-        # Image: descriptor (10 bytes), local color table, LZW code size, then sub-blocks.
-        # Extension: introducer and label, then sub-blocks.
+        # Image: descriptor, colour table, LZW code size; extension: introducer and label.
         next_pos = tf.where(image, pos + 11 + _color_table_bytes(byte(pos + 9)), pos + 2)
         pixels += tf.where(image, width * height, 0)
         return next_pos, image | extension, pixels, ~(image | extension)
@@ -119,10 +111,9 @@ def image_header(data):
     """Reads the size of an encoded image from its header, without decoding it.
 
     Returns:
-        (format, height, width, frame_pixels, walked): format as in `image_format` (int32),
-        height and width int64 (0 for an unknown format), the pixels the decoder holds at once
-        (float64; a GIF's frames together, see `_gif_frame_pixels`), and False when a GIF's
-        blocks were not walked to the end.
+        (format, height, width, frame_pixels, walked): `image_format`'s int32, int64 sizes (0
+        for an unknown format), the float64 pixels decoded at once (a GIF's frames together),
+        and False when a GIF's blocks were not walked to the end.
 
     Raises:
         InvalidArgumentError: a JPEG whose header libjpeg cannot read.
@@ -179,9 +170,7 @@ def _formatted(number):
 def check_image(data, limits=DEFAULT_LIMITS):
     """Why an encoded image is refused before decoding, or "" when it is accepted.
 
-    Reads only the length and the header (and a GIF's block structure): empty data, more
-    than limits.max_bytes, a format other than IMAGE_FORMATS, no pixels, more than
-    limits.max_pixels or an aspect ratio over limits.max_aspect. Sizes are width x height.
+    Reads only the length and the header (and a GIF's block structure).
 
     Raises:
         InvalidArgumentError: a JPEG whose header libjpeg cannot read.
@@ -261,8 +250,7 @@ def decode(data):
 def decode_window(data, y, x, h, w, fused):
     """Decodes the window [y:y+h, x:x+w] of an encoded image.
 
-    With `fused`, JPEGs decode only the window (libjpeg skips the rest); other formats
-    always decode fully and are cropped.
+    With `fused`, JPEGs decode only the window; other formats decode fully and are cropped.
     """
 
     def crop_full():

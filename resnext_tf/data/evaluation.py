@@ -1,9 +1,7 @@
 """The evaluation transform of training, serving and prediction, and the one ten-crop rule.
 
-ImageNet: the shorter side resized (bicubic) to the evaluation size, the centre crop (or the
-four corner and centre crops and their mirrors), normalization. CIFAR: decode, resize to the
-model's size when an image has another one, normalization. Every encoded image is checked
-against its `ImageLimits` from the header before it is decoded (`resnext_tf.data.decode`).
+Every encoded image is checked against its `ImageLimits` before it is decoded
+(`resnext_tf.data.decode`).
 """
 
 import tensorflow as tf
@@ -14,8 +12,7 @@ from resnext_tf.data.config import DataConfig
 
 
 def _crop_corners(height, width, size, ten_crop):
-    """Top-left corners of the centre crop (offsets rounded up, as Torch's CenterCrop), or of
-    the four corner crops and the centre crop."""
+    """Top-left corners of the centre crop (rounded up, as Torch's), or of the ten-crop five."""
     centre = ((height - size + 1) // 2, (width - size + 1) // 2)
     if not ten_crop:
         return [centre]
@@ -31,7 +28,7 @@ def imagenet_eval(data, cfg, limits=None):
       data: Encoded image bytes (scalar string tensor).
       cfg: DataConfig (crop_size, eval_resize, antialias, ten_crop).
       limits: ImageLimits (decode.DEFAULT_LIMITS by default); an image over them raises
-        InvalidArgumentError undecoded.
+        InvalidArgumentError.
 
     Returns:
       float32 [size, size, 3], or [10, size, size, 3] with cfg.ten_crop.
@@ -53,18 +50,18 @@ def imagenet_eval(data, cfg, limits=None):
 
 
 def cifar_eval(data, dataset, size, antialias=False, limits=None):
-    """CIFAR evaluation transform of an encoded image: decoded, resized to size x size when it
-    has another size, normalized with `dataset`'s mean and std."""
+    """CIFAR evaluation transform of an encoded image: resized to size x size where it differs,
+    normalized with `dataset`'s mean and std."""
     image = decoding.decode(decoding.checked(data, limits or decoding.DEFAULT_LIMITS))
     return transforms.cifar_eval(transforms.resize(image, size, size, antialias), dataset)
 
 
 def eval_transform(contract, limits=None, ten_crop=False):
-    """The per-image evaluation transform of a model's `resnext_tf.contract.DataContract`:
-    encoded bytes -> float32 [size, size, 3] ([10, size, size, 3] with ten_crop, ImageNet only).
+    """The per-image evaluation transform of a `DataContract`: encoded bytes -> float32
+    [size, size, 3] ([10, size, size, 3] with ten_crop).
 
     Raises:
-      ValueError: for ten_crop with a CIFAR contract (ten crops are an ImageNet evaluation).
+      ValueError: for ten_crop with a CIFAR contract.
     """
     size = contract.image_size
     if contract.is_cifar:

@@ -1,14 +1,9 @@
 """Transforms of the original recipe (fb.resnet.torch transforms), in TensorFlow.
 
-Every random draw is stateless: a transform takes a seed of shape [2] and gives the same
-output for the same seed. Geometry follows Torch: integer sizes are truncated, centre crops
-start at ceil((size - crop) / 2), RandomSizedCrop rounds half away from zero.
-
-The ImageNet training color work (jitter, lighting, normalization) is linear in the pixel
-values once an image's random draws and mean grey level are known, and the original clamps
-nowhere in between; so each image gets one affine color map (3x3 matrix and bias), drawn in
-`imagenet_train`, and `apply_color` applies the maps of a whole batch in one pass. The
-evaluation transforms are in `resnext_tf.data.evaluation`.
+Every random draw is stateless (the same seed of shape [2], the same output) and geometry
+follows Torch's integer sizes and rounding. ImageNet training's colour work is one affine map
+per image, drawn by `imagenet_train` and applied per batch by `apply_color` (docs/data.md,
+"Transforms"). The evaluation transforms are in `resnext_tf.data.evaluation`.
 """
 
 import tensorflow as tf
@@ -16,8 +11,7 @@ import tensorflow as tf
 from resnext_tf.data.decode import DEFAULT_LIMITS, checked, decode_window, image_shape
 from resnext_tf.recipes import RECIPES
 
-# ImageNet channel mean and std on [0, 1] RGB images, and CIFAR's (mean, std) on 0-255 images,
-# from the recipes.
+# The recipes' ImageNet mean and std on [0, 1] RGB, and CIFAR's (mean, std) on 0-255 images.
 IMAGENET_MEAN, IMAGENET_STD = RECIPES["imagenet"].mean, RECIPES["imagenet"].std
 CIFAR_MEAN_STD = {name: (r.mean, r.std) for name, r in RECIPES.items() if r.stem == "cifar"}
 # AlexNet PCA lighting noise: eigenvalues and eigenvector rows (docs/reference.md "Data", step 3).
@@ -61,8 +55,7 @@ def sample_crop_window(height, width, seed, area_range, aspect_range):
     """Draws a RandomSizedCrop window for an image of the given size.
 
     Args:
-        height: Image height (int32 scalar tensor).
-        width: Image width (int32 scalar tensor).
+        height, width: Image size (int32 scalar tensors).
         seed: Seed of shape [2].
         area_range: (low, high) fraction of the image area.
         aspect_range: (low, high) of width / height before the random swap.
@@ -92,10 +85,7 @@ def sample_crop_window(height, width, seed, area_range, aspect_range):
 
 
 def shorter_side_size(height, width, size):
-    """Returns the (height, width) that Torch's Scale(size) resizes an image to.
-
-    The shorter side becomes `size`, the longer one keeps the aspect ratio, truncated.
-    """
+    """(height, width) of Torch's Scale(size): the shorter side `size`, the other truncated."""
     height, width = tf.convert_to_tensor(height), tf.convert_to_tensor(width)
     size = tf.cast(size, height.dtype)
     tall = height > width
@@ -122,14 +112,8 @@ def center_crop(image, size):
 
 
 def _jitter_maps(factors):
-    """The linear map each jitter op applies to the coefficients (p, q, r) of an image
-    written as p * x + q * grey(x) + r * mean(grey(x)); [3 ops, 3, 3] for brightness,
-    contrast, saturation.
-
-    Grey weights sum to 1, so grey(grey(x)) = grey(x) and grey(constant) = constant:
-    brightness b scales (p, q, r); contrast c blends with mean grey = (p + q + r) * mean(grey(x));
-    saturation s blends with grey = (p + q) * grey(x) + r * mean(grey(x)).
-    """
+    """[3 ops, 3, 3]: brightness, contrast and saturation as linear maps of the coefficients
+    (p, q, r) of p * x + q * grey(x) + r * mean(grey(x)) (the grey weights sum to 1)."""
     b, c, s = tf.unstack(factors)
     zero, one = tf.zeros_like(b), tf.ones_like(b)
     rows = [
@@ -141,11 +125,8 @@ def _jitter_maps(factors):
 
 
 def sample_color_jitter(seed, strength):
-    """Draws the jitter factors 1 + U(-strength, strength) and a random order of the 3 ops.
-
-    Returns:
-        (factors, order): float32 [3] for brightness, contrast, saturation and an int32 [3]
-        permutation; order[k] is the op applied k-th.
+    """Returns (factors, order): float32 [3] jitter factors 1 + U(-strength, strength) for
+    brightness, contrast and saturation, and the int32 [3] order of the ops (order[k] goes k-th).
     """
     factor_seed, order_seed = split_seed(seed, 2)
     factors = 1.0 + tf.random.stateless_uniform([3], factor_seed, -strength, strength)
@@ -154,14 +135,8 @@ def sample_color_jitter(seed, strength):
 
 
 def jitter_coefficients(factors, order):
-    """Composes brightness, contrast and saturation blends applied in `order`, without clamping.
-
-    Brightness blends with black, contrast with the mean grey level, saturation with the grey
-    image (fb.resnet.torch ColorJitter). All three are linear, so their composition maps an
-    image x to p * x + q * grey(x) + r * mean(grey(x)).
-
-    Returns:
-        float32 [3]: the coefficients (p, q, r).
+    """Returns float32 (p, q, r) of p * x + q * grey(x) + r * mean(grey(x)): fb.resnet.torch's
+    ColorJitter blends composed in `order`, without clamping.
     """
     maps = _jitter_maps(factors)
     coefficients = tf.constant(NO_JITTER)
@@ -171,10 +146,8 @@ def jitter_coefficients(factors, order):
 
 
 def lighting_shift(seed, alphastd):
-    """AlexNet PCA noise eigvec @ (alpha * eigval), alpha ~ N(0, alphastd) per component.
-
-    Returns:
-        float32 [3]: the RGB offset added to every pixel of the image.
+    """Returns AlexNet's PCA lighting offset of one image, float32 [3] added to every pixel:
+    eigvec @ (alpha * eigval), alpha ~ N(0, alphastd) per component.
     """
     alpha = tf.random.stateless_normal([3], seed, stddev=alphastd)
     eigvec = tf.constant(PCA_EIGVEC, tf.float32)
@@ -184,10 +157,7 @@ def lighting_shift(seed, alphastd):
 def color_map(channel_mean, coefficients, shift):
     """The affine color map of one image: jitter, then lighting, then normalization.
 
-    For a 0-255 image x and u = x / 255, the training recipe computes per pixel
-    (p * u + q * grey(u) + r * mean(grey(u)) + shift - MEAN) / STD, grey(u) = u @ GREY_WEIGHTS,
-    with no clamping between the steps (docs/reference.md "Data"). As mean(grey(u)) =
-    channel_mean @ GREY_WEIGHTS / 255, this is x @ matrix + bias, exactly.
+    Exactly the recipe's steps on x / 255 for a 0-255 image x (docs/data.md, "Transforms").
 
     Args:
         channel_mean: float32 [3], the mean of each channel of the 0-255 image.
@@ -207,19 +177,12 @@ def color_map(channel_mean, coefficients, shift):
 
 
 def apply_color(images, color):
-    """Applies per-image color maps to a batch.
-
-    Args:
-        images: float32 [b, H, W, 3].
-        color: float32 [b, 4, 3], each image's color_map.
-
-    Returns:
-        float32 [b, H, W, 3]: images @ matrix + bias, image by image.
+    """Returns float32 [b, H, W, 3] `images` @ matrix + bias, image by image, for [b, 4, 3]
+    `color`, each image's `color_map`.
     """
     shape = tf.shape(images)
     pixels = tf.matmul(tf.reshape(images, [shape[0], -1, 3]), color[:, :3])
-    # Adding the bias to rows of W * 3 values (the bias tiled W times) runs about twice as
-    # fast as broadcasting a 3-vector over every pixel.
+    # The bias tiled over rows of W * 3 values beats broadcasting it per pixel (performance.md).
     rows = tf.reshape(pixels, [shape[0], shape[1], -1])
     rows += tf.tile(color[:, 3], [1, shape[2]])[:, None]
     return tf.reshape(rows, shape)
@@ -228,9 +191,8 @@ def apply_color(images, color):
 def imagenet_train(data, seed, cfg, limits=DEFAULT_LIMITS):
     """The per-image part of the ImageNet training transform of an encoded image.
 
-    Crops a RandomSizedCrop window, resizes it and flips it, and draws the image's color
-    jitter and lighting; `apply_color` on a batch of these completes the transform (jitter,
-    lighting, normalize).
+    Crops a RandomSizedCrop window, resizes and flips it, and draws its colour map;
+    `apply_color` on a batch completes the transform.
 
     Args:
         data: Encoded image bytes (scalar string tensor).
@@ -250,8 +212,7 @@ def imagenet_train(data, seed, cfg, limits=DEFAULT_LIMITS):
         height, width, crop_seed, cfg.crop_area_range, cfg.aspect_range
     )
     image = decode_window(data, y, x, h, w, cfg.fused_crop)
-    # A found window is resized to size x size; the fallback resizes the shorter side to
-    # size and takes the centre crop (a no-op crop for a found window).
+    # The fallback resizes the shorter side and crops the centre (a no-op for a found window).
     out_h, out_w = shorter_side_size(h, w, size)
     image = resize(image, tf.where(found, size, out_h), tf.where(found, size, out_w), cfg.antialias)
     image = tf.ensure_shape(center_crop(image, size), [size, size, 3])

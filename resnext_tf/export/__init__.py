@@ -1,15 +1,8 @@
-"""Exports for serving: a TF Serving SavedModel, ONNX, OpenVINO IR and LiteRT.
+"""Exports for serving: a TF Serving SavedModel, ONNX, OpenVINO IR and LiteRT (docs/export.md).
 
-    python -m resnext_tf.export --model=resnext50_32x4d --weights=imagenet \
-        --export_dir=/tmp/serving --version=1 [--format=saved_model] [--dtype=bfloat16]
-
-writes /tmp/serving/resnext50_32x4d/1/, the layout TF Serving and OpenVINO Model Server poll
-(--model_base_path points at /tmp/serving/resnext50_32x4d). Every format folds BatchNormalization
-into the convolutions (`resnext_tf.fold`); --dtype=bfloat16 computes in bfloat16 with float32
-images in and float32 logits out. The SavedModel's signatures are described in
-`resnext_tf.export.serving`, the float-input formats in `resnext_tf.export.formats`. Every
-export reads the model's data contract (`resnext_tf.contract`): its evaluation transform and
-class names.
+Every format folds BatchNormalization into the convolutions (`resnext_tf.fold`) and serves the
+model's data contract (`resnext_tf.contract`). The SavedModel's signatures are in
+`resnext_tf.export.serving`, the float-input formats in `resnext_tf.export.formats`.
 """
 
 import logging
@@ -49,20 +42,17 @@ logger = logging.getLogger(__name__)
 
 FORMATS = ("saved_model", "onnx", "openvino", "litert")
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-# ONNX Runtime's and LiteRT's CPU kernels have no bfloat16 convolutions; OpenVINO chooses its
-# precision when it compiles the model (INFERENCE_PRECISION_HINT: bf16 by default on CPUs with
-# AVX512-BF16 or AMX, f32 on request), so its IR is the same float32 graph for both dtypes.
+# ONNX Runtime's and LiteRT's CPU kernels have no bfloat16 convolutions; OpenVINO picks its
+# precision when it compiles the IR (INFERENCE_PRECISION_HINT), so one float32 IR serves both.
 BF16_FORMATS = ("saved_model", "openvino")
 
 
 def model_contract(model, data_config=None, class_names=None):
-    """The DataContract an export of `model` serves: `data_config` (a DataContract, or a
-    resnext_tf.data.DataConfig) or else the contract the model carries, with `class_names`
-    (one per class) in place of its names.
+    """The DataContract an export serves: `data_config` (a DataContract or a DataConfig) or the
+    model's own, with `class_names` (one per class) in place of its names.
 
     Raises:
-      ValueError: when the model carries no contract and none is given, when the names do not
-        name every class, or when the model's input is not the contract's size.
+      ValueError: without a contract, for names that miss classes, or an input of another size.
     """
     num_classes = model.output_shape[-1]
     if data_config is None:
@@ -131,8 +121,7 @@ def _check_rgb(model):
 
 
 def _write_version(model_base, version, final, overwrite, write):
-    """Runs write(tmp) in a hidden folder beside `final`, then publishes it: TF Serving never
-    sees a partial version."""
+    """Runs write(tmp) in a hidden folder, then renames it to `final`: no partial version."""
     os.makedirs(model_base, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f"{fileio.TMP_PREFIX}{version}-", dir=model_base)
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; the server may run as another user
@@ -165,27 +154,19 @@ def export_saved_model(
 ):
     """Exports a classifier as a TF Serving SavedModel at export_dir/model_name/version.
 
-    The SavedModel is written to a hidden temporary directory next to the version directory
-    and renamed into place when complete. BatchNormalization is folded into the convolutions.
-
     Args:
       model: A resnext_tf model with its classifier (logits or softmax output).
       export_dir: Base directory holding one folder per model name.
       model_name: Name TF Serving serves the model under; `model.name` by default.
       version: Positive integer version; by default one above the highest existing version.
-      data_config: The model's `resnext_tf.contract.DataContract` (or a
-        `resnext_tf.data.DataConfig`); by default the contract the model carries (see
-        `model_contract`).
-      class_names: Optional label per class, returned for the top-k classes in place of the
-        contract's names.
+      data_config, class_names: See `model_contract`.
       top_k: How many classes to return per image (at most the number of classes).
       overwrite: Replace an existing version instead of raising FileExistsError.
       warmup: Write assets.extra/tf_serving_warmup_requests (needs tensorflow-serving-api).
-      conv_impl: Grouped convolutions in the graph, "grouped" or "split" (SERVING_CONV_IMPLS).
-      image_limits: `resnext_tf.data.config.ImageLimits` that serving_default checks from
-        each image's header before decoding it; decode.DEFAULT_LIMITS by default.
-      dtype: "float32" or "bfloat16" (the model computes in bfloat16; images in and outputs
-        out stay float32). A warning is logged where the CPU emulates bfloat16.
+      conv_impl: One of SERVING_CONV_IMPLS.
+      image_limits: `ImageLimits` checked from each image's header before decoding;
+        decode.DEFAULT_LIMITS by default.
+      dtype: "float32" or "bfloat16" (compute only: images in and outputs out stay float32).
 
     Returns:
       The path of the version directory.
@@ -251,28 +232,22 @@ def export_model(
 ):
     """Exports a classifier in one of FORMATS at export_dir/model_name/version.
 
-    "saved_model" is `export_saved_model`. "onnx", "openvino" and "litert" write model.onnx,
-    model.xml + model.bin, or model.tflite with Keras' exporter of that format (see
-    `resnext_tf.export.formats`); export_info.json beside it spells out the input contract
-    and holds the model's data contract. OpenVINO's precision is chosen where the IR is
-    compiled (export_info.json's "openvino_plugin_config" holds the one for `dtype`).
+    "saved_model" is `export_saved_model`; the others write `formats.MODEL_FILES[fmt]` with
+    Keras' exporter and export_info.json beside it (`formats.export_info`).
 
     Args:
       model, export_dir, model_name, version, data_config, class_names, overwrite,
-        conv_impl: as `export_saved_model`.
+        conv_impl: As `export_saved_model`.
       fmt: One of FORMATS.
       dtype: "float32" or "bfloat16" (BF16_FORMATS only).
-      **saved_model_kwargs: More arguments of `export_saved_model` (top_k, warmup,
-        image_limits), for fmt="saved_model" only.
+      **saved_model_kwargs: top_k, warmup, image_limits, for fmt="saved_model" only.
 
     Returns:
       The path of the version directory.
 
     Raises:
-      ValueError: for an unknown format, a dtype the format cannot compute in, or the
-        errors of `export_saved_model`.
-      ImportError: when the format's optional dependencies are missing (the message names
-        the extra to install).
+      ValueError: for an unknown format or dtype, or as `export_saved_model`.
+      ImportError: when the format's optional dependencies are missing.
     """
     _check_format(fmt, dtype)
     common = dict(data_config=data_config, class_names=class_names, overwrite=overwrite)
@@ -313,14 +288,11 @@ def check_export(
     overwrite=False,
     conv_impl="grouped",
 ):
-    """Runs the checks of `export_model` without writing anything, so a run that exports at its
-    end fails at its start instead (run_cifar.py and run_imagenet.py call it before the first
-    training step).
+    """Runs `export_model`'s checks without writing, so a run that exports at its end fails at
+    its start instead.
 
-    Checks the name, version, format and dtype, that `export_dir` can be written, the
-    format's optional dependencies, the data contract, and that the serving copy of `model`
-    builds and runs one image in a TensorFlow graph, which is where this CPU's kernels and
-    graph optimizer could refuse it.
+    Also checks that `export_dir` is writable and that the serving copy of `model` runs one
+    image in a TensorFlow graph, where this CPU's kernels could refuse it.
 
     Raises:
       ExportError: naming what would make the export fail.

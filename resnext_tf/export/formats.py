@@ -1,9 +1,7 @@
-"""The float-input formats: ONNX, OpenVINO IR and LiteRT through Keras' own exporters, and the
-export_info.json that spells out their input contract.
+"""The float-input formats (ONNX, OpenVINO IR, LiteRT) through Keras' own exporters.
 
-Each format holds the folded model (`resnext_tf.export.serving.serving_model`) with one float32
-input "images" [N, H, W, 3], already transformed as the model's evaluation transform leaves
-it, and one output "logits".
+Each holds the serving model with one float32 input "images" [N, H, W, 3], already transformed,
+and one output "logits"; export_info.json spells out that contract.
 """
 
 import importlib.util
@@ -56,7 +54,7 @@ def _rename_onnx_io(path):
 
 def _name_openvino_io(source, path):
     """Saves the IR at `source` to `path` (a new file: the reader maps the weights in place)
-    with its input named IMAGES_INPUT and its output LOGITS, then deletes `source`."""
+    with IMAGES_INPUT and LOGITS named, then deletes `source`."""
     import openvino as ov
 
     ov_model = ov.Core().read_model(source)
@@ -84,13 +82,8 @@ def keras_export(served, fmt, path):
 
 
 def export_info(model, contract, fmt, dtype):
-    """The contents of export_info.json: format, compute dtype, the input contract, and the
-    model's data contract ("contract": what `resnext_tf.contract.DataContract.from_json` reads,
-    the class names included).
-
-    The input is predict_images': float32 [N, size, size, 3] (NHWC, RGB) after the evaluation
-    transform, which "preprocessing" spells out for other languages.
-    """
+    """export_info.json: format, dtype, input and output, the evaluation transform spelt out
+    for other languages, and the data contract (`DataContract.from_json` reads it)."""
     size = f"{contract.image_size}x{contract.image_size}"
     mean, std = contract.recipe.mean, contract.recipe.std
     if contract.is_cifar:

@@ -1,19 +1,9 @@
 """The serving graph: the model rewritten for inference, and the SavedModel's signatures.
 
-  serving_default  image_bytes: string [N >= 1] (JPEG, PNG, GIF, BMP or WebP; the REST form
-                   is {"instances": [{"b64": "..."}]}), decoded and given the model's evaluation
-                   transform inside the graph (`resnext_tf.data.evaluation`), so training and
-                   serving cannot drift. Each image is checked against the export's image limits
-                   from its header before it is decoded; a request with a refused or
-                   undecodable image fails with InvalidArgument naming each such image
-                   ("image 3: ...").
-  predict_images   images: float32 [N, H, W, 3], already transformed.
-
-Both return logits, probabilities, the top-k classes and scores, and the top-k labels (and
-ImageNet wnids) where the model's data contract names its classes. Keras' own grouped
-convolution runs on TensorFlow under XLA, which stock TF Serving does not enable; the serving
-graph computes grouped convolutions as one native grouped Conv2D, or on request as split
-convolutions, and neither needs XLA.
+serving_default takes encoded images (`image_bytes`), checked against the image limits from
+their headers and transformed in the graph; a bad image fails the request with InvalidArgument
+naming it ("image 3: ..."). predict_images takes transformed float32 `images`. Their outputs are
+listed in docs/export.md, "Signatures"; grouped convolutions run without XLA.
 """
 
 import logging
@@ -45,31 +35,15 @@ XLA_MUST_COMPILE = b"_XlaMustCompile"
 EMPTY_BATCH = "empty batch: expected at least 1 image"
 UNDECODABLE = "cannot be decoded (damaged, or not a JPEG, PNG, GIF, BMP or WebP image)"
 
-# Grouped convolutions in the exported graph: "grouped", one tf.nn.conv2d a layer (TensorFlow's
-# native grouped kernel, which every TensorFlow runs forward, with or without oneDNN, so the
-# graph is the same whichever CPU exports it and serves on stock TF Serving), or "split", one
-# convolution a group. docs/export.md compares the two.
+# Grouped convolutions in the exported graph: "grouped", one native tf.nn.conv2d a layer (every
+# TensorFlow runs it forward, so the graph does not depend on the exporting CPU), or "split".
 SERVING_CONV_IMPLS = ("grouped", "split")
-FORMATS = ("saved_model", "onnx", "openvino", "litert")
-# The model file each float-input format writes into the version directory.
-MODEL_FILES = {"onnx": "model.onnx", "openvino": "model.xml", "litert": "model.tflite"}
-# Beside every export: the input contract of the float-input formats, the compute dtype.
-INFO_FILE = "export_info.json"
-LOGITS = "logits"
-# ONNX Runtime's and LiteRT's CPU kernels have no bfloat16 convolutions; OpenVINO chooses its
-# precision when it compiles the model (INFERENCE_PRECISION_HINT: bf16 by default on CPUs with
-# AVX512-BF16 or AMX, f32 on request), so its IR is the same float32 graph for both dtypes.
-BF16_FORMATS = ("saved_model", "openvino")
-OPENVINO_PRECISION = {"float32": "f32", "bfloat16": "bf16"}
 
 
 class _ServingBottleneck(Bottleneck):
-    """Bottleneck with Keras' BatchNormalization in place of resnext_tf's fused one.
+    """Bottleneck with Keras' BatchNormalization, for graphs with grouped convolutions.
 
-    For graphs with grouped convolutions: TensorFlow's CPU graph optimizer without oneDNN fuses
-    Conv2D + FusedBatchNormV3 (+ ReLU) into a kernel that rejects groups ("Fused conv
-    implementation does not support grouped convolutions"), and such a build may serve the
-    SavedModel. Keras' element-wise normalization is not fused that way.
+    Without oneDNN, TensorFlow fuses Conv2D + FusedBatchNormV3 into a kernel that rejects groups.
     """
 
     def make_norm(self, *args, **kwargs):
@@ -91,19 +65,16 @@ GROUPED_SERVING_LAYERS = {
 
 
 def serving_model(model, conv_impl="grouped", dtype="float32", fold_bn=True):
-    """Returns a copy of `model` for serving, with the same weights.
+    """Returns a copy of `model` for serving, with the same weights and logits.
 
-    The copy computes the same logits but: grouped convolutions run without XLA (see
-    SERVING_CONV_IMPLS), every BatchNormalization is folded into its convolution
-    (`resnext_tf.fold`; with fold_bn=False it is kept, not synchronized, and with grouped
-    convolutions is Keras' own, see `_ServingBottleneck`), every layer runs in `dtype` (a
-    mixed-precision model exports a float32 graph unless dtype="bfloat16"), and the classifier
-    has no activation.
+    Grouped convolutions run without XLA, BatchNormalization is folded (or, with fold_bn=False,
+    kept unsynchronized; see `_ServingBottleneck`), every layer runs in `dtype`, and the
+    classifier has no activation.
 
     Args:
       model: A functional resnext_tf model with its classifier (include_top=True).
-      conv_impl: "grouped" (tf.nn.conv2d with groups) or "split".
-      dtype: "float32", or "bfloat16" (computes in bfloat16, float32 in and out; needs fold_bn).
+      conv_impl: One of SERVING_CONV_IMPLS.
+      dtype: "float32", or "bfloat16" (float32 in and out; needs fold_bn).
       fold_bn: Fold BatchNormalization into the convolutions.
 
     Returns:
@@ -161,18 +132,14 @@ def serving_model(model, conv_impl="grouped", dtype="float32", fold_bn=True):
 
 
 def class_tables(contract):
-    """{"labels": [...], "wnids": [...]}: the names the signatures return for the top-k
-    classes, those the data contract knows."""
+    """{"labels": [...], "wnids": [...]}: the class names the contract knows."""
     names = {"labels": contract.labels, "wnids": contract.wnids}
     return {key: list(values) for key, values in names.items() if values}
 
 
 def _failures(image_bytes, found, limits):
-    """The line "image <i>: <reason>" of each image not in `found`, joined by "; ".
-
-    The reason is decode.check_image's when the image is over the limits, else UNDECODABLE.
-    Runs only for a request with a failed image.
-    """
+    """The line "image <i>: <reason>" of each image not in `found`, joined by "; "; the reason
+    is check_image's, else UNDECODABLE."""
     count = tf.size(image_bytes)
     hits = tf.scatter_nd(found[:, None], tf.ones_like(found), [count])
     failed = tf.cast(tf.where(tf.equal(hits, 0))[:, 0], tf.int32)
@@ -190,13 +157,11 @@ def _failures(image_bytes, found, limits):
 def decode_images(image_bytes, transform, limits, image_shape):
     """Transforms a batch of encoded images, or fails naming each image that fails.
 
-    Each image runs `transform` in a dataset whose ignore_errors() keeps the request alive
-    when an image is damaged or over the limits; then one InvalidArgumentError lists every
-    such image by its index and reason (see `_failures`). An empty batch is an
-    InvalidArgumentError too (EMPTY_BATCH): the model cannot run on it.
+    Failing images are skipped (ignore_errors) so that one InvalidArgumentError lists them all
+    (`_failures`); an empty batch fails too (EMPTY_BATCH).
 
     Returns:
-        float32 [N, *image_shape], the images in order.
+      float32 [N, *image_shape], the images in order.
     """
     count = tf.size(image_bytes)
     with tf.control_dependencies([tf.debugging.Assert(count > 0, [EMPTY_BATCH])]):
@@ -226,12 +191,7 @@ def signature_functions(model, transform, names, top_k, limits=decode.DEFAULT_LI
         logits = model(images, training=False)
         probabilities = tf.nn.softmax(logits)
         scores, classes = tf.math.top_k(probabilities, k=top_k)
-        outputs = {
-            "logits": logits,
-            "probabilities": probabilities,
-            "classes": classes,
-            "scores": scores,
-        }
+        outputs = dict(logits=logits, probabilities=probabilities, classes=classes, scores=scores)
         outputs.update({key: tf.gather(table, classes) for key, table in tables.items()})
         return outputs
 
@@ -245,10 +205,9 @@ def signature_functions(model, transform, names, top_k, limits=decode.DEFAULT_LI
 def serving_root(model, serve_bytes, predict_images):
     """(object to save, signatures): the signature functions and every model variable.
 
-    The variables are listed flat, as the tf.Variables the functions read: the object graph
-    then reaches each one exactly once, which the session-based loader of TF Serving (and
-    saved_model_cli) needs to restore them. Tracking the Keras model itself misses variables
-    of nested layers, and keras.export.ExportArchive stores every variable twice.
+    Listed flat, the object graph reaches each variable exactly once, as TF Serving's
+    session-based loader needs; tracking the Keras model misses nested layers' variables, and
+    keras.export.ExportArchive stores each twice.
     """
     root = tf.Module()
     root.model_variables = [variable.value for variable in model.variables]
@@ -287,13 +246,10 @@ def sample_jpeg(height=240, width=320):
 
 
 def write_warmup(export_path, model_name, image_bytes):
-    """Writes assets.extra/tf_serving_warmup_requests with one serving_default request.
-
-    Needs the tensorflow-serving-api package for the PredictionLog message; without it the
-    warm-up file is skipped with a log message (TF Serving then warms up on the first request).
+    """Writes WARMUP_FILE with one serving_default request (needs tensorflow-serving-api).
 
     Returns:
-      The path written, or None when skipped.
+      The path written, or None when skipped (the first request then warms up).
     """
     try:
         from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
@@ -315,5 +271,3 @@ def write_warmup(export_path, model_name, image_bytes):
     with tf.io.TFRecordWriter(path) as writer:
         writer.write(record.SerializeToString())
     return path
-
-

@@ -4,10 +4,8 @@
     python -m resnext_tf.predict --model_dir=runs/my_run --output_format=json photos/
     python -m resnext_tf.predict --saved_model=/tmp/serving/resnext50_32x4d photos/
 
-Folders are searched recursively for images (resnext_tf.data.config.IMAGE_EXTENSIONS, any
-case). Each image gets the model's evaluation transform (its data contract's, as training and
-serving), or ten crops with --ten_crop. A file that cannot be read is reported on stderr and
-skipped; the exit code is then 1. The docs are in docs/predict.md.
+Each image gets its model's evaluation transform (or ten crops with --ten_crop); a file that
+cannot be read is reported on stderr and skipped, and the exit code is then 1 (docs/predict.md).
 """
 
 import argparse
@@ -33,10 +31,9 @@ RENAMED = {"--format": "--output_format"}
 
 
 def find_images(paths):
-    """The image files named by `paths` (files as given, folders searched recursively).
+    """The image files named by `paths`: files as given, folders searched recursively.
 
-    Inside folders, hidden entries and symbolic links are passed over: only what the folder
-    itself holds is read.
+    Inside folders, hidden entries and symbolic links are passed over.
 
     Returns:
       (files, problems): the files in order (a folder's sorted), and (path, reason) for each

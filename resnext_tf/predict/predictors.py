@@ -48,11 +48,8 @@ def softmax(logits):
 
 
 class KerasPredictor:
-    """A Keras classifier (logits) with its data contract's evaluation transform.
-
-    The model runs as the export serves it (`resnext_tf.export.serving_model`: BatchNorm
-    folded, grouped convolutions forward-only), so predict and serving compute alike.
-    """
+    """A Keras classifier (logits) with its data contract's evaluation transform, run as
+    `export.serving_model` serves it, so predict and serving compute alike."""
 
     def __init__(self, model, contract, top_k, ten_crop=False, limits=None):
         channels = model.input_shape[-1]

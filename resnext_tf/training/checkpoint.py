@@ -1,9 +1,8 @@
 """Writing a run's checkpoints: model, optimizer (velocities included) and progress.
 
-A checkpoint directory is written under a temporary name private to the process, its manifest
-last (`resnext_tf.checkpoints` has the layout and the reading side), synced and renamed into
-place; the pointers are replaced atomically. A crash at any moment therefore leaves `latest`
-naming a complete checkpoint.
+Each is written under a temporary name of the process, manifest last, synced and renamed into
+place, and the pointers replaced atomically, so a crash leaves `latest` naming a complete one.
+`resnext_tf.checkpoints` has the layout and the reading side.
 """
 
 import contextlib
@@ -30,18 +29,15 @@ def _write_manifest(directory):
 class CheckpointManager:
     """Saves and restores the trackable `objects` of a run under `<model_dir>/checkpoints`.
 
-    Writing is meant to happen under a `ModelDirLock` of model_dir (the trainer takes it); the
-    manager itself writes nothing until `save`, `remove_temporaries` or `remove_all`.
+    Writes (`save`, `remove_temporaries`, `remove_all`) belong under the model_dir's
+    `ModelDirLock`, which the trainer takes.
 
     Args:
         model_dir: run directory.
-        objects: name -> trackable (keras model, optimizer, tf.Variable), as for
-            tf.train.Checkpoint.
-        is_chief: only the chief writes into model_dir. Other workers of a multi-worker run
-            still call `save` (TensorFlow requires every worker to take part) and write into a
-            temporary directory that is deleted at once.
-        keep: number of end-of-epoch checkpoints kept; 0 keeps all. The ones `latest` and
-            `best` point to are always kept.
+        objects: name -> trackable, as for tf.train.Checkpoint.
+        is_chief: only the chief writes into model_dir; the other workers still take part in
+            `save` (TensorFlow requires it), into a temporary directory deleted at once.
+        keep: end-of-epoch checkpoints kept (0: all), besides those `latest` and `best` name.
     """
 
     def __init__(self, model_dir, objects, is_chief=True, keep=5):
@@ -51,19 +47,17 @@ class CheckpointManager:
         self.keep = keep
         self._objects = objects
 
-    def _pointer(self, which):
+    def _target(self, which):
         name, _ = checkpoints.pointer_target(self.directory, which)
-        return {"name": name} if name else None
+        return os.path.join(self.directory, name) if name else None
 
     def latest(self):
         """Path `latest` names (unverified), or None."""
-        pointer = self._pointer(LATEST)
-        return os.path.join(self.directory, pointer["name"]) if pointer else None
+        return self._target(LATEST)
 
     def best(self):
         """Path `best` names (unverified), or None."""
-        pointer = self._pointer(BEST)
-        return os.path.join(self.directory, pointer["name"]) if pointer else None
+        return self._target(BEST)
 
     def newest_valid(self):
         """The checkpoint to resume from (see `newest_valid`), or None when there is none."""
@@ -76,8 +70,7 @@ class CheckpointManager:
     def save(self, name, state, is_best=False):
         """Writes checkpoint `name` atomically and points `latest` (and maybe `best`) at it.
 
-        A checkpoint already under `name` (the same training position reached again, e.g. a
-        rerun from an older checkpoint) is replaced by the new one.
+        A checkpoint already under `name` (the same position reached again) is replaced.
 
         Args:
             name: directory name, from `epoch_name` or `step_name`.
@@ -124,7 +117,7 @@ class CheckpointManager:
         return checkpoints.read_state(checkpoint_dir)
 
     def _apply_retention(self):
-        protected = {(self._pointer(which) or {}).get("name") for which in (LATEST, BEST)}
+        protected = {checkpoints.pointer_target(self.directory, w)[0] for w in (LATEST, BEST)}
         names = sorted(os.listdir(self.directory))
         epochs = [n for n in names if n.startswith(checkpoints.EPOCH_PREFIX)]
         stale = [n for n in names if n.startswith(checkpoints.STEP_PREFIX)]
@@ -135,9 +128,8 @@ class CheckpointManager:
                 shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
 
     def remove_temporaries(self):
-        """Deletes what interrupted writes left in model_dir and checkpoints/ (temporary names
-        are never referenced by a pointer). Only safe under the model_dir lock: another run's
-        temporaries would be files in progress."""
+        """Deletes what interrupted writes left in model_dir and checkpoints/; only under the
+        model_dir lock, since another run's temporaries are files in progress."""
         for directory in (self.model_dir, self.directory):
             if not os.path.isdir(directory):
                 continue
@@ -155,8 +147,7 @@ class CheckpointManager:
     def remove_all(self):
         """Deletes every checkpoint and pointer (for --overwrite), under the model_dir lock.
 
-        The folder is first renamed to a temporary name, so that an interrupted removal never
-        leaves a half-deleted checkpoint under its own name.
+        The folder is renamed away first: an interrupted removal leaves no half checkpoint.
         """
         if not os.path.isdir(self.directory):
             return

@@ -69,17 +69,11 @@ def _describe(holder):
 
 class ModelDirLock:
     """Gives a model_dir to one run: an exclusive flock on `<model_dir>/run.lock`, which also
-    holds the owner's record {pid, host, started}.
+    holds the owner's record {pid, host, started} (docs/training.md, "One run per model_dir").
 
-    The kernel drops a flock when its process dies, however it dies, so on the same host a lock
-    file whose flock is free belongs to a dead run and is taken over with a warning. A record of
-    another host whose flock is free is refused: whether that run still goes depends on the file
-    system sharing locks between hosts, which cannot be checked from here. Where the file system
-    has no flock at all, a same-host record is live while its pid is.
-
-    Only the writer of a model_dir takes the lock: the chief of a multi-worker run (the other
-    workers write nothing there), not --test_only or exports, which only read. The lock works on
-    local and network POSIX file systems; a model_dir must be one (see TrainConfig).
+    The kernel drops a dead process's flock, so a free lock left on this host is taken over
+    with a warning; one of another host is refused, as flocks need not cross hosts. Without
+    flock, a same-host record is live while its pid is.
     """
 
     def __init__(self, model_dir):

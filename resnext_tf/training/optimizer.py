@@ -1,17 +1,8 @@
 """SGD with the exact update rule of Torch's optim.sgd, as used by fb.resnet.torch.
 
-Pure Keras 3 (keras.ops only, no TensorFlow import) so the same optimizer runs on the
-TensorFlow, JAX and PyTorch backends.
-
-Torch's rule (dampening 0, docs/reference.md "Optimisation and schedules"):
-
-    g = grad + weight_decay * w          # coupled L2 on every parameter (by default)
-    v = momentum * v + g                 # the velocity does not carry the learning rate
-    w = w - lr * (g + momentum * v)      # Nesterov
-    w = w - lr * v                       # classical momentum
-
-Keras' SGD keeps `v = m * v - lr * g` instead, which differs from Torch right after a
-learning-rate change, and its `weight_decay` is decoupled; hence this class.
+Keras' SGD keeps v = m * v - lr * g, which differs from Torch's v = m * v + g right after a
+learning-rate change, and decouples its weight decay; hence this class, in keras.ops only so it
+runs on every backend. The rule is written out in docs/training.md, "Optimiser and schedules".
 """
 
 import keras
@@ -24,16 +15,12 @@ NO_DECAY_KINDS = ("bn", "bias")
 
 
 def no_decay_variables(model, kinds):
-    """The trainable variables of `model` that `kinds` exempt from weight decay.
+    """The trainable variables of `model` that `kinds` exempt from weight decay, in order.
 
     Args:
         model: a Keras model.
-        kinds: subset of NO_DECAY_KINDS. "bn": gamma and beta of every BatchNormalization
-            layer (nested ones included); "bias": every variable named "bias" (in ResNeXt only
-            the classifier's, as the convolutions have none).
-
-    Returns:
-        The variables, in the order of `model.trainable_variables`.
+        kinds: subset of NO_DECAY_KINDS: "bn", gamma and beta of every BatchNormalization;
+            "bias", every variable named "bias" (in ResNeXt only the classifier's).
 
     Raises:
         ValueError: for an unknown kind.
@@ -65,14 +52,12 @@ class TorchSGD(keras.optimizers.Optimizer):
         momentum: momentum factor in [0, 1).
         nesterov: use Nesterov momentum (the fb.resnet.torch setting).
         weight_decay: coupled L2 factor added to the gradient of every trainable variable
-            (convolutions, BatchNorm gamma/beta, Dense kernel and bias); `exclude_from_l2`
-            turns it off for chosen variables.
+            but those of `exclude_from_l2`.
         name: optimizer name.
         **kwargs: other `keras.optimizers.Optimizer` arguments (clipping, EMA, loss scale...).
 
     Raises:
-        ValueError: for a momentum outside [0, 1), a negative weight decay, or Nesterov
-            without momentum.
+        ValueError: for momentum outside [0, 1), weight_decay < 0, or Nesterov without momentum.
     """
 
     def __init__(
@@ -93,8 +78,7 @@ class TorchSGD(keras.optimizers.Optimizer):
                 f"Nesterov momentum needs momentum > 0; received momentum={momentum!r}, "
                 f"nesterov={nesterov!r}."
             )
-        # The base class' `weight_decay` is decoupled (AdamW style); keep it off and apply
-        # the coupled L2 term in `update_step` instead.
+        # The base class' weight_decay is decoupled (AdamW style); update_step couples it.
         kwargs.pop("weight_decay", None)
         super().__init__(learning_rate=learning_rate, weight_decay=None, name=name, **kwargs)
         self.momentum = float(momentum)
@@ -105,7 +89,7 @@ class TorchSGD(keras.optimizers.Optimizer):
 
     def exclude_from_l2(self, variables):
         """Applies no weight decay to `variables` (e.g. BatchNorm gamma/beta and biases, as
-        timm and torchvision allow); the others keep the coupled L2 term exactly.
+        timm and torchvision allow).
 
         Raises:
             ValueError: when called after `build` (the mask is fixed when the optimizer builds).
@@ -118,11 +102,8 @@ class TorchSGD(keras.optimizers.Optimizer):
         self._no_l2_keys = {self._var_key(v) for v in variables}
 
     def build(self, variables):
-        """Creates one zero velocity per trainable variable.
-
-        A zero start is exact: Torch initialises the buffer with the first gradient, which
-        equals `momentum * 0 + g`.
-        """
+        """Creates one zero velocity per trainable variable: exact, as Torch's first velocity
+        is the first gradient, momentum * 0 + g."""
         if self.built:
             return
         super().build(variables)

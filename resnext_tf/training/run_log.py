@@ -62,8 +62,8 @@ def remove_logs(model_dir):
 class RunLogger:
     """Writes the logs of a run.
 
-    Nothing is written into model_dir before the first log line, so that a run can take the
-    model_dir lock (and clear an old run's logs) after building its logger.
+    Nothing is written before the first log line, so a run can take the model_dir lock (and
+    clear old logs) after building its logger.
 
     Args:
         model_dir: run directory.
@@ -101,9 +101,8 @@ class RunLogger:
             val: metrics.Errors of the evaluation pass.
             seconds: wall time of the training part of the epoch.
             images_per_second: training throughput of the epoch.
-            ema: metrics.Errors of the weight EMA's evaluation, or None without one; logged on
-                its own line ("val EMA"), as ema_* scalars of the val split and in the
-                val_ema_* CSV columns.
+            ema: metrics.Errors of the weight EMA's evaluation, or None; logged as "val EMA",
+                ema_* scalars of the val split and the val_ema_* columns.
         """
         for split, errors in (("train", train), ("val", val), ("val EMA", ema)):
             if errors is None:
@@ -139,8 +138,7 @@ class RunLogger:
     def _csv_row(self, row):
         if not self.write_files:
             return
-        # Rewrite the file without rows of this or later epochs: a run resumed from before
-        # its last logged epoch must not leave duplicate rows.
+        # Drop rows of this or later epochs: a run resumed from before them must not repeat them.
         rows = read_csv(self.csv_path) if os.path.exists(self.csv_path) else []
         rows = [r for r in rows if r["epoch"] < row["epoch"]] + [row]
         with fileio.atomic_path(self.csv_path) as tmp, open(tmp, "w", newline="") as f:

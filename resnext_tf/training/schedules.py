@@ -13,24 +13,20 @@ DECAY_FACTOR = 0.1
 
 
 def learning_rate(base_lr, recipe, epoch, num_epochs):
-    """Scheduled learning rate of `epoch` (1-based) under the step schedule of `recipe`.
+    """Returns base_lr * 0.1 ** (decays of `recipe`'s step schedule up to `epoch`).
 
     Args:
         base_lr: learning rate of the first epoch.
         recipe: the dataset's resnext_tf.recipes.Recipe.
         epoch: 1-based epoch number.
         num_epochs: total epochs of the run (the CIFAR decay points are fractions of it).
-
-    Returns:
-        base_lr * 0.1 ** (decays so far).
     """
     if epoch < 1:
         raise ValueError(f"epoch is 1-based; received epoch={epoch!r}; expected >= 1.")
     return base_lr * math.pow(DECAY_FACTOR, recipe.decays(epoch, num_epochs))
 
 
-# Shapes of the per-step schedule: "step" is the original's (above), "cosine" decays to zero over
-# the steps after the warmup.
+# "step" is the original's schedule (above); "cosine" decays to zero after the warmup.
 LR_SCHEDULES = ("step", "cosine")
 
 
@@ -45,16 +41,10 @@ class StepSchedule:
     """Learning rate of every training step: optional linear warmup, then the step or cosine
     schedule.
 
-    Steps are counted from the start of the run (0-based `global_step`: the step taken after
-    `global_step` earlier ones), so a resumed run continues the same values. Without warmup,
-    the step schedule returns `learning_rate(...)` of the step's epoch unchanged, i.e. the
-    original recipe bit for bit.
-
-    During the first W = warmup_steps(...) steps the scheduled rate is multiplied by
-    (global_step + 1) / W: a linear ramp from base/W to the full rate at step W - 1, as the
-    gradual warmup of Goyal et al. (2017), which ramps the rate per iteration. Cosine decays
-    base * (1 + cos(pi * t)) / 2 with t = (global_step - W) / (total - W) going from 0 after
-    the warmup towards 1 at the end of the run.
+    Steps count from the start of the run (0-based `global_step`), so a resumed run continues
+    the same values; without warmup the step schedule is the original recipe bit for bit. The
+    warmup is Goyal et al.'s (2017) per-step linear ramp; the formulas are in docs/training.md,
+    "Large batch".
 
     Args:
         base_lr: the (linearly scaled) learning rate that warmup reaches.

@@ -39,23 +39,17 @@ READ_ERRORS = (OSError, KeyError, ValueError, TypeError, EOFError, zipfile.BadZi
 
 
 def architecture_name(model):
-    """The registry name whose architecture `model` has, or None.
-
-    The architecture is read from the model's blocks (stem, blocks per stage, cardinality,
-    base width), so a model built by an applications constructor or `build_resnext` under
-    another name is recognised too.
-    """
+    """The registry name whose architecture `model`'s blocks have (whatever its name), or None."""
     blocks = [layer for layer in model.layers if isinstance(layer, Bottleneck)]
     names = [BLOCK_NAME.fullmatch(block.name) for block in blocks]
     if not blocks or not all(names):
         return None
     per_stage = collections.Counter(int(match[1]) for match in names)
     counts = tuple(per_stage[s] for s in sorted(per_stage))
+    width = (blocks[0].cardinality, blocks[0].base_width)
     for name, (dataset, depth, cardinality, base_width, _) in MODEL_SPECS.items():
-        if stage_blocks(RECIPES[dataset].stem, depth) == counts and (cardinality, base_width) == (
-            blocks[0].cardinality,
-            blocks[0].base_width,
-        ):
+        same_blocks = stage_blocks(RECIPES[dataset].stem, depth) == counts
+        if same_blocks and (cardinality, base_width) == width:
             return name
     return None
 
@@ -89,8 +83,7 @@ def check_keras_version(path):
 def load_keras_model(path):
     """Loads a whole .keras model with `safe_mode=True` (and compile=False).
 
-    Safe mode refuses Python lambdas (Lambda layers) and classes outside Keras, so the file's
-    config cannot run code while it is read.
+    Safe mode refuses lambdas and classes outside Keras, so the file's config cannot run code.
 
     Raises:
       WeightsError: naming the file, for Keras before MIN_KERAS, content safe mode refuses, or
@@ -158,22 +151,19 @@ def converted_path(src, model, skip_classifier):
 def load_weights(model, weights, *, skip_classifier=False):
     """Loads weights of any supported kind into a resnext_tf model.
 
-    Torch files are converted on first use and the result is cached as .weights.h5 under
-    `pretrained.cache_dir()`, keyed by the file's hash and the model's variable layout.
+    Torch files are converted on first use and cached as .weights.h5 (`converted_path`).
 
     Args:
       model: A resnext_tf model.
-      weights: A known name ("imagenet", "torchvision_v2", "timm_a1h", ...; see
-        `list_pretrained`; always the published file), or the path of a file: .weights.h5 /
-        .keras (only their weights are read, by Keras), .pth / .pt / .bin (torchvision or timm
-        state dict; needs torch), .safetensors, or .t7 (original Torch7 model). See
-        `pretrained.resolve_weights` for names and paths.
-      skip_classifier: Keep the model's own classifier and load everything else (fine-tuning
-        with a new number of classes, the original's -resetClassifier). Torch files only.
+      weights: A published name (`list_pretrained`) or a file: .weights.h5 / .keras (weights
+        only, read by Keras), .pth / .pt / .bin (torchvision or timm; needs torch),
+        .safetensors or .t7 (see `pretrained.resolve_weights`).
+      skip_classifier: Keep the model's classifier (fine-tuning with another number of
+        classes, the original's -resetClassifier). Torch files only.
 
     Raises:
-      WeightsError: naming the file or name: unknown names, files that cannot be read, or
-        weights that do not fit the model (the message names the tensors).
+      WeightsError: naming the file or name, for unknown names, unreadable files, or weights
+        that do not fit the model (naming the tensors).
       pretrained.WeightsUnavailable: when a known file is not available offline.
     """
     path = pretrained.resolve_weights(weights, architecture_name(model))
@@ -188,8 +178,7 @@ def load_weights(model, weights, *, skip_classifier=False):
         if path.endswith(KERAS_ARCHIVE_SUFFIX):
             check_keras_version(path)
         with naming_errors(path):
-            # model.load_weights, stem adapted if needed; of a .keras archive it reads only the
-            # weights, never the config, so nothing in the file is deserialized as code.
+            # Of a .keras archive only the weights are read, never the config (no code).
             load_keras_weights(model, path)
         return
     cached = converted_path(path, model, skip_classifier)
@@ -197,7 +186,6 @@ def load_weights(model, weights, *, skip_classifier=False):
         return
     state = read_source(path)
     with naming_errors(path):
-        # Weights for another number of input channels get their stem adapted (weights/stem.py).
         assign_state_dict(model, adapt_state_dict(model, state, path), skip_classifier)
     try:
         save_weights_atomic(model, cached)
@@ -208,8 +196,7 @@ def load_weights(model, weights, *, skip_classifier=False):
 def _load_cached(model, path, skip_classifier):
     """Loads a cached conversion; False (the entry removed) when it cannot be read.
 
-    A cache entry can be damaged (a full disk, a copy cut short); it is then converted again
-    instead of failing on every later load.
+    A damaged entry (a full disk, a copy cut short) is converted again, not failed on forever.
     """
     has_head = any(layer.name == "head" for layer in model.layers)
     head = model.get_layer("head").weights if skip_classifier and has_head else []
@@ -218,9 +205,7 @@ def _load_cached(model, path, skip_classifier):
         model.load_weights(path)
     except READ_ERRORS as e:
         logger.warning(
-            "Removing the unreadable cached conversion %s (%s); converting again.",
-            path,
-            quoted(e),
+            "Removing the unreadable cached conversion %s (%s); converting again.", path, quoted(e)
         )
         with contextlib.suppress(OSError):  # gone already, or not a file we can remove
             os.remove(path)

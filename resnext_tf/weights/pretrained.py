@@ -1,15 +1,8 @@
 """Published weights by name: where they come from, their licence, download and local cache.
 
-Names and paths never mix: a known weight name (`KNOWN_NAMES`: "imagenet" and every tag of
-`PRETRAINED`) always means the published file, downloaded and hash-checked, whatever lies in
-the working directory; anything else (or any os.PathLike) is a path, so a local file that
-happens to be called "imagenet" is reached as "./imagenet".
-
-Files named in the torch hub convention (`name-<hash>.pth`) carry the first hex digits of their
-SHA-256. A download is streamed to a temporary file in the cache folder, hashed, and renamed
-into place only when its hash starts with them; a cached file is checked again on each use.
-The original Torch7 models publish no checksum, so their names are refused: the error says
-where to download the file, whose path the user then passes as a trust decision of their own.
+A known name (`KNOWN_NAMES`) always means the published file, checked against the SHA-256
+prefix in its name on download and on each use; anything else, and any os.PathLike, is a path.
+Files without a published checksum (the Torch7 models) are used by path only (docs/weights.md).
 """
 
 import dataclasses
@@ -24,8 +17,7 @@ from resnext_tf.errors import WeightsError
 
 logger = logging.getLogger(__name__)
 
-# Cache root: $RESNEXT_TF_CACHE, else <Keras home>/resnext_tf (Keras home is $KERAS_HOME or
-# ~/.keras, where keras.applications keeps its weights).
+# Cache root: $RESNEXT_TF_CACHE, else resnext_tf/ in $KERAS_HOME or ~/.keras (as Keras' own).
 CACHE_ENV = "RESNEXT_TF_CACHE"
 DOWNLOADS, CONVERTED = "downloads", "converted"
 # torch hub convention: "-<first hex digits of the sha256>." in the file name.
@@ -44,6 +36,8 @@ TIMM_RSB = "https://github.com/huggingface/pytorch-image-models/releases/downloa
 TIMM = "https://github.com/rwightman/pytorch-image-models/releases/download/"
 FB_SEMI = "https://dl.fbaipublicfiles.com/semiweaksupervision/model_files/"
 FB_TORCH7 = "https://s3.amazonaws.com/resnext/imagenet_models/"
+SSL = "semi-supervised on YFCC100M, fine-tuned on ImageNet"
+SWSL = "semi-weakly supervised on IG-1B, fine-tuned on ImageNet"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,25 +87,13 @@ PRETRAINED = {
         "timm_a1": _timm(TIMM_RSB + "resnext50_32x4d_a1_0-b5a91a1d.pth", "A1"),
         "timm_a2": _timm(TIMM_RSB + "resnext50_32x4d_a2_0-efc76add.pth", "A2"),
         "timm_a3": _timm(TIMM_RSB + "resnext50_32x4d_a3_0-3e450271.pth", "A3"),
-        "fb_ssl": _fb(
-            FB_SEMI + "semi_supervised_resnext50_32x4-ddb3e555.pth",
-            "semi-supervised on YFCC100M, fine-tuned on ImageNet",
-        ),
-        "fb_swsl": _fb(
-            FB_SEMI + "semi_weakly_supervised_resnext50_32x4-72679e44.pth",
-            "semi-weakly supervised on IG-1B, fine-tuned on ImageNet",
-        ),
+        "fb_ssl": _fb(FB_SEMI + "semi_supervised_resnext50_32x4-ddb3e555.pth", SSL),
+        "fb_swsl": _fb(FB_SEMI + "semi_weakly_supervised_resnext50_32x4-72679e44.pth", SWSL),
         "fb_torch7": _fb(FB_TORCH7 + "resnext_50_32x4d.t7", "original Torch7 model, top-1 77.8"),
     },
     "resnext101_32x4d": {
-        "fb_ssl": _fb(
-            FB_SEMI + "semi_supervised_resnext101_32x4-dc43570a.pth",
-            "semi-supervised on YFCC100M, fine-tuned on ImageNet",
-        ),
-        "fb_swsl": _fb(
-            FB_SEMI + "semi_weakly_supervised_resnext101_32x4-3f87e46b.pth",
-            "semi-weakly supervised on IG-1B, fine-tuned on ImageNet",
-        ),
+        "fb_ssl": _fb(FB_SEMI + "semi_supervised_resnext101_32x4-dc43570a.pth", SSL),
+        "fb_swsl": _fb(FB_SEMI + "semi_weakly_supervised_resnext101_32x4-3f87e46b.pth", SWSL),
         "fb_torch7": _fb(FB_TORCH7 + "resnext_101_32x4d.t7", "original Torch7 model, top-1 78.8"),
     },
     "resnext101_32x8d": {
@@ -145,12 +127,7 @@ PRETRAINED = {
 # the original recipe (torchvision's v1 recipe is fb.resnet.torch's).
 IMAGENET = "imagenet"
 DEFAULT_TAG = {
-    "resnext50_32x4d": "torchvision_v1",
-    "resnext101_32x8d": "torchvision_v1",
-    "resnext101_64x4d": "torchvision_v1",
-    "resnet50": "torchvision_v1",
-    "resnet101": "torchvision_v1",
-    "resnet152": "torchvision_v1",
+    name: "torchvision_v1" for name, tags in PRETRAINED.items() if "torchvision_v1" in tags
 }
 # Strings that are weight names and never paths.
 KNOWN_NAMES = frozenset({IMAGENET, *(tag for tags in PRETRAINED.values() for tag in tags)})
@@ -186,19 +163,12 @@ def lookup(weights, model_name):
 
 
 def fetch(entry):
-    """Returns the local path of a published file, downloading it on first use.
-
-    Args:
-      entry: A `Pretrained`.
-
-    Returns:
-      The path of the verified file in the cache.
+    """Returns the local path of the `Pretrained` file `entry`, downloaded on first use.
 
     Raises:
-      WeightsError: when the file has no published checksum (it is never used by name), or its
-        SHA-256 does not start with the published prefix (the file is removed).
-      WeightsUnavailable: when it cannot be downloaded (offline); the message gives the URL and
-        where to put the file.
+      WeightsError: when the file has no published checksum, or its SHA-256 does not start with
+        the published prefix (the file is removed).
+      WeightsUnavailable: when it cannot be downloaded; the message says where to put it.
     """
     path = os.path.join(cache_dir(DOWNLOADS), entry.filename)
     expected = entry.sha256_prefix
@@ -227,13 +197,8 @@ def fetch(entry):
 
 
 def _download(entry, path, manual):
-    """Downloads `entry` to `path`: only a complete file with the published hash arrives there.
-
-    The bytes go to a temporary file of this process in the same folder
-    (`resnext_tf.fileio.atomic_path`), hashed as they come and bounded by MAX_DOWNLOAD_BYTES;
-    it is renamed onto `path` only after the hash matched, so a concurrent reader sees either no
-    file or the whole verified one.
-    """
+    """Downloads `entry` to `path`, hashed and bounded (MAX_DOWNLOAD_BYTES) as it streams into
+    a temporary file that is renamed onto `path` only when the hash matched."""
     if not entry.url.startswith(DOWNLOAD_SCHEMES):
         raise WeightsError(f"Refusing to download {entry.url}: expected an http(s) URL.")
     logger.info("Downloading %s (licence: %s).", entry.url, entry.licence)
@@ -274,16 +239,11 @@ def _too_large(entry, what):
 
 
 def resolve_weights(weights, model_name):
-    """Turns a `weights` argument into a local file path.
-
-    A known name (`KNOWN_NAMES`) always means the published weights, never a file of that name
-    in the working directory; every other string, and any os.PathLike, is a path ("./imagenet"
-    for a local file called imagenet).
+    """Turns a `weights` argument into a local file path (see the module docstring).
 
     Args:
-      weights: None; "imagenet" (the model's default published ImageNet weights); another tag
-        of `list_pretrained(model_name)`, such as "torchvision_v2" or "timm_a1h"; or the path of
-        an existing weights file.
+      weights: None, a name of `list_pretrained(model_name)` ("imagenet" is the model's default
+        tag), or the path of an existing weights file ("./imagenet" for a file of that name).
       model_name: Registry name of the architecture, e.g. "resnext50_32x4d".
 
     Returns:

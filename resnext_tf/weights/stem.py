@@ -1,16 +1,9 @@
 """RGB weights for models with another number of input channels (grayscale, RGB-D, ...).
 
-Only the stem convolution sees the input channels, so weights trained on RGB fit such a model
-once its kernel is adapted; the rule is timm's `adapt_input_conv`, which keeps the response to a
-uniform image the same:
-
-  1 channel    the kernel summed over R, G and B: a grey image x gives what the RGB image
-               (x, x, x) gave.
-  C != 1, 3    the RGB kernel repeated cyclically (R, G, B, R, G, ...) up to C channels and
-               scaled by 3 / C, so the C weights of an input position still sum as the 3 did.
-
-Weights of another channel count than 3 are adapted only to the count they have: a grayscale
-kernel carries no color to spread back over RGB.
+Only the stem convolution sees the input channels. Its RGB kernel is adapted by timm's
+`adapt_input_conv` rule, which keeps the response to a uniform image: summed over R, G, B for
+one channel, else repeated cyclically up to C channels and scaled by 3 / C (docs/predict.md).
+Other weights than RGB carry no colour to spread, so they are never adapted.
 """
 
 import contextlib
@@ -28,8 +21,7 @@ RGB = 3
 # Layer name of the stem convolution in resnext_tf models, and its torchvision/timm tensor.
 STEM_LAYER = "stem_conv"
 TORCH_STEM_KERNEL = "conv1.weight"
-# The stem kernel inside a Keras .weights.h5 file: top-level layers are stored under their
-# class's snake_case name, and the stem is the only GroupedConv2D outside the blocks.
+# The stem kernel in a .weights.h5 file: the only top-level GroupedConv2D, named by its class.
 H5_STEM_KERNEL = "layers/grouped_conv2d/vars/0"
 # The weights file inside a .keras archive.
 KERAS_ARCHIVE_WEIGHTS = "model.weights.h5"
@@ -50,8 +42,7 @@ def adapt_input_kernel(kernel, in_channels, axis=KERAS_IN_AXIS):
       when the counts already agree.
 
     Raises:
-      WeightsError: when the kernel has other than 3 input channels (and differs from
-        `in_channels`), or `in_channels` is below 1.
+      WeightsError: for a kernel that is not RGB (and not `in_channels`), or in_channels < 1.
     """
     kernel = np.asarray(kernel)
     source = kernel.shape[axis]
@@ -90,9 +81,7 @@ def _log_adapted(source_channels, in_channels, where):
 def adapt_state_dict(model, state_dict, source="the state dict"):
     """Returns `state_dict` with its stem kernel adapted to the model's input channels.
 
-    A torchvision/timm state dict (or a Torch7 model read as one) for a model with the same
-    number of channels is returned as it is; otherwise a copy with `conv1.weight` adapted by
-    `adapt_input_kernel`, and the adaptation is logged.
+    A copy with `conv1.weight` adapted (and logged) where the channel counts differ.
 
     Raises:
       WeightsError: when the source's stem cannot be adapted (see `adapt_input_kernel`).
@@ -117,8 +106,7 @@ def _open_h5(path):
             if KERAS_ARCHIVE_WEIGHTS not in archive.namelist():
                 yield None
                 return
-            # Read in place (Keras stores the member uncompressed): only the stem's header is
-            # needed, not the whole weights file in memory.
+            # Read in place (Keras stores it uncompressed), not the whole file into memory.
             with archive.open(KERAS_ARCHIVE_WEIGHTS) as member, h5py.File(member, "r") as f:
                 yield f
         return
@@ -129,8 +117,7 @@ def _open_h5(path):
 def keras_file_in_channels(path):
     """Input channels of the stem stored in a Keras .weights.h5 / .keras file, or None.
 
-    None when the file does not store a resnext_tf stem where expected (Keras then reports
-    what does not fit) or cannot be read as HDF5 (Keras reports that too).
+    None where the file holds no resnext_tf stem or is not HDF5: Keras then says what is wrong.
     """
     try:
         with _open_h5(path) as f:
@@ -159,9 +146,8 @@ def with_in_channels(model, in_channels):
 def load_keras_weights(model, path):
     """`model.load_weights(path)`, adapting the stem when the file has other input channels.
 
-    A .weights.h5 / .keras file of the same architecture saved from an RGB model is loaded into
-    a copy of `model` with 3 channels; every variable is then copied over, the stem kernel
-    through `adapt_input_kernel`, and the adaptation is logged.
+    An RGB file is loaded into a 3-channel copy of `model`, whose variables are then copied
+    over, the stem kernel through `adapt_input_kernel`.
 
     Raises:
       WeightsError: when the file's stem cannot be adapted (see `adapt_input_kernel`).

@@ -1,21 +1,9 @@
 """Original Torch7 models (.t7 of facebookresearch/ResNeXt and fb.resnet.torch) as state dicts.
 
-The module tree of models/resnext.lua is walked in order and its parameters are renamed to
-torchvision's names, so one mapping (`resnext_tf.weights.state_dict`) places both:
-
-    nn.Sequential
-      conv (stem), BN, ReLU, [max pool]                  -> conv1, bn1
-      nn.Sequential per stage, of blocks:                -> layer{s}.{b}
-        nn.Sequential [nn.ConcatTable [residual, shortcut], nn.CAddTable, ReLU]
-          residual resnext_C / resnet: conv, BN, ReLU, conv (groups C), BN, ReLU, conv, BN
-          residual resnext_B: nn.ConcatTable of C branches [conv, BN, ReLU, conv, BN, ReLU],
-            nn.JoinTable, conv, BN (the branches are stacked into the grouped form C)
-          shortcut: nn.Sequential [conv, BN] (-> downsample.0/1), nn.Identity, or type A's
-            parameter-free subsample-and-pad
-      average pool, nn.View, nn.Linear                   -> fc
-
-Every module that holds parameters must be consumed exactly once; a module the walk does not
-expect, or one it leaves unused, raises an error naming its position in the tree.
+The module tree of models/resnext.lua (stem conv and BN, one nn.Sequential of blocks per stage,
+nn.Linear; docs/weights.md, "Torch7 models") is walked in order and its parameters renamed to
+torchvision's, so one mapping (`resnext_tf.weights.state_dict`) places both. Every module with
+parameters must be consumed exactly once; any other module raises, naming its position.
 """
 
 import math
@@ -32,8 +20,7 @@ BATCH_NORMS = ("SpatialBatchNormalization", "BatchNormalization")
 LINEARS = ("Linear",)
 SEQUENTIAL = "Sequential"
 CONCAT_TABLE = "ConcatTable"
-# Parameter-free modules of the original models (pooling, activations, reshapes, the
-# shortcut's subsample-and-pad and the joins).
+# Parameter-free modules of the original models (type A shortcuts' subsample-and-pad included).
 PARAMETER_FREE = (
     "ReLU",
     "SpatialMaxPooling",
@@ -58,15 +45,12 @@ CONV_FIELDS = ("nOutputPlane", "nInputPlane", "kH", "kW")
 def read_t7(path):
     """Reads a Torch7 ResNeXt/ResNet model file into a torchvision-style state dict.
 
-    The file is read by `resnext_tf.weights.t7file`, which checks every length, tensor view and
-    storage against the file before building anything.
-
     Args:
       path: A .t7 file written by Torch7's torch.save (binary format), holding the nn model.
 
     Returns:
-      A dict from torchvision tensor name (conv1.weight, layer1.0.bn1.running_var, fc.bias,
-      ...) to float32 arrays in Torch layout.
+      {torchvision tensor name (conv1.weight, layer1.0.bn1.running_var, ...): float32 array in
+      Torch layout}.
 
     Raises:
       WeightsError: naming the file, when it is not a well-formed Torch7 file or its module tree
@@ -87,16 +71,12 @@ def read_t7(path):
 
 
 def t7_state_dict(root, max_values=None):
-    """Converts a module tree read from a .t7 file into a torchvision-style state dict.
+    """`read_t7`'s state dict of a module tree read from a .t7 file.
 
     Args:
       root: The model object of the file (see `resnext_tf.weights.t7file.read_t7_file`).
-      max_values: When given, the most values the parameters may hold together: the size of
-        the file's storages. Parameters are disjoint views of them, so more means tensors
-        shared between modules, which would let a small file expand into large copies.
-
-    Returns:
-      See `read_t7`.
+      max_values: The most values the parameters may hold together (the file's storages);
+        more means shared tensors, which would let a small file expand into large copies.
 
     Raises:
       ValueError: when the module tree is not a ResNeXt/ResNet of models/resnext.lua.
@@ -231,8 +211,7 @@ class _Walker:
             if kind in ("conv", "bn"):
                 layers.append([(child_path, child)])
             elif kind == "concat_table":
-                # Form B: parallel branches; the nn.JoinTable after them concatenates their
-                # channels, which is the grouped convolution with the branches' weights stacked.
+                # Form B: the branches joined are the grouped convolution, weights stacked.
                 per_branch = [
                     self._parameter_layers(branch, branch_path)
                     for branch_path, branch in self._indexed(child, child_path)
