@@ -176,7 +176,7 @@ FUZZ_CHILD = """
 import json, os, sys, time
 import numpy as np
 import tensorflow as tf
-from resnext_tf.data import DataConfig, build_dataset, evaluation, pipeline, transforms
+from resnext_tf.data import DataConfig, build_dataset, evaluation, transforms, unreadable
 
 export_path, folder, good_name = sys.argv[1:]
 serve = tf.saved_model.load(export_path).signatures["serving_default"]
@@ -210,7 +210,7 @@ for split, transform in (
     ("train", lambda i, d, s: (i, transforms.imagenet_train(d, s, cfg)[0])),
     ("eval", lambda i, d, s: (i, evaluation.imagenet_eval(d, cfg))),
 ):
-    found, images = pipeline.map_ignoring_errors((tf.range(n), data, seeds), transform)
+    found, images = unreadable.map_ignoring_errors((tf.range(n), data, seeds), transform)
     if not np.isfinite(images.numpy()).all():
         report["violations"].append([split, "non-finite image"])
     accepted[split] = sorted(int(k) for k in found.numpy())

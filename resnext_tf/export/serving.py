@@ -16,7 +16,7 @@ import tensorflow as tf
 from resnext_tf import fold
 from resnext_tf.backend_ops import tf_native_grouped_conv
 from resnext_tf.data import decode
-from resnext_tf.data.pipeline import map_ignoring_errors
+from resnext_tf.data.unreadable import map_ignoring_errors
 from resnext_tf.layers import Bottleneck
 
 logger = logging.getLogger(__name__)
