@@ -1,13 +1,17 @@
 """Entry point of the library: run a TrainConfig (train, or evaluate with test_only)."""
 
+from resnext_tf.errors import EXIT_WORKER_LOST  # noqa: F401 (an exit code of `run` too)
+from resnext_tf.training import cluster
 from resnext_tf.training.run_log import say
 from resnext_tf.training.trainer import NonFiniteLossError, Trainer
 
 # Exit codes of `run` (and of run_cifar.py / run_imagenet.py).
 EXIT_OK = 0  # finished, or stopped by SIGTERM after saving a checkpoint (rerun to continue)
 EXIT_NON_FINITE_LOSS = 3  # loss became NaN/inf; the last good checkpoint is kept
+# EXIT_WORKER_LOST (75): run raises WorkerLostError, which the entry points turn into this code.
 
 
+@cluster.ends_together  # multi-worker: a lost worker stops the others; all end together
 def run(config):
     """Trains (or, with `config.test_only`, evaluates) as configured.
 

@@ -21,7 +21,7 @@ import tensorflow as tf
 from resnext_tf.data import build_dataset, dataset_spec
 from resnext_tf.errors import CheckpointError
 from resnext_tf.training import checkpoint as ckpt_lib
-from resnext_tf.training import distribute, losses, metrics, modeling, schedules
+from resnext_tf.training import cluster, distribute, losses, metrics, modeling, schedules
 from resnext_tf.training import ema as ema_lib
 from resnext_tf.training.optimizer import TorchSGD, no_decay_variables
 from resnext_tf.training.run_log import RunLogger, remove_logs, say
@@ -56,7 +56,11 @@ class Trainer:
         keras.utils.set_random_seed(config.seed)
         keras.mixed_precision.set_global_policy(config.dtype)
         self.strategy = strategy or distribute.build_strategy(
-            config.distribution_strategy, config.num_gpus, config.tpu
+            config.distribution_strategy,
+            config.num_gpus,
+            config.tpu,
+            worker_timeout=config.worker_timeout,
+            model_dir=config.model_dir,
         )
         distribute.check_batch_size(config.batch_size, self.strategy)
         self.is_chief = distribute.is_chief(self.strategy)
@@ -144,6 +148,10 @@ class Trainer:
         """Restores the latest checkpoint, or initialises a fresh run (with --retrain)."""
         source = self._resume_source()
         self._prepare_model_dir(source)
+        # Workers that would resume from different points stop here, before any step.
+        cluster.agree_on_start(
+            self.strategy, self.config.model_dir, source, self.config.epoch_number
+        )
         if source:
             self._check_ema_in(source)
             state = self.checkpoints.restore(source)
