@@ -1,5 +1,7 @@
 """tf.distribute: strategy selection, MirroredStrategy over two logical CPUs against one device,
-and MultiWorkerMirroredStrategy with two worker processes on localhost."""
+and MultiWorkerMirroredStrategy with two worker processes on localhost: a full run, SIGTERM to
+one worker, SIGKILL to one (the other stops within --worker_timeout; a relaunch resumes), workers
+given different model_dirs, a worker that never starts."""
 
 import json
 import os
@@ -7,11 +9,13 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import types
 
 import pytest
 from train_helpers import REPO, TINY_MODEL, check_ok, digest, script_env
 
+from resnext_tf.errors import EXIT_USER_ERROR, EXIT_WORKER_LOST
 from resnext_tf.training import checkpoint, distribute
 
 # Two steps on one device and on two mirrored replicas (sync BN, weight EMA), from the same
@@ -100,58 +104,171 @@ def free_ports(count):
 # Sync BN: without it every worker keeps its own BatchNorm moving statistics (as the original's
 # GPUs do) and only the trainable weights would agree.
 MULTI_WORKER = [*TINY_MODEL, "--batch_size=32", "--sync_bn", "--log_steps=2"]
+# A short bound for a lost or missing worker, to keep the failure tests fast.
+WORKER_TIMEOUT = 12
+# What TensorFlow's coordination service logs when a task leaves the others without a word.
+CRASH_LOGS = ("have crashed", "unhealthy", "CoordinationServiceError")
 
 
-def start_workers(tmp_path, args):
-    """Starts two run_cifar.py workers on localhost; worker i writes to tmp_path/worker{i}."""
+def start_workers(tmp_path, args, model_dirs=None, tag="", indices=(0, 1)):
+    """Starts the `indices` of two run_cifar.py workers on localhost.
+
+    Worker i writes to model_dirs[i] (default tmp_path/worker{i}) and its stderr to
+    tmp_path/{tag}worker{i}.err. Returns ({index: Popen}, the two addresses).
+    """
     workers = [f"localhost:{port}" for port in free_ports(2)]
-    procs = []
-    for index in range(2):
+    model_dirs = model_dirs or [tmp_path / f"worker{index}" for index in range(2)]
+    procs = {}
+    for index in indices:
         tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
         command = [sys.executable, os.path.join(REPO, "run_cifar.py"), *MULTI_WORKER, *args]
-        with open(tmp_path / f"worker{index}.err", "w") as stderr:
-            procs.append(
-                subprocess.Popen(
-                    [*command, f"--model_dir={tmp_path}/worker{index}"],
-                    stdout=subprocess.PIPE,
-                    stderr=stderr,
-                    text=True,
-                    env=script_env(TF_CONFIG=json.dumps(tf_config)),
-                    cwd=REPO,
-                )
+        with open(tmp_path / f"{tag}worker{index}.err", "w") as stderr:
+            procs[index] = subprocess.Popen(
+                [*command, f"--model_dir={model_dirs[index]}"],
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+                env=script_env(TF_CONFIG=json.dumps(tf_config)),
+                cwd=REPO,
             )
-    return procs
+    return procs, workers
 
 
-def finish(procs, tmp_path):
-    """Waits for the workers; returns their outputs after checking the exit codes."""
-    outs = []
-    for index, proc in enumerate(procs):
+def ended(procs, tmp_path, tag=""):
+    """Waits for the workers; returns {index: (exit code, stdout, stderr)}."""
+    results = {}
+    for index, proc in procs.items():
         stdout, _ = proc.communicate(timeout=300)
-        stderr = (tmp_path / f"worker{index}.err").read_text()
-        outs.append(
-            check_ok(
-                types.SimpleNamespace(returncode=proc.returncode, stdout=stdout, stderr=stderr)
-            )
-        )
-    return outs
+        stderr = (tmp_path / f"{tag}worker{index}.err").read_text()
+        results[index] = (proc.returncode, stdout, stderr)
+    return results
+
+
+def finish(procs, tmp_path, tag=""):
+    """Waits for the workers; returns their outputs after checking the exit codes."""
+    return [
+        check_ok(types.SimpleNamespace(returncode=code, stdout=stdout, stderr=stderr))
+        for code, stdout, stderr in ended(procs, tmp_path, tag).values()
+    ]
+
+
+def error_line(stderr):
+    """The one `error:` line of a failed entry point."""
+    lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, stderr[-4000:]
+    return lines[0]
+
+
+def wait_for_line(proc, text):
+    for line in proc.stdout:
+        if text in line:
+            return
+    raise AssertionError(f"{text!r} never printed (exit {proc.wait()})")
+
+
+UNINTERRUPTED = ["--epochs=1", "--steps_per_epoch=4", "--checkpoint_steps=2"]
+
+
+@pytest.fixture(scope="module")
+def two_workers(cifar_dir, tmp_path_factory):
+    """A finished run of two workers, each given its own model_dir: (folder, args, results)."""
+    tmp_path = tmp_path_factory.mktemp("two_workers")
+    args = [f"--data_dir={cifar_dir}", *UNINTERRUPTED]
+    procs, _ = start_workers(tmp_path, args)
+    return tmp_path, args, ended(procs, tmp_path)
 
 
 @pytest.mark.slow
-def test_multi_worker_two_processes(cifar_dir, tmp_path):
-    args = [f"--data_dir={cifar_dir}", "--epochs=1", "--steps_per_epoch=4", "--checkpoint_steps=2"]
-    outs = finish(start_workers(tmp_path, args), tmp_path)
+def test_multi_worker_two_processes(two_workers):
+    tmp_path, _, results = two_workers
+    outs = [
+        check_ok(types.SimpleNamespace(returncode=code, stdout=stdout, stderr=stderr))
+        for code, stdout, stderr in results.values()
+    ]
     assert digest(outs[0]) == digest(outs[1])
     assert " * Finished epoch # 1  top1:" in outs[1]
     chief = tmp_path / "worker0"
     assert sorted(os.listdir(chief / "checkpoints")) == ["best", "epoch-0001", "latest"]
     assert (chief / "train_log.csv").is_file()
     assert not (tmp_path / "worker1").exists()  # the non-chief saved into a deleted temp dir
+    # The workers meet before they exit, so that neither reports the other as crashed.
+    for _, _, stderr in results.values():
+        assert not any(text in stderr for text in CRASH_LOGS), stderr[-4000:]
+
+
+@pytest.mark.slow
+def test_multi_worker_sigkill_stops_the_other_then_a_relaunch_resumes(
+    cifar_dir, tmp_path, two_workers
+):
+    shared = tmp_path / "run"
+    args = [f"--data_dir={cifar_dir}", *UNINTERRUPTED, f"--worker_timeout={WORKER_TIMEOUT}"]
+    procs, workers = start_workers(tmp_path, args, model_dirs=[shared] * 2, tag="killed-")
+    wait_for_line(procs[0], "Saved checkpoint")  # step-000000002, then step 3 waits for both
+    procs[1].kill()
+    killed = time.monotonic()
+    code, _, stderr = ended(procs, tmp_path, tag="killed-")[0]
+    seconds = time.monotonic() - killed
+    assert code == EXIT_WORKER_LOST, stderr[-4000:]
+    assert seconds < WORKER_TIMEOUT, stderr[-4000:]
+    line = error_line(stderr)
+    last = shared / "checkpoints" / "step-000000002"
+    assert line.startswith(f"error: Lost worker 1 ({workers[1]}), which ")
+    assert f"the last checkpoint is {last}." in line
+    assert line.endswith("Rerun the same command on every worker to resume.")
+
+    procs, _ = start_workers(tmp_path, args, model_dirs=[shared] * 2, tag="rerun-")
+    outs = finish(procs, tmp_path, tag="rerun-")
+    assert all(f"Resuming from {last} (epoch 1, step 2)" in out for out in outs)
+    # The same weights as the uninterrupted run (which gave each worker its own model_dir).
+    uninterrupted = two_workers[2][0][1]
+    assert digest(outs[0]) == digest(outs[1]) == digest(uninterrupted)
+
+
+@pytest.mark.slow
+def test_multi_worker_separate_model_dirs_stop_before_any_step(two_workers):
+    # Relaunched with a second epoch, the chief would continue its checkpoint, the other
+    # worker (whose model_dir holds none) would start over.
+    tmp_path, args, _ = two_workers
+    procs, _ = start_workers(tmp_path, [*args, "--epochs=2"], tag="relaunch-")
+    for index, (code, stdout, stderr) in ended(procs, tmp_path, tag="relaunch-").items():
+        assert code == EXIT_USER_ERROR, stderr[-4000:]
+        assert "Epoch: [" not in stdout
+        line = error_line(stderr)
+        assert (
+            f"worker 0 (model_dir='{tmp_path / 'worker0'}') at epoch 1, step 4 (epoch-0001)" in line
+        )
+        assert (
+            f"worker 1 (model_dir='{tmp_path / 'worker1'}') at epoch 1, step 0 (no checkpoint"
+            in line
+        )
+        assert "model_dir must be one folder all workers see" in line, index
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("missing", [1, 0], ids=["worker1_missing", "leader_missing"])
+def test_multi_worker_missing_worker_stops_at_start(cifar_dir, tmp_path, missing):
+    args = [f"--data_dir={cifar_dir}", *UNINTERRUPTED, f"--worker_timeout={WORKER_TIMEOUT}"]
+    present = 1 - missing
+    started = time.monotonic()
+    procs, workers = start_workers(
+        tmp_path, args, model_dirs=[tmp_path / "run"] * 2, indices=[present]
+    )
+    code, stdout, stderr = ended(procs, tmp_path)[present]
+    assert code == EXIT_WORKER_LOST, stderr[-4000:]
+    # The bound counts from the moment the worker looks for the others, after its imports.
+    assert time.monotonic() - started < WORKER_TIMEOUT + 60
+    line = error_line(stderr)
+    assert line.startswith(
+        f"error: worker {missing} ({workers[missing]}) did not join the run within "
+        f"{WORKER_TIMEOUT} s (--worker_timeout)."
+    )
+    assert "Rerun the same command on every worker to resume." in line
+    assert "Epoch: [" not in stdout
 
 
 @pytest.mark.slow
 def test_multi_worker_sigterm_to_one_worker_stops_both(cifar_dir, tmp_path):
-    procs = start_workers(tmp_path, [f"--data_dir={cifar_dir}", "--epochs=3"])
+    procs, _ = start_workers(tmp_path, [f"--data_dir={cifar_dir}", "--epochs=3"])
     for line in procs[1].stdout:
         if "Epoch: [1][4/10]" in line:
             break
