@@ -6,9 +6,9 @@ leader); `connect` configures it before the strategy exists, from one bound T (-
 - start-up: every task registers at a barrier within T, or every task stops;
 - heartbeats: a task silent for T / 2 is lost; the service aborts the others' collectives,
   which then fail at once (a killed task's sockets usually fail them sooner);
-- a watchdog thread on every worker asks the service for the tasks' states every few seconds
-  and stops the process when one is lost or the leader stops answering, also while the worker
-  is busy outside the collectives (writing a checkpoint, say);
+- a watchdog thread stops the process when a task is lost, also while the worker is busy
+  outside the collectives (writing a checkpoint, say): the leader asks its service for the
+  tasks' states every few seconds, the other workers probe the leader;
 - `agree_on_start`: before the first step the workers compare where they resume (one small
   all-gather of fixed size), so that workers that see different model_dirs stop with one line
   instead of training out of step;
@@ -285,10 +285,11 @@ class Cluster:
     def lost_error(self, error, during="A collective between the workers"):
         """The WorkerLostError that `error` (from a collective or barrier) means, or None when
         it is not an error a lost worker causes."""
-        self.stop(join=False)
         text = str(error)
         if not isinstance(error, _PEER_ERRORS) and not any(m in text for m in _PEER_MARKS):
+            self.stop()
             return None
+        self.stop(join=False)  # the process exits soon after the report
         lost = self._probe(self._others())
         if not lost and self.is_leader:
             lost = self._wait_for_states()
@@ -392,7 +393,7 @@ def _reason(status):
         return "refuses connections (its process is gone)"
     if "reset by peer" in text or "socket closed" in text:
         return "closed its connections (its process is gone)"
-    if isinstance(status, tf.errors.FailedPreconditionError):
+    if "restarted" in text or isinstance(status, tf.errors.FailedPreconditionError):
         return "restarted meanwhile"
     if isinstance(status, tf.errors.DeadlineExceededError):
         return "does not answer"

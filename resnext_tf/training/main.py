@@ -20,6 +20,10 @@ def run(config):
 
     Returns:
         A process exit code: EXIT_OK or EXIT_NON_FINITE_LOSS.
+
+    Raises:
+        WorkerLostError: in a multi-worker run, when another worker is lost or never joins
+            (the entry points exit with EXIT_WORKER_LOST).
     """
     if config.export_dir:
         # Only runs that export load the exporter, and before training rather than after it.
