@@ -16,7 +16,7 @@ import pytest
 from train_helpers import REPO, TINY_MODEL, check_ok, digest, script_env
 
 from resnext_tf.errors import EXIT_USER_ERROR, EXIT_WORKER_LOST
-from resnext_tf.training import checkpoint, distribute
+from resnext_tf.training import TrainConfig, checkpoint, cluster, distribute
 
 # Two steps on one device and on two mirrored replicas (sync BN, weight EMA), from the same
 # weights and the same global batch, split in halves for the replicas.
@@ -301,3 +301,79 @@ def test_batch_must_split_over_replicas():
 def test_tpu_needs_an_address():
     with pytest.raises(ValueError, match="tpu=None"):
         distribute.build_strategy("tpu")
+
+
+def test_worker_lost_error_exits_75_with_one_line():
+    script = (
+        "from resnext_tf.errors import WorkerLostError, user_errors_exit\n"
+        "@user_errors_exit\n"
+        "def main():\n"
+        "    raise WorkerLostError('Lost worker 1 (h:1), which stopped sending heartbeats.')\n"
+        "main()\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=script_env()
+    )
+    assert proc.returncode == EXIT_WORKER_LOST == 75
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.splitlines()[-1]
+    assert last == "error: Lost worker 1 (h:1), which stopped sending heartbeats."
+
+
+def test_worker_timeout_is_a_flag_with_a_bound():
+    assert TrainConfig().worker_timeout == 60
+    with pytest.raises(ValueError, match="worker_timeout must be >= 1"):
+        TrainConfig(worker_timeout=0)
+
+
+def fake_cluster(me=0, model_dir=None):
+    tasks = [cluster.Task("worker", i, f"host{i}:1234") for i in range(3)]
+    return cluster.Cluster(tasks, "worker", me, worker_timeout=20, model_dir=model_dir)
+
+
+def test_reports_name_the_tasks_and_the_last_checkpoint(tmp_path):
+    leader = fake_cluster(0, model_dir=str(tmp_path))
+    # The register barrier's error, as TensorFlow 2.21 words it.
+    error = (
+        "Barrier timed out. Id: [Init]Wait_for_all_tasks_to_register::0. # of tasks that "
+        "reached the barrier: 2/3.\nThe first task at the barrier: /job:worker/replica:0/task:0. "
+        "Some timed out task names:\n/job:worker/replica:0/task:2\n"
+    )
+    assert leader.not_joined_message(error) == (
+        "worker 2 (host2:1234) did not join the run within 20 s (--worker_timeout). This "
+        f"worker, worker 0 (host0:1234), stops; there is no checkpoint in model_dir="
+        f"'{tmp_path}' yet. Rerun the same command on every worker to resume."
+    )
+    # A worker that cannot reach the leader names it.
+    assert (
+        fake_cluster(1)
+        .not_joined_message("Deadline Exceeded")
+        .startswith("worker 0 (host0:1234) did not join")
+    )
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "latest").write_text('{"name": "step-000000012"}')
+    lost = leader.lost_message([(leader.tasks[1], "stopped sending heartbeats")])
+    last = tmp_path / "checkpoints" / "step-000000012"
+    assert lost == (
+        "Lost worker 1 (host1:1234), which stopped sending heartbeats. This worker, worker 0 "
+        f"(host0:1234), stops; the last checkpoint is {last}. Rerun the same command on every "
+        "worker to resume."
+    )
+
+
+def test_start_rows_describe_each_worker(tmp_path):
+    source = tmp_path / "run" / "checkpoints" / "step-000000006"
+    source.mkdir(parents=True)
+    state = {"epoch": 1, "step": 6, "global_step": 6, "epoch_complete": False}
+    (source / "state.json").write_text(json.dumps(state))
+    me = cluster.Task("worker", 0, "host0:1234")
+    resumed = cluster.start_row(me, str(tmp_path / "run"), str(source), fresh_epoch=1)
+    fresh = cluster.start_row(me._replace(index=1), str(tmp_path / "w1"), None, fresh_epoch=1)
+    assert resumed.shape == fresh.shape  # one fixed size for the all-gather
+    assert cluster._describe_row(resumed) == (
+        f"worker 0 (model_dir='{tmp_path / 'run'}') at epoch 1, step 6 (step-000000006)"
+    )
+    assert cluster._describe_row(fresh) == (
+        f"worker 1 (model_dir='{tmp_path / 'w1'}') at epoch 1, step 0 (no checkpoint: a fresh "
+        "start)"
+    )
