@@ -6,6 +6,9 @@ entry points (`run_cifar.py`, `run_imagenet.py`, `python -m resnext_tf.export`, 
 message as one line on stderr and exit with `EXIT_USER_ERROR`, without a Python traceback; set
 the environment variable named by `TRACEBACK_ENV` to 1 to see the traceback as well.
 
+A `WorkerLostError` (a multi-worker run lost one of its workers) is reported the same way, with
+`EXIT_WORKER_LOST`, which asks whoever runs the workers to start them all again.
+
 Subclasses also derive from the built-in error a caller would otherwise catch (ValueError,
 FileNotFoundError, ...), so library callers keep working unchanged.
 """
@@ -17,6 +20,9 @@ import sys
 # Process exit code of an entry point that stopped on a UserError (absl and argparse use 2 for
 # a bad command line too).
 EXIT_USER_ERROR = 2
+# Process exit code of a worker of a multi-worker run that stopped because another worker was
+# lost, or never joined (sysexits' EX_TEMPFAIL: rerunning every worker resumes the run).
+EXIT_WORKER_LOST = 75
 # Set to 1 to print the traceback of a UserError as well as its one-line message.
 TRACEBACK_ENV = "RESNEXT_TF_TRACEBACK"
 
@@ -43,6 +49,14 @@ class ExportError(UserError, ValueError):
 
 class LockedError(UserError, RuntimeError):
     """Another live process holds the model_dir."""
+
+
+class WorkerLostError(RuntimeError):
+    """A worker of a multi-worker run was lost or never joined; the others stop.
+
+    Not a UserError: nothing in the command is wrong, and rerunning it on every worker resumes
+    the run from its last checkpoint.
+    """
 
 
 def check_choice(name, value, allowed):
@@ -73,7 +87,8 @@ def report(error, stream=None):
 
 
 def user_errors_exit(main):
-    """Decorates an entry point's main: a UserError becomes a one-line report and exit code 2."""
+    """Decorates an entry point's main: a UserError becomes a one-line report and exit code 2,
+    a WorkerLostError one with exit code EXIT_WORKER_LOST."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
@@ -83,6 +98,12 @@ def user_errors_exit(main):
             report(e)
             # SystemExit from inside absl's app.run ends the process with this code.
             raise SystemExit(EXIT_USER_ERROR) from None
+        except WorkerLostError as e:
+            report(e)
+            sys.stdout.flush()
+            # Once a worker is lost, TensorFlow's runtime can hang or crash while it shuts down
+            # (its collectives and coordination service wait for the lost task): end at once.
+            os._exit(EXIT_WORKER_LOST)
 
     return wrapper
 

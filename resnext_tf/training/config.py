@@ -202,6 +202,13 @@ class TrainConfig:
     tpu: str | None = option(
         None, "distribution", "--distribution_strategy=tpu: 'local' on a TPU VM, or a name."
     )
+    worker_timeout: int = option(
+        60,
+        "distribution",
+        "Multi-worker: seconds within which a lost or unreachable worker (also at start-up) "
+        "stops every other one with exit code 75, to be rerun.",
+        low=1,
+    )
 
     dtype: str = option(
         "float32", "performance", "Keras precision policy (mixed_float16 scales the loss).", DTYPES

@@ -6,6 +6,7 @@ import os
 import tensorflow as tf
 
 from resnext_tf.errors import check_choice
+from resnext_tf.training import cluster
 from resnext_tf.training.config import STRATEGIES
 
 
@@ -47,7 +48,9 @@ def _tpu_strategy(tpu):
     return tf.distribute.TPUStrategy(resolver)
 
 
-def build_strategy(name="auto", num_gpus=-1, tpu=None, devices=None):
+def build_strategy(
+    name="auto", num_gpus=-1, tpu=None, devices=None, worker_timeout=60, model_dir=None
+):
     """Creates the tf.distribute strategy of a run.
 
     Args:
@@ -56,12 +59,16 @@ def build_strategy(name="auto", num_gpus=-1, tpu=None, devices=None):
         tpu: TPU name or address for "tpu" ("local" on a TPU VM).
         devices: explicit device list for "mirrored" (e.g. logical CPU devices in tests);
             overrides num_gpus.
+        worker_timeout: multi_worker_mirrored with several TF_CONFIG workers: seconds within
+            which a lost or unreachable worker stops the others (cluster.connect).
+        model_dir: the run folder a lost-worker report names the last checkpoint of.
 
     Returns:
         A tf.distribute.Strategy.
 
     Raises:
         ValueError: for an unknown name, too many GPUs or "tpu" without an address.
+        WorkerLostError: when a worker does not join within `worker_timeout` seconds.
     """
     name = resolve_strategy_name(name, num_gpus)
     if name == "off":
@@ -76,7 +83,7 @@ def build_strategy(name="auto", num_gpus=-1, tpu=None, devices=None):
         )
         return tf.distribute.MirroredStrategy(devices)
     if name == "multi_worker_mirrored":
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return cluster.connect(worker_timeout, model_dir)
     if not tpu:
         raise ValueError(
             f"distribution_strategy='tpu' needs a TPU address; received tpu={tpu!r}; expected "

@@ -23,7 +23,7 @@ from resnext_tf.contract import DataContract, attach, dataset_classes, folder_cl
 from resnext_tf.data import build_dataset, dataset_spec, evaluation
 from resnext_tf.errors import CheckpointError
 from resnext_tf.training import checkpoint as ckpt_lib
-from resnext_tf.training import distribute, losses, metrics, modeling, schedules
+from resnext_tf.training import cluster, distribute, losses, metrics, modeling, schedules
 from resnext_tf.training import ema as ema_lib
 from resnext_tf.training.lock import ModelDirLock
 from resnext_tf.training.optimizer import TorchSGD, no_decay_variables
@@ -73,7 +73,11 @@ class Trainer:
         keras.utils.set_random_seed(config.seed)
         keras.mixed_precision.set_global_policy(config.dtype)
         self.strategy = strategy or distribute.build_strategy(
-            config.distribution_strategy, config.num_gpus, config.tpu
+            config.distribution_strategy,
+            config.num_gpus,
+            config.tpu,
+            worker_timeout=config.worker_timeout,
+            model_dir=config.model_dir,
         )
         distribute.check_batch_size(config.batch_size, self.strategy)
         _log_platform(config)
@@ -220,6 +224,10 @@ class Trainer:
         """Restores the latest checkpoint, or initialises a fresh run (with --retrain)."""
         source = self._resume_source()
         self._prepare_model_dir(source)
+        # Workers that would resume from different points stop here, before any step.
+        cluster.agree_on_start(
+            self.strategy, self.config.model_dir, source, self.config.epoch_number
+        )
         if source:
             self._check_ema_in(source)
             state = self.checkpoints.restore(source)
