@@ -26,7 +26,6 @@ context's (tensorflow.python.eager.context), as MultiWorkerMirroredStrategy itse
 """
 
 import functools
-import hashlib
 import os
 import re
 import sys
@@ -34,12 +33,11 @@ import threading
 import time
 from typing import NamedTuple
 
-import numpy as np
 import tensorflow as tf
 from tensorflow.python.eager import context
 
 from resnext_tf import checkpoints
-from resnext_tf.errors import EXIT_WORKER_LOST, CheckpointError, WorkerLostError, report
+from resnext_tf.errors import EXIT_WORKER_LOST, WorkerLostError, report
 
 # Jobs whose tasks train (and that the coordination service watches); evaluators do not.
 TRAINING_JOBS = ("chief", "worker")
@@ -49,13 +47,6 @@ _POLL_SECONDS = 2.0
 # still be exporting. A lost worker ends the wait sooner (heartbeats).
 _END_WAIT_FACTOR = 10
 _END_BARRIER = "resnext_tf/end"
-# Longest model_dir (UTF-8 bytes) carried by the start all-gather; longer ones are cut.
-_MAX_DIR_BYTES = 240
-_DIGEST_BYTES = 32
-# One row of the start all-gather: job, index, has checkpoint, epoch, step, global step, epoch
-# complete, digest bytes, model_dir length, model_dir bytes.
-_HEADER = 7
-_ROW = _HEADER + _DIGEST_BYTES + 1 + _MAX_DIR_BYTES
 _TASK_NAME = re.compile(r"/job:(\w+)/(?:replica:\d+/)?task:(\d+)")
 
 _LOCK = threading.Lock()
@@ -434,80 +425,3 @@ def ends_together(run):
         return result
 
     return wrapper
-
-
-# ------------------------------------------------------------------------ the resume point
-
-
-def _checkpoint_digest(checkpoint_dir):
-    """sha256 of the file that vouches for a checkpoint (its manifest, else its state)."""
-    for name in (checkpoints.MANIFEST_FILE, checkpoints.STATE_FILE):
-        path = os.path.join(checkpoint_dir, name)
-        if os.path.isfile(path):
-            with open(path, "rb") as f:
-                return hashlib.sha256(f.read()).digest()
-    return bytes(_DIGEST_BYTES)
-
-
-def start_row(task, model_dir, source, fresh_epoch):
-    """This worker's row of the start all-gather (int32, fixed size)."""
-    row = np.zeros([_ROW], np.int32)
-    row[0], row[1] = TRAINING_JOBS.index(task.job), task.index
-    if source:
-        state = checkpoints.read_state(source)
-        row[2:7] = [
-            1,
-            state["epoch"],
-            state["step"],
-            state.get("global_step", -1),
-            int(bool(state.get("epoch_complete"))),
-        ]
-        row[_HEADER : _HEADER + _DIGEST_BYTES] = list(_checkpoint_digest(source))
-    else:
-        row[2:7] = [0, fresh_epoch, 0, 0, 0]
-    folder = os.path.abspath(model_dir).encode("utf-8")[:_MAX_DIR_BYTES]
-    row[_HEADER + _DIGEST_BYTES] = len(folder)
-    start = _HEADER + _DIGEST_BYTES + 1
-    row[start : start + len(folder)] = list(folder)
-    return row
-
-
-def _describe_row(row):
-    job, index = TRAINING_JOBS[row[0]], int(row[1])
-    size = int(row[_HEADER + _DIGEST_BYTES])
-    start = _HEADER + _DIGEST_BYTES + 1
-    folder = bytes(int(b) for b in row[start : start + size]).decode("utf-8", "replace")
-    if row[2]:
-        name = checkpoints.epoch_name(int(row[3])) if row[6] else checkpoints.step_name(int(row[5]))
-        where = f"epoch {int(row[3])}, step {int(row[4])} ({name})"
-    else:
-        where = f"epoch {int(row[3])}, step 0 (no checkpoint: a fresh start)"
-    return f"{job} {index} (model_dir={folder!r}) at {where}"
-
-
-def agree_on_start(strategy, model_dir, source, fresh_epoch):
-    """Checks that every worker resumes from the same point, before any training step.
-
-    Every worker contributes its model_dir and the epoch, step and digest of the checkpoint it
-    would restore (`source`, None for a fresh start from `fresh_epoch`) to one all-gather of a
-    fixed size, so that the check itself cannot fail on shapes.
-
-    Raises:
-        CheckpointError: when the workers would start from different points.
-    """
-    cluster = active()
-    if cluster is None:
-        return
-    row = start_row(cluster.me, model_dir, source, fresh_epoch)
-    value = strategy.experimental_distribute_values_from_function(lambda _: tf.constant(row[None]))
-    rows = strategy.gather(value, axis=0).numpy()
-    workers = {}
-    for r in rows:
-        workers.setdefault((int(r[0]), int(r[1])), r)
-    progress = {tuple(r[2 : _HEADER + _DIGEST_BYTES]) for r in workers.values()}
-    if len(progress) > 1:
-        described = "; ".join(_describe_row(r) for _, r in sorted(workers.items()))
-        raise CheckpointError(
-            f"The workers would resume from different points: {described}. model_dir must be "
-            "one folder all workers see (a shared file system), given to every worker."
-        )

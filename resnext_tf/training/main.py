@@ -3,8 +3,8 @@ the export (`resnext_tf.job`)."""
 
 from resnext_tf.errors import EXIT_WORKER_LOST  # noqa: F401 (an exit code of `run` too)
 from resnext_tf.training import cluster
-from resnext_tf.training.run_log import say
-from resnext_tf.training.trainer import NonFiniteLossError, Trainer
+from resnext_tf.training.run_log import NonFiniteLossError, say
+from resnext_tf.training.trainer import Trainer
 
 # Exit codes of `run` (and of run_cifar.py / run_imagenet.py).
 EXIT_OK = 0  # finished, or stopped by SIGTERM after saving a checkpoint (rerun to continue)

@@ -136,3 +136,19 @@ class TorchSGD(keras.optimizers.Optimizer):
             {"momentum": self.momentum, "nesterov": self.nesterov, "weight_decay": self.l2}
         )
         return config
+
+
+def build_optimizer(config, model=None):
+    """The run's TorchSGD from its TrainConfig (with loss scaling for mixed_float16)."""
+    optimizer = TorchSGD(
+        learning_rate=config.lr,
+        momentum=config.momentum,
+        nesterov=config.nesterov,
+        weight_decay=config.weight_decay,
+    )
+    if config.no_weight_decay_on and model is not None:
+        optimizer.exclude_from_l2(no_decay_variables(model, config.no_weight_decay_on))
+    if config.dtype == "mixed_float16":
+        # float16 gradients underflow without dynamic loss scaling; bfloat16 does not need it.
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer

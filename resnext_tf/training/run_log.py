@@ -4,13 +4,18 @@ Files in model_dir (chief only): train_log.csv and tensorboard/{train,val}/event
 """
 
 import csv
+import hashlib
 import os
 import shutil
+import time
 
+import keras
+import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
-from resnext_tf import fileio
+from resnext_tf import backend_ops, fileio, hardware
+from resnext_tf.training import metrics
 
 CSV_FILE = "train_log.csv"
 TENSORBOARD_DIR = "tensorboard"
@@ -146,3 +151,77 @@ class RunLogger:
             writer = csv.DictWriter(f, fieldnames=CSV_FIELDS + EMA_CSV_FIELDS * with_ema)
             writer.writeheader()
             writer.writerows(rows)
+
+
+def log_platform(config):
+    """Says where the run computes: the CPU, oneDNN's state, GPUs, and what conv_impl runs."""
+    say(f" => {hardware.describe()}")
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        say(f" => GPUs: {len(gpus)}")
+    dtype = keras.mixed_precision.global_policy().compute_dtype
+    impl, why = backend_ops.explain_conv_impl(config.conv_impl, dtype)
+    say(f" => conv_impl={config.conv_impl}: {impl} ({why})")
+    warning = None if gpus else hardware.bf16_emulation_warning(config.dtype)
+    if warning:
+        say(f" => Warning: {warning}")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the run stops without saving."""
+
+
+class StepWindow:
+    """Per-step results since the last log line, fetched from the device in one go.
+
+    Keeping the step outputs as tensors until a log line (or a checkpoint) is due lets the host
+    run ahead of the accelerator; the NaN check still names the exact step.
+    """
+
+    def __init__(self, trainer, position, lr):
+        self.trainer = trainer
+        self.position = position
+        self.lr = lr
+        self.pending = []
+        self.data_time = 0.0
+        self.start = time.perf_counter()
+
+    def add(self, stats, data_seconds):
+        self.pending.append(stats)
+        self.data_time += data_seconds
+
+    def flush(self):
+        """Checks the pending steps for a non-finite loss, adds them up and logs one line."""
+        if not self.pending:
+            return
+        rows = tf.stack(self.pending).numpy().astype(np.float64)
+        position, trainer = self.position, self.trainer
+        global_step = trainer._global_step(position)
+        for offset, row in enumerate(rows, start=1 - len(rows)):
+            if not np.isfinite(row[metrics.LOSS]):
+                raise NonFiniteLossError(
+                    f"Loss is {row[metrics.LOSS] / row[metrics.COUNT]} at epoch {position.epoch}, "
+                    f"step {position.step + offset} (global step {global_step + offset}); "
+                    f"stopping. The last good checkpoint is {trainer.checkpoints.latest()}."
+                )
+        window_sums = rows.sum(axis=0)
+        position.train_sums = position.train_sums + window_sums
+        trainer.logger.batch(
+            position.epoch,
+            position.step,
+            trainer.steps_per_epoch,
+            batch_time=(time.perf_counter() - self.start) / len(rows),
+            data_time=self.data_time / len(rows),
+            errors=metrics.Errors.from_sums(window_sums),
+            lr=self.lr,
+            global_step=global_step,
+        )
+        self.pending, self.data_time, self.start = [], 0.0, time.perf_counter()
+
+
+def weights_digest(model):
+    """sha256 of every model variable (BatchNorm statistics included), for bit-exact checks."""
+    digest = hashlib.sha256()
+    for variable in model.weights:
+        digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(variable)).tobytes())
+    return digest.hexdigest()

@@ -8,54 +8,23 @@ continues with the next batch of the same epoch.
 
 import dataclasses
 import functools
-import hashlib
 import os
 import signal
 import time
-import warnings
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from resnext_tf import backend_ops, checkpoints, hardware
+from resnext_tf import checkpoints
 from resnext_tf.contract import DataContract, attach, dataset_classes, folder_classes
 from resnext_tf.data import build_dataset, dataset_spec, evaluation
-from resnext_tf.errors import CheckpointError
 from resnext_tf.training import checkpoint as ckpt_lib
-from resnext_tf.training import cluster, distribute, losses, metrics, modeling, schedules
+from resnext_tf.training import distribute, losses, metrics, modeling, resume, run_log, schedules
 from resnext_tf.training import ema as ema_lib
 from resnext_tf.training.lock import ModelDirLock
-from resnext_tf.training.optimizer import TorchSGD, no_decay_variables
-from resnext_tf.training.run_log import RunLogger, remove_logs, say
-
-
-def _log_platform(config):
-    """Says where the run computes: the CPU, oneDNN's state, GPUs, and what conv_impl runs."""
-    say(f" => {hardware.describe()}")
-    gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        say(f" => GPUs: {len(gpus)}")
-    dtype = keras.mixed_precision.global_policy().compute_dtype
-    impl, why = backend_ops.explain_conv_impl(config.conv_impl, dtype)
-    say(f" => conv_impl={config.conv_impl}: {impl} ({why})")
-    warning = None if gpus else hardware.bf16_emulation_warning(config.dtype)
-    if warning:
-        say(f" => Warning: {warning}")
-
-
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite; the run stops without saving."""
-
-
-@dataclasses.dataclass
-class Position:
-    """Where training stands: the next batch to take and the running sums of its epoch."""
-
-    epoch: int
-    step: int  # batches of `epoch` already consumed
-    train_sums: np.ndarray
-    best_top1: float | None = None
+from resnext_tf.training.optimizer import build_optimizer
+from resnext_tf.training.run_log import RunLogger, say
 
 
 class Trainer:
@@ -69,7 +38,7 @@ class Trainer:
     def __init__(self, config, strategy=None):
         self.config = config
         if config.deterministic:
-            make_deterministic()
+            distribute.make_deterministic()
         keras.utils.set_random_seed(config.seed)
         keras.mixed_precision.set_global_policy(config.dtype)
         self.strategy = strategy or distribute.build_strategy(
@@ -80,7 +49,7 @@ class Trainer:
             model_dir=config.model_dir,
         )
         distribute.check_batch_size(config.batch_size, self.strategy)
-        _log_platform(config)
+        run_log.log_platform(config)
         self.is_chief = distribute.is_chief(self.strategy)
         self.data_config = config.data_config
         self.spec = dataset_spec(self.data_config)
@@ -97,7 +66,7 @@ class Trainer:
         self._architecture = modeling.architecture(config, self.spec.image_shape, self.num_classes)
         with self.strategy.scope():
             self.model = self._build_model(self.num_classes)
-            self.optimizer = _build_optimizer(config, self.model)
+            self.optimizer = build_optimizer(config, self.model)
             self.optimizer.build(self.model.trainable_variables)
             self.ema = self._build_ema()
         self.schedule = schedules.StepSchedule(
@@ -205,87 +174,29 @@ class Trainer:
                 "weights (with --test_only --export_dir, from this run's checkpoint)"
             )
 
-    def _resume_source(self):
-        """The checkpoint a run continues from, or None for a fresh start."""
-        resume = self.config.resume
-        if resume == "none":
-            return None
-        if resume == "auto":
-            return self.checkpoints.newest_valid()
-        found = checkpoints.find_checkpoint(resume)
-        if found is None:
-            raise ValueError(
-                f"No checkpoint to resume from; received resume={resume!r}; expected a model_dir, "
-                "its checkpoints/ folder or a checkpoint directory."
-            )
-        return found
-
     def _initial_position(self):
         """Restores the latest checkpoint, or initialises a fresh run (with --retrain)."""
-        source = self._resume_source()
-        self._prepare_model_dir(source)
+        source = resume.resume_source(self.config, self.checkpoints)
+        resume.prepare_model_dir(self.config, self.checkpoints, source, self.is_chief)
         # Workers that would resume from different points stop here, before any step.
-        cluster.agree_on_start(
+        resume.agree_on_start(
             self.strategy, self.config.model_dir, source, self.config.epoch_number
         )
         if source:
-            self._check_ema_in(source)
+            if self.ema:
+                resume.check_ema_in(source, self.config.ema_decay)
             state = self.checkpoints.restore(source)
             say(f" => Resuming from {source} (epoch {state['epoch']}, step {state['step']})")
             if state["epoch_complete"]:
-                return Position(state["epoch"] + 1, 0, _zeros(), state["best_top1"])
-            return Position(
+                return resume.Position(state["epoch"] + 1, 0, resume.zeros(), state["best_top1"])
+            return resume.Position(
                 state["epoch"], state["step"], np.asarray(state["train_sums"]), state["best_top1"]
             )
         if self.config.retrain:
             self._load_pretrained()
             if self.ema:
                 self.ema.reset()  # average from the loaded weights, not the random ones
-        return Position(self.config.epoch_number, 0, _zeros())
-
-    def _prepare_model_dir(self, source):
-        """Clears what interrupted writes left, and refuses (or, with `overwrite`, clears) a
-        model_dir whose checkpoints this run would not continue: its saves would otherwise mix
-        two runs under one `latest`. Runs under the model_dir lock on the chief."""
-        config, own = self.config, os.path.realpath(self.checkpoints.directory)
-        if self.is_chief:
-            self.checkpoints.remove_temporaries()
-        continues_own = source is not None and os.path.dirname(os.path.realpath(source)) == own
-        if continues_own:
-            if config.overwrite:
-                raise CheckpointError(
-                    f"overwrite would delete the checkpoint {source} that resume="
-                    f"{config.resume!r} continues from; drop --overwrite to continue it."
-                )
-            return
-        if config.overwrite:
-            if self.is_chief:
-                say(f" => Overwrite: removing the checkpoints and logs in {config.model_dir}")
-                self.checkpoints.remove_all()
-                remove_logs(config.model_dir)
-            return
-        if self.checkpoints.holds_checkpoints():
-            held = self.checkpoints.latest() or self.checkpoints.directory
-            raise CheckpointError(
-                f"model_dir={config.model_dir!r} holds checkpoints ({held}) that "
-                f"resume={config.resume!r} would not continue; pass --overwrite to delete them "
-                "(with train_log.csv and the TensorBoard events) first, use another --model_dir, "
-                "or --resume=auto to continue them."
-            )
-
-    def _check_ema_in(self, source):
-        """Refuses to continue a checkpoint without a weight EMA when ema_decay asks for one
-        (the average cannot be recovered; starting it anew mid-run would not be the same run)."""
-        if not self.ema:
-            return
-        prefix = os.path.join(source, checkpoints.PREFIX)
-        names = [name for name, _ in tf.train.list_variables(prefix)]
-        if not any(name.startswith("ema/") for name in names):
-            raise CheckpointError(
-                f"The checkpoint {source} holds no weight EMA, so ema_decay="
-                f"{self.config.ema_decay!r} cannot continue it; resume without --ema_decay, or "
-                "start a fresh run in another --model_dir."
-            )
+        return resume.Position(self.config.epoch_number, 0, resume.zeros())
 
     def _load_pretrained(self):
         say(f" => Loading weights from {self.config.retrain}")
@@ -377,14 +288,15 @@ class Trainer:
         if self.config.retrain:
             self._load_pretrained()
         else:
-            source = self._resume_source()
+            source = resume.resume_source(self.config, self.checkpoints)
             if source is None:
                 raise ValueError(
                     f"test_only needs weights: found no checkpoint in "
                     f"model_dir={self.config.model_dir!r} and received retrain=None; pass "
                     "--retrain=FILE or --resume=DIR."
                 )
-            self._check_ema_in(source)
+            if self.ema:
+                resume.check_ema_in(source, self.config.ema_decay)
             self.checkpoints.restore(source)
         evaluates_ema = self.ema and not self.config.retrain
         if evaluates_ema:
@@ -418,12 +330,13 @@ class Trainer:
             outcome = None
             while outcome is None and position.epoch <= self.config.epochs:
                 outcome = self._run_epoch(position)
-                position = Position(position.epoch + 1, 0, _zeros(), position.best_top1)
+                best = position.best_top1
+                position = resume.Position(position.epoch + 1, 0, resume.zeros(), best)
         finally:
             if lock:
                 lock.release()
             signal.signal(signal.SIGTERM, previous)
-        say(f" * Weights sha256: {weights_digest(self.model)}")
+        say(f" * Weights sha256: {run_log.weights_digest(self.model)}")
         return outcome or "finished"
 
     # -------------------------------------------------------------------------- epoch loop
@@ -442,7 +355,7 @@ class Trainer:
         epoch, config = position.epoch, self.config
         lr = None
         iterator = iter(self._distributed_dataset("train", epoch=epoch, skip_batches=position.step))
-        window = _Window(self, position, lr)
+        window = run_log.StepWindow(self, position, lr)
         start, first_step = time.perf_counter(), position.step
         while position.step < self.steps_per_epoch:
             step_lr = self.schedule(self._global_step(position))
@@ -520,75 +433,6 @@ class Trainer:
             say(f" => Saved checkpoint {path}")
 
 
-class _Window:
-    """Per-step results since the last log line, fetched from the device in one go.
-
-    Keeping the step outputs as tensors until a log line (or a checkpoint) is due lets the host
-    run ahead of the accelerator; the NaN check still names the exact step.
-    """
-
-    def __init__(self, trainer, position, lr):
-        self.trainer = trainer
-        self.position = position
-        self.lr = lr
-        self.pending = []
-        self.data_time = 0.0
-        self.start = time.perf_counter()
-
-    def add(self, stats, data_seconds):
-        self.pending.append(stats)
-        self.data_time += data_seconds
-
-    def flush(self):
-        """Checks the pending steps for a non-finite loss, adds them up and logs one line."""
-        if not self.pending:
-            return
-        rows = tf.stack(self.pending).numpy().astype(np.float64)
-        position, trainer = self.position, self.trainer
-        global_step = trainer._global_step(position)
-        for offset, row in enumerate(rows, start=1 - len(rows)):
-            if not np.isfinite(row[metrics.LOSS]):
-                raise NonFiniteLossError(
-                    f"Loss is {row[metrics.LOSS] / row[metrics.COUNT]} at epoch {position.epoch}, "
-                    f"step {position.step + offset} (global step {global_step + offset}); "
-                    f"stopping. The last good checkpoint is {trainer.checkpoints.latest()}."
-                )
-        window_sums = rows.sum(axis=0)
-        position.train_sums = position.train_sums + window_sums
-        trainer.logger.batch(
-            position.epoch,
-            position.step,
-            trainer.steps_per_epoch,
-            batch_time=(time.perf_counter() - self.start) / len(rows),
-            data_time=self.data_time / len(rows),
-            errors=metrics.Errors.from_sums(window_sums),
-            lr=self.lr,
-            global_step=global_step,
-        )
-        self.pending, self.data_time, self.start = [], 0.0, time.perf_counter()
-
-
-def make_deterministic():
-    """Deterministic kernels plus one inter-op thread.
-
-    With several inter-op threads, the CPU results of a training step differ in the last bits
-    from run to run even with op determinism on (measured with TF 2.21 on the CIFAR models);
-    running independent ops one at a time makes them bit-reproducible for about 20% more step
-    time. Meant for single-device runs: replicas of one process need concurrent collectives.
-    """
-    tf.config.experimental.enable_op_determinism()
-    try:
-        tf.config.threading.set_inter_op_parallelism_threads(1)
-    except RuntimeError:
-        # The runtime already started (e.g. in a notebook); the setting can no longer change.
-        if tf.config.threading.get_inter_op_parallelism_threads() != 1:
-            warnings.warn(
-                "deterministic=True could not limit TensorFlow to one inter-op thread because "
-                "the runtime is already initialised; results may differ in the last bits.",
-                stacklevel=3,
-            )
-
-
 def eval_logits(model, images, ten_crop):
     """float32 inference logits; with `ten_crop`, images [b, crops, H, W, 3] give the crops'
     logits combined by `resnext_tf.data.evaluation.combine_crops`, predict's rule too."""
@@ -597,30 +441,3 @@ def eval_logits(model, images, ten_crop):
     crops = images.shape[1]
     logits = model(tf.reshape(images, [-1, *images.shape[2:]]), training=False)
     return evaluation.combine_crops(tf.reshape(logits, [-1, crops, logits.shape[-1]]))
-
-
-def _zeros():
-    return np.zeros([metrics.NUM_STATS])
-
-
-def _build_optimizer(config, model=None):
-    optimizer = TorchSGD(
-        learning_rate=config.lr,
-        momentum=config.momentum,
-        nesterov=config.nesterov,
-        weight_decay=config.weight_decay,
-    )
-    if config.no_weight_decay_on and model is not None:
-        optimizer.exclude_from_l2(no_decay_variables(model, config.no_weight_decay_on))
-    if config.dtype == "mixed_float16":
-        # float16 gradients underflow without dynamic loss scaling; bfloat16 does not need it.
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-    return optimizer
-
-
-def weights_digest(model):
-    """sha256 of every model variable (BatchNorm statistics included), for bit-exact checks."""
-    digest = hashlib.sha256()
-    for variable in model.weights:
-        digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(variable)).tobytes())
-    return digest.hexdigest()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from resnext_tf.training import TrainConfig, losses, modeling, trainer
+from resnext_tf.training import TrainConfig, losses, modeling, optimizer, run_log, trainer
 from resnext_tf.training.ema import WeightEMA
 from resnext_tf.training.optimizer import TorchSGD, no_decay_variables
 
@@ -26,8 +26,8 @@ def test_ten_crop_is_the_mean_of_the_logits_of_every_crop():
 
 
 def test_float16_gets_dynamic_loss_scaling():
-    plain = trainer._build_optimizer(TrainConfig(dataset="cifar10", dtype="mixed_bfloat16"))
-    scaled = trainer._build_optimizer(TrainConfig(dataset="cifar10", dtype="mixed_float16"))
+    plain = optimizer.build_optimizer(TrainConfig(dataset="cifar10", dtype="mixed_bfloat16"))
+    scaled = optimizer.build_optimizer(TrainConfig(dataset="cifar10", dtype="mixed_float16"))
     assert isinstance(plain, TorchSGD)
     assert isinstance(scaled, keras.optimizers.LossScaleOptimizer)
     assert isinstance(scaled.inner_optimizer, TorchSGD)
@@ -36,12 +36,12 @@ def test_float16_gets_dynamic_loss_scaling():
 
 def test_weights_digest_sees_every_bit():
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
-    before = trainer.weights_digest(model)
+    before = run_log.weights_digest(model)
     kernel = model.weights[0]
     values = keras.ops.convert_to_numpy(kernel).copy()
     values.view(np.uint32)[0, 0] ^= 1  # flip the lowest mantissa bit
     kernel.assign(values)
-    assert trainer.weights_digest(model) != before
+    assert run_log.weights_digest(model) != before
 
 
 TINY = dict(dataset="cifar10", depth=11, cardinality=2, base_width=4, shortcut_type="A")
@@ -79,8 +79,8 @@ def test_no_decay_kinds_pick_batchnorm_and_bias_variables():
 def one_step(config, weights, grads):
     model = modeling.build_model(config, (32, 32, 3), 10)
     model.set_weights(weights)
-    optimizer = trainer._build_optimizer(config, model)
-    optimizer.apply(grads, model.trainable_variables)
+    sgd = optimizer.build_optimizer(config, model)
+    sgd.apply(grads, model.trainable_variables)
     return model
 
 
