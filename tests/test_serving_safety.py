@@ -15,6 +15,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from data.image_samples import gif_frames
 from PIL import Image
 
 import resnext_tf
@@ -119,6 +120,8 @@ def test_extreme_images_keep_memory_bounded(exported, tmp_path):
         "1x65000": encode(gradient(rng, 1, 65000)),
         "20000x20000": with_jpeg_size(encode(gradient(rng, 16, 16)), 20000, 20000),
         "256x12800": encode(gradient(rng, 256, 12800)),  # at the aspect-ratio limit
+        # 394 bytes, a 100 x 100 screen; its frames decode to 20000 x 20000 (+1.2 GiB before).
+        "crossed-gif": gif_frames((100, 100), [(20000, 1, 0, 0), (1, 20000, 0, 0)]),
     }
     for name, data in files.items():
         (tmp_path / f"{name}.jpg").write_bytes(data)
@@ -135,6 +138,7 @@ def test_extreme_images_keep_memory_bounded(exported, tmp_path):
         "6000x1": "[image 0: 1x6000 pixels exceed the aspect-ratio limit 50]",
         "1x65000": "[image 0: 65000x1 pixels exceed the aspect-ratio limit 50]",
         "20000x20000": "[image 0: 20000x20000 pixels exceed the pixel limit 89478485]",
+        "crossed-gif": "[image 0: 20000x20000 pixels exceed the pixel limit 89478485]",
         # The widest image the limits allow is resized whole, its memory bounded by them.
         "256x12800": "served",
     }

@@ -56,12 +56,15 @@ def _color_table_bytes(flags):
     return tf.where(flags >= 128, 3 * tf.bitwise.left_shift(tf.constant(2, tf.int64), flags % 8), 0)
 
 
-def _gif_frame_pixels(data):
-    """(pixels of all the frames of a GIF, whether its blocks were walked to the end).
+def _gif_frames(data):
+    """(pixels of all the frames of a GIF, the widest frame's width, the tallest frame's height,
+    whether its blocks were walked to the end).
 
     giflib allocates every frame before TensorFlow takes the first, and LZW packs a large
-    frame in few bytes. The walk stops at the trailer, at a byte that starts no block, at the
-    end of the data, or after GIF_MAX_STEPS steps.
+    frame in few bytes. TensorFlow's output is the widest width by the tallest height of the
+    frames, whatever the logical screen and the frames' offsets say. The walk stops at the
+    trailer, at a byte that starts no block, at the end of the data, or after GIF_MAX_STEPS
+    steps.
     """
     raw = tf.io.decode_raw(data, tf.uint8)
     n = tf.size(raw, out_type=tf.int64)
@@ -71,7 +74,7 @@ def _gif_frame_pixels(data):
         value = tf.cast(tf.gather(raw, tf.clip_by_value(i, 0, n - 1)), tf.int64)
         return tf.where((i >= 0) & (i < n), value, -1)
 
-    def sub_blocks(pos, pixels):
+    def sub_blocks(pos, frames):
         at = pos + 256 * tf.range(GIF_RUN, dtype=tf.int64)
         full = tf.equal(byte(at), 255)
         run = tf.reduce_sum(tf.math.cumprod(tf.cast(full, tf.int64)))
@@ -79,41 +82,47 @@ def _gif_frame_pixels(data):
         size = byte(pos)
         more = (run == GIF_RUN) | (size > 0)
         next_pos = tf.where(run == GIF_RUN, pos, pos + tf.maximum(size, 0) + 1)
-        return next_pos, more, pixels, size < 0
+        return next_pos, more, frames, size < 0
 
-    def block(pos, pixels):
+    def block(pos, frames):
         kind = byte(pos)
         image, extension = tf.equal(kind, 0x2C), tf.equal(kind, 0x21)
         width = tf.maximum(byte(pos + 5), 0) + 256 * tf.maximum(byte(pos + 6), 0)
         height = tf.maximum(byte(pos + 7), 0) + 256 * tf.maximum(byte(pos + 8), 0)
         # Image: descriptor, colour table, LZW code size; extension: introducer and label.
         next_pos = tf.where(image, pos + 11 + _color_table_bytes(byte(pos + 9)), pos + 2)
-        pixels += tf.where(image, width * height, 0)
-        return next_pos, image | extension, pixels, ~(image | extension)
-
-    def step(pos, in_sub_blocks, pixels, steps, done):
-        pos, in_sub_blocks, pixels, done = tf.cond(
-            in_sub_blocks, lambda: sub_blocks(pos, pixels), lambda: block(pos, pixels)
+        pixels, max_width, max_height = frames
+        frames = (
+            pixels + tf.where(image, width * height, 0),
+            tf.where(image, tf.maximum(max_width, width), max_width),
+            tf.where(image, tf.maximum(max_height, height), max_height),
         )
-        return pos, in_sub_blocks, pixels, steps + 1, done
+        return next_pos, image | extension, frames, ~(image | extension)
+
+    def step(pos, in_sub_blocks, frames, steps, done):
+        pos, in_sub_blocks, frames, done = tf.cond(
+            in_sub_blocks, lambda: sub_blocks(pos, frames), lambda: block(pos, frames)
+        )
+        return pos, in_sub_blocks, frames, steps + 1, done
 
     start = 13 + _color_table_bytes(byte(10))
     zero = tf.constant(0, tf.int64)
-    _, _, pixels, _, done = tf.while_loop(
-        lambda pos, in_sub_blocks, pixels, steps, done: ~done & (steps < GIF_MAX_STEPS),
+    _, _, (pixels, width, height), _, done = tf.while_loop(
+        lambda pos, in_sub_blocks, frames, steps, done: ~done & (steps < GIF_MAX_STEPS),
         step,
-        (start, tf.constant(False), zero, zero, tf.constant(False)),
+        (start, tf.constant(False), (zero, zero, zero), zero, tf.constant(False)),
     )
-    return pixels, done
+    return pixels, width, height, done
 
 
 def image_header(data):
     """Reads the size of an encoded image from its header, without decoding it.
 
     Returns:
-        (format, height, width, frame_pixels, walked): `image_format`'s int32, int64 sizes (0
-        for an unknown format), the float64 pixels decoded at once (a GIF's frames together),
-        and False when a GIF's blocks were not walked to the end.
+        (format, height, width, frame_pixels, walked): `image_format`'s int32, the int64 size
+        `decode` outputs (0 for an unknown format; a GIF's from its frames), the float64 pixels
+        decoded at once (a GIF's frames together), and False when a GIF's blocks were not
+        walked to the end.
 
     Raises:
         InvalidArgumentError: a JPEG whose header libjpeg cannot read.
@@ -133,9 +142,9 @@ def image_header(data):
     def png():  # IHDR: big-endian width, height
         return dims(_be(head, 20, 4), _be(head, 16, 4))
 
-    def gif():  # logical screen: little-endian width, height; then the frames
-        height, width, _, _ = dims(_le(head, 8, 2), _le(head, 6, 2))
-        pixels, walked = _gif_frame_pixels(data)
+    def gif():  # the frames' largest width and height, not the logical screen's
+        pixels, width, height, walked = _gif_frames(data)
+        height, width, _, _ = dims(height, width)
         return height, width, tf.cast(pixels, tf.float64), walked
 
     def bmp():  # BITMAPINFOHEADER: signed little-endian width, height (negative: top-down)
@@ -184,10 +193,10 @@ def check_image(data, limits=DEFAULT_LIMITS):
         shorter = tf.cast(tf.minimum(height, width), tf.float64)
         failed = [
             tf.equal(fmt, 0),
+            ~walked,
             shorter < 1,
             longer * shorter > limits.max_pixels,
             longer > limits.max_aspect * shorter,
-            ~walked,
             frame_pixels > limits.max_pixels,
         ]
 
@@ -195,10 +204,10 @@ def check_image(data, limits=DEFAULT_LIMITS):
             size = tf.strings.join([tf.strings.as_string(width), "x", tf.strings.as_string(height)])
             messages = [
                 tf.constant(NOT_AN_IMAGE),
+                tf.constant(f"GIF has more than {GIF_MAX_STEPS} blocks"),
                 tf.strings.join(["has no pixels (", size, " in its header)"]),
                 tf.strings.join([size, f" pixels exceed the pixel limit {max_pixels}"]),
                 tf.strings.join([size, f" pixels exceed the aspect-ratio limit {max_aspect}"]),
-                tf.constant(f"GIF has more than {GIF_MAX_STEPS} blocks"),
                 tf.strings.join(
                     [
                         "GIF frames hold ",

@@ -10,6 +10,7 @@ import tensorflow as tf
 from image_samples import (
     animated_gif,
     encode,
+    gif_frames,
     natural_image,
     numpy_color,
     train_image,
@@ -415,7 +416,7 @@ def test_header_sizes_of_every_format_match_the_decoder():
         (b"not an image", "is not a JPEG, PNG, GIF, BMP or WebP image"),
         (b"\xff\x0a\xff\x07", "is not a JPEG, PNG, GIF, BMP or WebP image"),  # JPEG XL
         (b"\x89PNG\r\n\x1a\n", "has no pixels (0x0 in its header)"),
-        (b"GIF89a\x05\x00", "has no pixels (5x0 in its header)"),
+        (b"GIF89a\x05\x00", "has no pixels (0x0 in its header)"),  # no frame
         (b"BM", "has no pixels (0x0 in its header)"),
     ],
 )
@@ -490,3 +491,30 @@ def test_gif_frames_count_towards_the_pixel_limit():
     big = encode(natural_image(rng, 1500, 1200), "GIF")
     _, _, _, pixels, walked = (t.numpy() for t in decode.image_header(big))
     assert pixels == 1500 * 1200 and walked
+
+
+def test_gif_size_is_its_largest_frame_not_its_screen():
+    # TensorFlow decodes a GIF to its widest frame's width by its tallest frame's height,
+    # whatever the logical screen and the offsets say.
+    samples = {
+        "smaller": ((100, 100), [(50, 40, 0, 0)], (40, 50)),
+        "larger": ((20, 20), [(60, 30, 0, 0)], (30, 60)),
+        "crossed": ((100, 100), [(30, 20, 0, 0), (20, 30, 5, 5)], (30, 30)),
+        "offset": ((100, 100), [(10, 10, 90, 90), (10, 10, 0, 0)], (10, 10)),
+    }
+    for name, (screen, frames, size) in samples.items():
+        data = gif_frames(screen, frames)
+        assert decode.decode(data).shape == (*size, 3), name
+        assert decode.image_shape(data).numpy().tolist() == list(size), name
+        assert decode.check_image(tf.constant(data)).numpy() == b"", name
+    # 394 bytes whose screen says 100 x 100: a 20000 x 1 and a 1 x 20000 frame decode to
+    # 20000 x 20000 x 3 bytes (1.1 GiB).
+    crossed = gif_frames((100, 100), [(20000, 1, 0, 0), (1, 20000, 0, 0)])
+    assert decode.check_image(tf.constant(crossed)).numpy().decode() == (
+        "20000x20000 pixels exceed the pixel limit 89478485"
+    )
+    # A strip of a frame makes the decoded image a strip too.
+    strip = gif_frames((100, 100), [(100, 100, 0, 0), (6000, 1, 0, 0)])
+    assert decode.check_image(tf.constant(strip)).numpy().decode() == (
+        "6000x100 pixels exceed the aspect-ratio limit 50"
+    )
