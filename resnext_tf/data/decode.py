@@ -16,6 +16,12 @@ JPEG_DCT = "INTEGER_ACCURATE"
 # GIF blocks walked to find the frames; a step skips up to GIF_RUN full data sub-blocks.
 GIF_MAX_STEPS = 4096
 GIF_RUN = 1024
+# Start-of-scan markers a JPEG may hold: libjpeg passes over every 8x8 block of the image's
+# components for each scan of a progressive JPEG, however few bytes the scan has, and its
+# standard scripts write 10 scans (18 for CMYK). A JPEG is read in chunks of _JPEG_CHUNK
+# bytes to count them.
+JPEG_MAX_SCANS = 100
+_JPEG_CHUNK = 1 << 20
 _HEAD = 32  # header bytes read for the dimensions
 
 
@@ -115,6 +121,46 @@ def _gif_frames(data):
     return pixels, width, height, done
 
 
+def jpeg_scans(data):
+    """(scans, components, buffered) of a JPEG, from its bytes.
+
+    scans counts the start-of-scan markers (0xFFDA) anywhere in the data, up to one past
+    JPEG_MAX_SCANS: at least the scans libjpeg decodes, as entropy-coded data cannot hold a
+    marker. buffered is True when libjpeg may hold the coefficients of the whole image (2 bytes
+    each, 64 per 8x8 block of each component): a progressive frame marker (SOF2, 6, 10, 14)
+    anywhere, another number of scans than one, or a first scan of fewer components than the
+    frame's.
+
+    Raises:
+        InvalidArgumentError: a JPEG whose header libjpeg cannot read.
+    """
+    length = tf.strings.length(data)
+
+    def chunk(start, scans, progressive, first):
+        raw = tf.io.decode_raw(tf.strings.substr(data, start, _JPEG_CHUNK + 1), tf.uint8)
+        marker, code = tf.equal(raw[:-1], 0xFF), raw[1:]
+        sos = marker & tf.equal(code, 0xDA)
+        sof = marker & tf.equal(tf.bitwise.bitwise_and(code, 0xF3), 0xC2)  # C2, C6, CA, CE
+        found = tf.reduce_any(sos)
+        at = start + tf.argmax(tf.cast(sos, tf.int32), output_type=tf.int32)
+        first = tf.where((first < 0) & found, at, first)
+        scans += tf.reduce_sum(tf.cast(sos, tf.int32))
+        return start + _JPEG_CHUNK, scans, progressive | tf.reduce_any(sof), first
+
+    _, scans, progressive, first = tf.while_loop(
+        lambda start, scans, progressive, first: (start < length) & (scans <= JPEG_MAX_SCANS),
+        chunk,
+        (tf.constant(0), tf.constant(0), tf.constant(False), tf.constant(-1)),
+    )
+    # The first scan's header: marker, length (2 bytes), number of components.
+    at = tf.minimum(tf.maximum(first, 0) + 4, length)
+    in_scan = tf.cast(
+        tf.reduce_sum(tf.io.decode_raw(tf.strings.substr(data, at, 1), tf.uint8)), tf.int32
+    )
+    components = tf.io.extract_jpeg_shape(data)[2]
+    return scans, components, progressive | tf.not_equal(scans, 1) | (in_scan < components)
+
+
 def image_header(data):
     """Reads the size of an encoded image from its header, without decoding it.
 
@@ -179,7 +225,7 @@ def _formatted(number):
 def check_image(data, limits=DEFAULT_LIMITS):
     """Why an encoded image is refused before decoding, or "" when it is accepted.
 
-    Reads only the length and the header (and a GIF's block structure).
+    Reads only the length and the header (and a GIF's blocks, a JPEG's markers).
 
     Raises:
         InvalidArgumentError: a JPEG whose header libjpeg cannot read.
@@ -191,6 +237,9 @@ def check_image(data, limits=DEFAULT_LIMITS):
         fmt, height, width, frame_pixels, walked = image_header(data)
         longer = tf.cast(tf.maximum(height, width), tf.float64)
         shorter = tf.cast(tf.minimum(height, width), tf.float64)
+        scans, components, buffered = tf.cond(
+            tf.equal(fmt, 1), lambda: jpeg_scans(data), lambda: (0, 0, False)
+        )
         failed = [
             tf.equal(fmt, 0),
             ~walked,
@@ -198,6 +247,8 @@ def check_image(data, limits=DEFAULT_LIMITS):
             longer * shorter > limits.max_pixels,
             longer > limits.max_aspect * shorter,
             frame_pixels > limits.max_pixels,
+            scans > JPEG_MAX_SCANS,
+            buffered & (longer * shorter * tf.cast(components, tf.float64) > 3 * limits.max_pixels),
         ]
 
         def describe():  # the strings are built only for a refused image
@@ -213,6 +264,16 @@ def check_image(data, limits=DEFAULT_LIMITS):
                         "GIF frames hold ",
                         tf.strings.as_string(tf.cast(frame_pixels, tf.int64)),
                         f" pixels in all, over the pixel limit {max_pixels}",
+                    ]
+                ),
+                tf.constant(f"JPEG has more than {JPEG_MAX_SCANS} scans"),
+                tf.strings.join(
+                    [
+                        size,
+                        " pixels x ",
+                        tf.strings.as_string(components),
+                        f" components exceed 3 x the pixel limit {max_pixels} in a multi-scan "
+                        "JPEG (libjpeg holds them all)",
                     ]
                 ),
             ]

@@ -144,3 +144,10 @@ def gif_frames(screen, frames, extra=b""):
             out += bytes([len(data[at : at + 255])]) + data[at : at + 255]
         out += b"\x00"
     return bytes(out + extra + b"\x3b")
+
+
+def with_scan_repeated(data, count):
+    """`data`, a progressive JPEG, with its last scan repeated `count` more times: libjpeg
+    passes over the whole image for each, however few bytes it has."""
+    at = data.rfind(b"\xff\xda")
+    return data[:-2] + data[at:-2] * count + data[-2:]

@@ -15,6 +15,7 @@ from image_samples import (
     numpy_color,
     train_image,
     with_jpeg_size,
+    with_scan_repeated,
 )
 from PIL import Image
 
@@ -518,3 +519,41 @@ def test_gif_size_is_its_largest_frame_not_its_screen():
     assert decode.check_image(tf.constant(strip)).numpy().decode() == (
         "6000x100 pixels exceed the aspect-ratio limit 50"
     )
+
+
+def test_jpeg_scans_are_limited():
+    progressive = encode(np.full((64, 48, 3), 128, np.uint8), progressive=True)
+    assert decode.jpeg_scans(progressive)[0].numpy() == 10  # libjpeg's standard script
+    at_limit = with_scan_repeated(progressive, decode.JPEG_MAX_SCANS - 10)
+    assert decode.check_image(tf.constant(at_limit)).numpy() == b""
+    assert decode.decode(at_limit).shape == (64, 48, 3)
+    # Each scan costs a pass over the image: 2010 of them took 11.5 s for 3000 x 3000 pixels.
+    over = with_scan_repeated(progressive, decode.JPEG_MAX_SCANS - 9)
+    assert decode.check_image(tf.constant(over)).numpy().decode() == (
+        f"JPEG has more than {decode.JPEG_MAX_SCANS} scans"
+    )
+
+
+def test_multi_scan_jpeg_coefficients_count_each_component():
+    rng = np.random.default_rng(18)
+    image = natural_image(rng, 16, 16)
+    # libjpeg holds 2 bytes a coefficient of every component of a progressive JPEG at once:
+    # 8 bytes a pixel for CMYK (+858 MiB for 9000 x 9000 in 1.2 KB), 6 at most for RGB.
+    samples = {
+        ("CMYK", True): "9000x9000 pixels x 4 components exceed 3 x the pixel limit 89478485 in "
+        "a multi-scan JPEG (libjpeg holds them all)",
+        ("CMYK", False): "",
+        ("RGB", True): "",
+        ("L", True): "",
+    }
+    for (mode, progressive), reason in samples.items():
+        data = with_jpeg_size(encode(image, mode=mode, progressive=progressive), 9000, 9000)
+        assert decode.check_image(tf.constant(data)).numpy().decode() == reason, mode
+    cmyk = encode(natural_image(rng, 30, 40), mode="CMYK", progressive=True)
+    assert decode.decode(cmyk).shape == (30, 40, 3)
+    for max_pixels, reason in [
+        (1600, ""),
+        (1599, "40x30 pixels x 4 components exceed 3 x the pixel limit 1599 in a multi-scan"),
+    ]:
+        limits = ImageLimits(max_pixels=max_pixels)
+        assert decode.check_image(tf.constant(cmyk), limits).numpy().decode().startswith(reason)
