@@ -2,6 +2,7 @@
 over), fresh starts over old checkpoints (refused; --overwrite), damaged checkpoints met by the
 entry point (warning, then the newest checkpoint that verifies)."""
 
+import errno
 import json
 import os
 import signal
@@ -14,7 +15,7 @@ from test_interruptions import checkpoint_values, start, wait_for
 from train_helpers import REPO, TINY_MODEL, check_ok, csv_rows, results, run_script, script_env
 
 from resnext_tf import checkpoints
-from resnext_tf.errors import EXIT_USER_ERROR, LockedError
+from resnext_tf.errors import EXIT_USER_ERROR, CheckpointError, LockedError
 from resnext_tf.training.lock import LOCK_FILE, ModelDirLock
 
 # Epochs of two steps of 32 images; evaluation over the fixture's 100 test images.
@@ -73,6 +74,54 @@ def test_lock_left_on_another_host_is_not_taken_silently(tmp_path):
         json.dump(record, f)
     with pytest.raises(LockedError, match=r"pid 1 on host elsewhere.example.*remove .*run.lock"):
         ModelDirLock(str(tmp_path)).acquire()
+
+
+def test_a_lock_path_that_is_not_a_file_is_refused_and_left_alone(tmp_path):
+    # Through a symbolic link, ftruncate and pwrite replaced the target's contents.
+    target = tmp_path / "thesis.txt"
+    target.write_text("three years of work")
+    kinds = [
+        ("is a symbolic link", lambda path: os.symlink(target, path)),
+        ("is a symbolic link", lambda path: os.symlink(tmp_path / "missing", path)),
+        ("is not a regular file (a FIFO or device)", os.mkfifo),
+        ("is a folder", os.mkdir),
+    ]
+    for k, (problem, make) in enumerate(kinds):
+        model_dir = tmp_path / f"run{k}"
+        model_dir.mkdir()
+        make(model_dir / LOCK_FILE)
+        with pytest.raises(CheckpointError) as error:
+            ModelDirLock(str(model_dir)).acquire()
+        message = str(error.value)
+        assert f"{model_dir / LOCK_FILE} {problem}" in message, message
+        assert "Remove it" in message and "\n" not in message
+        assert os.path.lexists(model_dir / LOCK_FILE)  # left as it was
+    assert target.read_text() == "three years of work"
+
+
+def test_a_model_dir_that_cannot_hold_a_run_is_a_one_line_error(tmp_path, monkeypatch):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(CheckpointError, match="afile' cannot hold a run: it exists and is not a"):
+        ModelDirLock(str(afile)).acquire()
+    with pytest.raises(CheckpointError, match=r"it cannot be created \(Not a directory\)"):
+        ModelDirLock(str(afile / "run")).acquire()
+    # A read-only model_dir (root writes through permission bits; a read-only mount does not).
+    real_open = os.open
+
+    def read_only(path, *args, **kwargs):
+        if os.fspath(path).endswith(LOCK_FILE):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", read_only)
+    with pytest.raises(CheckpointError) as error:
+        ModelDirLock(str(tmp_path)).acquire()
+    assert str(error.value) == (
+        f"model_dir={str(tmp_path)!r} cannot hold a run: its lock file {tmp_path / LOCK_FILE} "
+        "cannot be created or opened (Read-only file system). Make it writable, or pass "
+        "another --model_dir."
+    )
 
 
 @pytest.mark.slow
