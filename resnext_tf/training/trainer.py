@@ -27,7 +27,7 @@ from resnext_tf.training import distribute, losses, metrics, modeling, schedules
 from resnext_tf.training import ema as ema_lib
 from resnext_tf.training.lock import ModelDirLock
 from resnext_tf.training.optimizer import TorchSGD, no_decay_variables
-from resnext_tf.training.run_log import RunLogger, remove_logs, say
+from resnext_tf.training.run_log import RunLogger, say
 
 
 def _log_platform(config):
@@ -253,8 +253,7 @@ class Trainer:
         if config.overwrite:
             if self.is_chief:
                 say(f" => Overwrite: removing the checkpoints and logs in {config.model_dir}")
-                self.checkpoints.remove_all()
-                remove_logs(config.model_dir)
+                self.checkpoints.remove_all()  # with the logs; refuses files of no run
             return
         if self.checkpoints.holds_checkpoints():
             held = self.checkpoints.latest() or self.checkpoints.directory
