@@ -127,7 +127,23 @@ class CheckpointManager:
 
         Returns:
             The checkpoint directory (None on non-chief workers).
+
+        Raises:
+            CheckpointError: the file system refused a write (full, read-only, no
+                permission); the checkpoints saved before are left as they were.
         """
+        try:
+            return self._save(name, state, is_best)
+        except (OSError, tf.errors.ResourceExhaustedError, tf.errors.PermissionDeniedError) as e:
+            reason = e.strerror if isinstance(e, OSError) else e.message.split(" [Op:")[0]
+            raise CheckpointError(
+                f"Cannot save the checkpoint {name} in {self.directory}: "
+                f"{(reason or str(e)).rsplit('; ', 1)[-1]}. The checkpoints saved before are "
+                "intact: free space (or make the folder writable) and rerun the same command "
+                "to continue from the newest of them."
+            ) from e
+
+    def _save(self, name, state, is_best):
         if not self.is_chief:
             scratch = tempfile.mkdtemp(prefix="resnext_ckpt_")
             try:
