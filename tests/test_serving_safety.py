@@ -116,6 +116,8 @@ def test_extreme_images_keep_memory_bounded(exported, tmp_path):
         "256x12800": encode(gradient(rng, 256, 12800)),  # at the aspect-ratio limit
         # 394 bytes, a 100 x 100 screen; its frames decode to 20000 x 20000 (+1.2 GiB before).
         "crossed-gif": gif_frames((100, 100), [(20000, 1, 0, 0), (1, 20000, 0, 0)]),
+        # 114 bytes, cut in its second frame: it decodes to its first, 2000 x 1 (+1.6 GiB).
+        "cut-gif": gif_frames((10, 10), [(2000, 1, 0, 0), (1, 2000, 0, 0)])[:114],
         # 1.2 KB: libjpeg would hold 9000 x 9000 x 4 coefficients of 2 bytes (+858 MiB before).
         "cmyk-progressive": with_jpeg_size(
             encode(gradient(rng, 16, 16), mode="CMYK", progressive=True), 9000, 9000
@@ -141,6 +143,8 @@ def test_extreme_images_keep_memory_bounded(exported, tmp_path):
         "1x65000": "[image 0: 65000x1 pixels exceed the aspect-ratio limit 50]",
         "20000x20000": "[image 0: 20000x20000 pixels exceed the pixel limit 89478485]",
         "crossed-gif": "[image 0: 20000x20000 pixels exceed the pixel limit 89478485]",
+        "cut-gif": "[image 0: the first frames of the GIF are 2000x1 pixels, over the "
+        "aspect-ratio limit 50 (what a damaged GIF decodes to)]",
         "cmyk-progressive": "[image 0: 9000x9000 pixels x 4 components exceed 3 x the pixel "
         "limit 89478485 in a multi-scan JPEG (libjpeg holds them all)]",
         "2010-scans": "[image 0: JPEG has more than 100 scans]",

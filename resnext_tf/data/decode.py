@@ -62,15 +62,22 @@ def _color_table_bytes(flags):
     return tf.where(flags >= 128, 3 * tf.bitwise.left_shift(tf.constant(2, tf.int64), flags % 8), 0)
 
 
+def _elongation(height, width):
+    longer, shorter = tf.maximum(height, width), tf.minimum(height, width)
+    ratio = tf.cast(longer, tf.float64) / tf.cast(tf.maximum(shorter, 1), tf.float64)
+    return tf.where(shorter > 0, ratio, float("inf"))
+
+
 def _gif_frames(data):
     """(pixels of all the frames of a GIF, the widest frame's width, the tallest frame's height,
-    whether its blocks were walked to the end).
+    the most elongated of those sizes over the first frames as (height, width), whether its
+    blocks were walked to the end).
 
     giflib allocates every frame before TensorFlow takes the first, and LZW packs a large
     frame in few bytes. TensorFlow's output is the widest width by the tallest height of the
-    frames, whatever the logical screen and the frames' offsets say. The walk stops at the
-    trailer, at a byte that starts no block, at the end of the data, or after GIF_MAX_STEPS
-    steps.
+    frames giflib reads, whatever the logical screen and the frames' offsets say: all of them,
+    or, when damaged data stops giflib, the first ones. The walk stops at the trailer, at a
+    byte that starts no block, at the end of the data, or after GIF_MAX_STEPS steps.
     """
     raw = tf.io.decode_raw(data, tf.uint8)
     n = tf.size(raw, out_type=tf.int64)
@@ -97,13 +104,19 @@ def _gif_frames(data):
         height = tf.maximum(byte(pos + 7), 0) + 256 * tf.maximum(byte(pos + 8), 0)
         # Image: descriptor, colour table, LZW code size; extension: introducer and label.
         next_pos = tf.where(image, pos + 11 + _color_table_bytes(byte(pos + 9)), pos + 2)
-        pixels, max_width, max_height = frames
-        frames = (
-            pixels + tf.where(image, width * height, 0),
-            tf.where(image, tf.maximum(max_width, width), max_width),
-            tf.where(image, tf.maximum(max_height, height), max_height),
+        pixels, max_width, max_height, narrowest = frames
+        max_width = tf.where(image, tf.maximum(max_width, width), max_width)
+        max_height = tf.where(image, tf.maximum(max_height, height), max_height)
+        size = tf.stack([max_height, max_width])
+        longer = _elongation(max_height, max_width) > _elongation(narrowest[0], narrowest[1])
+        narrowest = tf.where(image & (longer | (narrowest[0] < 0)), size, narrowest)
+        pixels += tf.where(image, width * height, 0)
+        return (
+            next_pos,
+            image | extension,
+            (pixels, max_width, max_height, narrowest),
+            ~(image | extension),
         )
-        return next_pos, image | extension, frames, ~(image | extension)
 
     def step(pos, in_sub_blocks, frames, steps, done):
         pos, in_sub_blocks, frames, done = tf.cond(
@@ -113,12 +126,14 @@ def _gif_frames(data):
 
     start = 13 + _color_table_bytes(byte(10))
     zero = tf.constant(0, tf.int64)
-    _, _, (pixels, width, height), _, done = tf.while_loop(
+    frames = (zero, zero, zero, -tf.ones([2], tf.int64))  # no frame yet
+    _, _, (pixels, width, height, narrowest), _, done = tf.while_loop(
         lambda pos, in_sub_blocks, frames, steps, done: ~done & (steps < GIF_MAX_STEPS),
         step,
-        (start, tf.constant(False), (zero, zero, zero), zero, tf.constant(False)),
+        (start, tf.constant(False), frames, zero, tf.constant(False)),
     )
-    return pixels, width, height, done
+    narrowest = tf.where(narrowest < 0, tf.stack([height, width]), narrowest)
+    return pixels, width, height, narrowest, done
 
 
 def jpeg_scans(data):
@@ -165,10 +180,12 @@ def image_header(data):
     """Reads the size of an encoded image from its header, without decoding it.
 
     Returns:
-        (format, height, width, frame_pixels, walked): `image_format`'s int32, the int64 size
-        `decode` outputs (0 for an unknown format; a GIF's from its frames), the float64 pixels
-        decoded at once (a GIF's frames together), and False when a GIF's blocks were not
-        walked to the end.
+        (format, height, width, frame_pixels, walked, narrowest): `image_format`'s int32, the
+        int64 size `decode` outputs (0 for an unknown format; a GIF's from its frames), the
+        float64 pixels decoded at once (a GIF's frames together), False when a GIF's blocks
+        were not walked to the end, and the most elongated size `decode` may output as int64
+        (height, width): the size itself, or for a GIF that damage cuts short the size of its
+        first frames (never more pixels).
 
     Raises:
         InvalidArgumentError: a JPEG whose header libjpeg cannot read.
@@ -179,7 +196,7 @@ def image_header(data):
     def dims(height, width):
         height, width = tf.cast(height, tf.int64), tf.cast(width, tf.int64)
         pixels = tf.cast(height, tf.float64) * tf.cast(width, tf.float64)
-        return height, width, pixels, tf.constant(True)
+        return height, width, pixels, tf.constant(True), tf.stack([height, width])
 
     def jpeg():
         shape = tf.io.extract_jpeg_shape(data)
@@ -189,9 +206,8 @@ def image_header(data):
         return dims(_be(head, 20, 4), _be(head, 16, 4))
 
     def gif():  # the frames' largest width and height, not the logical screen's
-        pixels, width, height, walked = _gif_frames(data)
-        height, width, _, _ = dims(height, width)
-        return height, width, tf.cast(pixels, tf.float64), walked
+        pixels, width, height, narrowest, walked = _gif_frames(data)
+        return height, width, tf.cast(pixels, tf.float64), walked, narrowest
 
     def bmp():  # BITMAPINFOHEADER: signed little-endian width, height (negative: top-down)
         def signed(value):
@@ -214,8 +230,10 @@ def image_header(data):
     def unknown():
         return dims(0, 0)
 
-    height, width, pixels, walked = tf.switch_case(fmt, [unknown, jpeg, png, gif, bmp, webp])
-    return fmt, height, width, pixels, walked
+    height, width, pixels, walked, narrowest = tf.switch_case(
+        fmt, [unknown, jpeg, png, gif, bmp, webp]
+    )
+    return fmt, height, width, pixels, walked, narrowest
 
 
 def _formatted(number):
@@ -234,9 +252,11 @@ def check_image(data, limits=DEFAULT_LIMITS):
     max_pixels, max_aspect = _formatted(limits.max_pixels), _formatted(limits.max_aspect)
 
     def header_reason():
-        fmt, height, width, frame_pixels, walked = image_header(data)
+        fmt, height, width, frame_pixels, walked, narrowest = image_header(data)
         longer = tf.cast(tf.maximum(height, width), tf.float64)
         shorter = tf.cast(tf.minimum(height, width), tf.float64)
+        narrow_longer = tf.cast(tf.reduce_max(narrowest), tf.float64)
+        narrow_shorter = tf.cast(tf.reduce_min(narrowest), tf.float64)
         scans, components, buffered = tf.cond(
             tf.equal(fmt, 1), lambda: jpeg_scans(data), lambda: (0, 0, False)
         )
@@ -246,6 +266,7 @@ def check_image(data, limits=DEFAULT_LIMITS):
             shorter < 1,
             longer * shorter > limits.max_pixels,
             longer > limits.max_aspect * shorter,
+            narrow_longer > limits.max_aspect * narrow_shorter,
             frame_pixels > limits.max_pixels,
             scans > JPEG_MAX_SCANS,
             buffered & (longer * shorter * tf.cast(components, tf.float64) > 3 * limits.max_pixels),
@@ -259,6 +280,16 @@ def check_image(data, limits=DEFAULT_LIMITS):
                 tf.strings.join(["has no pixels (", size, " in its header)"]),
                 tf.strings.join([size, f" pixels exceed the pixel limit {max_pixels}"]),
                 tf.strings.join([size, f" pixels exceed the aspect-ratio limit {max_aspect}"]),
+                tf.strings.join(
+                    [
+                        "the first frames of the GIF are ",
+                        tf.strings.as_string(narrowest[1]),
+                        "x",
+                        tf.strings.as_string(narrowest[0]),
+                        f" pixels, over the aspect-ratio limit {max_aspect} (what a damaged GIF "
+                        "decodes to)",
+                    ]
+                ),
                 tf.strings.join(
                     [
                         "GIF frames hold ",
@@ -304,7 +335,7 @@ def checked(data, limits=DEFAULT_LIMITS):
 
 def image_shape(data):
     """Returns the (height, width) of an encoded image as int32 [2], read from its header."""
-    _, height, width, _, _ = image_header(data)
+    _, height, width, _, _, _ = image_header(data)
     return tf.cast(tf.stack([height, width]), tf.int32)
 
 

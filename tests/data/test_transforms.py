@@ -400,7 +400,8 @@ def test_header_sizes_of_every_format_match_the_decoder():
     for name, (fmt, data) in samples.items():
         header = [t.numpy() for t in decode.image_header(tf.constant(data))]
         assert decode.IMAGE_FORMATS[header[0] - 1] == fmt, name
-        assert header[1:] == [37, 61, 37 * 61, True], name
+        assert header[1:5] == [37, 61, 37 * 61, True], name
+        assert header[5].tolist() == [37, 61], name
         assert decode.check_image(tf.constant(data)).numpy() == b"", name
         if name != "webp extended":  # RGBA WebP: TensorFlow decodes it to 4 channels only
             assert decode.decode(data).shape == (37, 61, 3), name
@@ -474,7 +475,7 @@ def _gif(screen, frames, extra=b""):
 def test_gif_frames_count_towards_the_pixel_limit():
     rng = np.random.default_rng(17)
     animated = animated_gif(rng, 30, 40, 7)
-    _, height, width, pixels, walked = (t.numpy() for t in decode.image_header(animated))
+    _, height, width, pixels, walked, _ = (t.numpy() for t in decode.image_header(animated))
     assert (height, width, pixels, walked) == (30, 40, 7 * 30 * 40, True)
     assert decode.decode(animated).shape == (30, 40, 3)  # the first frame
     # A 10 x 10 screen whose 5 frames claim 5000 x 5000 each: giflib would allocate them all.
@@ -490,7 +491,7 @@ def test_gif_frames_count_towards_the_pixel_limit():
     )
     # Long frame data is skipped GIF_RUN sub-blocks at a time.
     big = encode(natural_image(rng, 1500, 1200), "GIF")
-    _, _, _, pixels, walked = (t.numpy() for t in decode.image_header(big))
+    _, _, _, pixels, walked, _ = (t.numpy() for t in decode.image_header(big))
     assert pixels == 1500 * 1200 and walked
 
 
@@ -513,6 +514,14 @@ def test_gif_size_is_its_largest_frame_not_its_screen():
     crossed = gif_frames((100, 100), [(20000, 1, 0, 0), (1, 20000, 0, 0)])
     assert decode.check_image(tf.constant(crossed)).numpy().decode() == (
         "20000x20000 pixels exceed the pixel limit 89478485"
+    )
+    # Damage that stops giflib leaves TensorFlow the first frames: this cut 2000 x 2000 GIF
+    # decodes to 2000 x 1 (its evaluation resize then took +1.6 GiB).
+    cut = gif_frames((10, 10), [(2000, 1, 0, 0), (1, 2000, 0, 0)])[:114]
+    assert decode.decode(cut).shape == (1, 2000, 3)
+    assert decode.check_image(tf.constant(cut)).numpy().decode() == (
+        "the first frames of the GIF are 2000x1 pixels, over the aspect-ratio limit 50 (what a "
+        "damaged GIF decodes to)"
     )
     # A strip of a frame makes the decoded image a strip too.
     strip = gif_frames((100, 100), [(100, 100, 0, 0), (6000, 1, 0, 0)])
