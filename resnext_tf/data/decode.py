@@ -18,10 +18,8 @@ GIF_MAX_STEPS = 4096
 GIF_RUN = 1024
 # Start-of-scan markers a JPEG may hold: libjpeg passes over every 8x8 block of the image's
 # components for each scan of a progressive JPEG, however few bytes the scan has, and its
-# standard scripts write 10 scans (18 for CMYK). A JPEG is read in chunks of _JPEG_CHUNK
-# bytes to count them.
+# standard scripts write 10 scans (18 for CMYK).
 JPEG_MAX_SCANS = 100
-_JPEG_CHUNK = 1 << 20
 _HEAD = 32  # header bytes read for the dimensions
 
 
@@ -142,38 +140,29 @@ def jpeg_scans(data):
     scans counts the start-of-scan markers (0xFFDA) anywhere in the data, up to one past
     JPEG_MAX_SCANS: at least the scans libjpeg decodes, as entropy-coded data cannot hold a
     marker. buffered is True when libjpeg may hold the coefficients of the whole image (2 bytes
-    each, 64 per 8x8 block of each component): a progressive frame marker (SOF2, 6, 10, 14)
-    anywhere, another number of scans than one, or a first scan of fewer components than the
-    frame's.
+    each, 64 per 8x8 block of each component): a progressive frame marker (SOF2, SOF10) before
+    the first scan, another number of scans than one, or a first scan of fewer components than
+    the frame's.
 
     Raises:
         InvalidArgumentError: a JPEG whose header libjpeg cannot read.
     """
-    length = tf.strings.length(data)
 
-    def chunk(start, scans, progressive, first):
-        raw = tf.io.decode_raw(tf.strings.substr(data, start, _JPEG_CHUNK + 1), tf.uint8)
-        marker, code = tf.equal(raw[:-1], 0xFF), raw[1:]
-        sos = marker & tf.equal(code, 0xDA)
-        sof = marker & tf.equal(tf.bitwise.bitwise_and(code, 0xF3), 0xC2)  # C2, C6, CA, CE
-        found = tf.reduce_any(sos)
-        at = start + tf.argmax(tf.cast(sos, tf.int32), output_type=tf.int32)
-        first = tf.where((first < 0) & found, at, first)
-        scans += tf.reduce_sum(tf.cast(sos, tf.int32))
-        return start + _JPEG_CHUNK, scans, progressive | tf.reduce_any(sof), first
+    def split(text, marker, maxsplit):  # the pieces between the markers, flat (fast)
+        return tf.strings.split(tf.reshape(text, [1]), marker, maxsplit=maxsplit).flat_values
 
-    _, scans, progressive, first = tf.while_loop(
-        lambda start, scans, progressive, first: (start < length) & (scans <= JPEG_MAX_SCANS),
-        chunk,
-        (tf.constant(0), tf.constant(0), tf.constant(False), tf.constant(-1)),
-    )
-    # The first scan's header: marker, length (2 bytes), number of components.
-    at = tf.minimum(tf.maximum(first, 0) + 4, length)
-    in_scan = tf.cast(
-        tf.reduce_sum(tf.io.decode_raw(tf.strings.substr(data, at, 1), tf.uint8)), tf.int32
-    )
+    # At most JPEG_MAX_SCANS + 2 pieces: a bounded search.
+    pieces = split(data, b"\xff\xda", JPEG_MAX_SCANS + 1)
+    scans = tf.size(pieces) - 1
+    # libjpeg reads the frame header before the first scan.
+    progressive = [tf.size(split(pieces[0], m, 1)) > 1 for m in (b"\xff\xc2", b"\xff\xca")]
+    # The first scan's header after its marker: length (2 bytes), number of components.
+    first = pieces[tf.minimum(scans, 1)]
+    in_scan = tf.strings.substr(first, tf.minimum(2, tf.strings.length(first)), 1)
+    in_scan = tf.cast(tf.reduce_sum(tf.io.decode_raw(in_scan, tf.uint8)), tf.int32)
     components = tf.io.extract_jpeg_shape(data)[2]
-    return scans, components, progressive | tf.not_equal(scans, 1) | (in_scan < components)
+    buffered = progressive[0] | progressive[1] | tf.not_equal(scans, 1)
+    return scans, components, buffered | (in_scan < components)
 
 
 def image_header(data):
