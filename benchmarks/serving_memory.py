@@ -16,12 +16,16 @@ import sys
 import numpy as np
 from PIL import Image
 
-# name -> (height, width); the last entry is a small JPEG whose header promises 20000x20000.
+# name -> (height, width[, PIL mode and save options]); the last entry is a small JPEG whose
+# header promises 20000x20000. Progressive JPEGs make libjpeg hold every coefficient at once:
+# 3 components unsubsampled at the pixel limit, and the largest 4-component (CMYK) one allowed.
 IMAGES = {
     "photo_3000x4000": (3000, 4000),
     "aspect_limit_256x12800": (256, 12800),
     "limits_1300x65000": (1300, 65000),
     "pixel_limit_9459x9459": (9459, 9459),
+    "progressive_444_9459x9459": (9459, 9459, "RGB", {"progressive": True, "subsampling": 0}),
+    "progressive_cmyk_8191x8192": (8191, 8192, "CMYK", {"progressive": True}),
     "strip_1x65000": (1, 65000),
     "bomb_header_20000x20000": (16, 16),
 }
@@ -43,9 +47,10 @@ print(f"+{added} MiB  {outcome}")
 """
 
 
-def write_jpeg(path, height, width, rng):
+def write_jpeg(path, height, width, rng, mode="RGB", options=None):
     small = rng.integers(0, 255, (height // 32 + 1, width // 32 + 1, 3), dtype=np.uint8)
-    Image.fromarray(small).resize((width, height), Image.BILINEAR).save(path, quality=90)
+    image = Image.fromarray(small).resize((width, height), Image.BILINEAR).convert(mode)
+    image.save(path, "JPEG", quality=90, **(options or {}))
 
 
 def main(argv=None):
@@ -57,9 +62,9 @@ def main(argv=None):
     normal = os.path.join(args.folder, "normal.jpg")
     write_jpeg(normal, 480, 640, rng)
     paths = {}
-    for name, (height, width) in IMAGES.items():
+    for name, (height, width, *how) in IMAGES.items():
         paths[name] = os.path.join(args.folder, name + ".jpg")
-        write_jpeg(paths[name], height, width, rng)
+        write_jpeg(paths[name], height, width, rng, *how)
     with open(paths["bomb_header_20000x20000"], "rb") as f:
         data = f.read()
     at = data.find(b"\xff\xc0")  # the frame header: height, then width

@@ -2,8 +2,9 @@
 
 Under `<model_dir>/checkpoints/`: `epoch-0003/` and the newest mid-epoch `step-000001234/`
 (ckpt.*, state.json, manifest.json), and the JSON pointers `latest` and `best` (the layout is in
-docs/training.md, "model_dir"). The manifest holds every other file's size and sha256, so a
-damaged checkpoint is skipped, with a warning, for the newest that verifies. Writing is
+docs/training.md, "model_dir"). The manifest holds every other file's size and sha256 (a file
+it does not list fails it), so a damaged checkpoint is skipped, with a warning, for the newest
+that verifies. Writing is
 `resnext_tf.training.checkpoint`'s.
 """
 
@@ -51,6 +52,10 @@ def _verify_manifest(checkpoint_dir):
         STATE_FILE in names and f"{PREFIX}.index" in names
     ):
         return f"{MANIFEST_FILE} is malformed"
+    # Every file must be vouched for: TensorFlow would read an unlisted data file as it is.
+    unlisted = sorted(set(os.listdir(checkpoint_dir)) - set(names) - {MANIFEST_FILE})
+    if unlisted:
+        return f"{unlisted[0]} is not in {MANIFEST_FILE}"
     for name, size, sha256 in entries:
         path = os.path.join(checkpoint_dir, name)
         if not os.path.isfile(path):

@@ -134,6 +134,14 @@ def publish_dir(tmp, final, replace=True):
     fsync_dir(os.path.dirname(final))
 
 
+def lstat_mode(path):
+    """The mode of `path` itself (a symbolic link's, not its target's), None if nothing is there."""
+    try:
+        return os.lstat(path).st_mode
+    except FileNotFoundError:
+        return None
+
+
 def read_limited(path, limit, follow_symlinks=True):
     """The bytes of the regular file `path`, refusing more than `limit` of them.
 

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -14,6 +15,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from child_process import peak_growth
 from data.image_samples import encode, natural_image
 
 import resnext_tf
@@ -201,6 +203,56 @@ def test_command_line_on_a_saved_model(saved_model, photos):
     assert sum(line.startswith("skipped") for line in result.stderr.splitlines()) == 1
     assert BAD in result.stderr
     assert all(path in result.stdout for path in good_paths(photos))
+
+
+# predict in a fresh process: a warm-up on one photo, then the measured call, whose peak
+# memory over the warm-up's is its own (tests/child_process.py).
+SPECIAL_FILES_SETUP = """
+import contextlib, io, time
+from resnext_tf.predict import cli
+
+def main(argv):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = cli.main(argv, stdout=io.StringIO(), stderr=err)
+    return code, err.getvalue()
+
+main(WARM_UP)
+"""
+SPECIAL_FILES_ACTION = """
+start = time.time()
+code, err = main(ARGV)
+print(json.dumps({"code": code, "err": err, "seconds": time.time() - start}), file=sys.stderr)
+"""
+
+
+def test_special_files_are_skipped_unread(saved_model, photos, tmp_path):
+    # Before predict read through fileio.read_limited, the FIFO hung it, and /dev/zero and the
+    # sparse 2.5 GB file grew its memory without bound.
+    folder = tmp_path / "special"
+    folder.mkdir()
+    good = os.path.join(photos, GOOD[0])
+    shutil.copy(good, folder / "a.jpg")
+    os.mkfifo(folder / "x.jpg")  # no writer: a blocking open or read waits forever
+    with open(folder / "sparse.jpg", "wb") as f:
+        f.truncate(2_500_000_000)  # sparse: no block is written
+    os.symlink("/dev/zero", folder / "link.jpg")  # inside a folder: passed over
+    os.symlink("/dev/zero", tmp_path / "zero.jpg")  # named: opened, and refused
+    argv = [f"--saved_model={saved_model}", str(folder), str(tmp_path / "zero.jpg")]
+    setup = SPECIAL_FILES_SETUP.replace("WARM_UP", repr([f"--saved_model={saved_model}", good]))
+    growth, error, stderr = peak_growth(
+        setup, SPECIAL_FILES_ACTION.replace("ARGV", repr(argv)), package_init=True, timeout=120
+    )
+    assert not error, error
+    outcome = json.loads(stderr.strip().splitlines()[-1])
+    limit = "exceed the size limit 67108864"
+    assert outcome["code"] == 1 and outcome["seconds"] < 30, outcome
+    assert [line for line in outcome["err"].splitlines() if line.startswith("skipped")] == [
+        f"skipped {folder / 'sparse.jpg'}: cannot read the file: 2500000000 bytes {limit}",
+        f"skipped {folder / 'x.jpg'}: cannot read the file: is not a regular file",
+        f"skipped {tmp_path / 'zero.jpg'}: cannot read the file: is not a regular file",
+    ]
+    assert growth < 100, f"+{growth:.0f} MiB"
 
 
 @pytest.mark.parametrize(

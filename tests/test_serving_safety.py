@@ -15,6 +15,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from data.image_samples import gif_frames, with_jpeg_size, with_scan_repeated
 from PIL import Image
 
 import resnext_tf
@@ -96,12 +97,6 @@ def gradient(rng, height, width):
     )
 
 
-def with_jpeg_size(data, width, height):
-    """A JPEG whose frame header promises another size, as a decompression bomb does."""
-    at = data.find(b"\xff\xc0")
-    return data[: at + 5] + height.to_bytes(2, "big") + width.to_bytes(2, "big") + data[at + 9 :]
-
-
 def run_child(code, *args, timeout=300):
     result = subprocess.run(
         [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout
@@ -119,6 +114,18 @@ def test_extreme_images_keep_memory_bounded(exported, tmp_path):
         "1x65000": encode(gradient(rng, 1, 65000)),
         "20000x20000": with_jpeg_size(encode(gradient(rng, 16, 16)), 20000, 20000),
         "256x12800": encode(gradient(rng, 256, 12800)),  # at the aspect-ratio limit
+        # 394 bytes, a 100 x 100 screen; its frames decode to 20000 x 20000 (+1.2 GiB before).
+        "crossed-gif": gif_frames((100, 100), [(20000, 1, 0, 0), (1, 20000, 0, 0)]),
+        # 114 bytes, cut in its second frame: it decodes to its first, 2000 x 1 (+1.6 GiB).
+        "cut-gif": gif_frames((10, 10), [(2000, 1, 0, 0), (1, 2000, 0, 0)])[:114],
+        # 1.2 KB: libjpeg would hold 9000 x 9000 x 4 coefficients of 2 bytes (+858 MiB before).
+        "cmyk-progressive": with_jpeg_size(
+            encode(gradient(rng, 16, 16), mode="CMYK", progressive=True), 9000, 9000
+        ),
+        # 100 KB, 3000 x 3000 in 2010 scans: 11.5 s before.
+        "2010-scans": with_scan_repeated(
+            encode(np.full((3000, 3000, 3), 128, np.uint8), progressive=True), 2000
+        ),
     }
     for name, data in files.items():
         (tmp_path / f"{name}.jpg").write_bytes(data)
@@ -135,6 +142,12 @@ def test_extreme_images_keep_memory_bounded(exported, tmp_path):
         "6000x1": "[image 0: 1x6000 pixels exceed the aspect-ratio limit 50]",
         "1x65000": "[image 0: 65000x1 pixels exceed the aspect-ratio limit 50]",
         "20000x20000": "[image 0: 20000x20000 pixels exceed the pixel limit 89478485]",
+        "crossed-gif": "[image 0: 20000x20000 pixels exceed the pixel limit 89478485]",
+        "cut-gif": "[image 0: the first frames of the GIF are 2000x1 pixels, over the "
+        "aspect-ratio limit 50 (what a damaged GIF decodes to)]",
+        "cmyk-progressive": "[image 0: 9000x9000 pixels x 4 components exceed 3 x the pixel "
+        "limit 89478485 in a multi-scan JPEG (libjpeg holds them all)]",
+        "2010-scans": "[image 0: JPEG has more than 100 scans]",
         # The widest image the limits allow is resized whole, its memory bounded by them.
         "256x12800": "served",
     }

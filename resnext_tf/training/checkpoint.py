@@ -8,13 +8,61 @@ place, and the pointers replaced atomically, so a crash leaves `latest` naming a
 import contextlib
 import json
 import os
+import re
 import shutil
+import stat
 import tempfile
 
 import tensorflow as tf
 
 from resnext_tf import checkpoints, fileio
 from resnext_tf.checkpoints import BEST, CHECKPOINT_SUBDIR, LATEST, PREFIX, STATE_FILE
+from resnext_tf.errors import CheckpointError
+from resnext_tf.training import run_log
+
+# What a run writes under checkpoints/: the folders of `epoch_name` and `step_name`, holding
+# the files of tf.train.Checkpoint.write, state.json and manifest.json; small pointer files.
+_CHECKPOINT_NAME = re.compile(
+    rf"{checkpoints.EPOCH_PREFIX}\d{{4,}}|{checkpoints.STEP_PREFIX}\d{{9,}}"
+)
+_CHECKPOINT_FILE = re.compile(
+    rf"{PREFIX}\.index|{PREFIX}\.data-\d{{5}}-of-\d{{5}}|{re.escape(STATE_FILE)}|"
+    rf"{re.escape(checkpoints.MANIFEST_FILE)}"
+)
+POINTER_MAX_BYTES = 4096
+
+
+def foreign_checkpoint_file(directory):
+    """(path, why) of the first entry of the checkpoints/ folder `directory` that a run did not
+    write, or None (also when there is no such folder). Follows no symbolic link."""
+    mode = fileio.lstat_mode(directory)
+    if mode is None:
+        return None
+    if not stat.S_ISDIR(mode):
+        link = stat.S_ISLNK(mode)
+        return (
+            directory,
+            "is a symbolic link (--overwrite follows none)" if link else "is not a folder",
+        )
+    for name in sorted(os.listdir(directory)):
+        path = os.path.join(directory, name)
+        mode = fileio.lstat_mode(path) or 0
+        if fileio.TMP_PREFIX in name:
+            continue  # an interrupted write of a run (`remove_temporaries`)
+        if name in (LATEST, BEST):
+            if not (stat.S_ISREG(mode) and os.lstat(path).st_size <= POINTER_MAX_BYTES):
+                return path, "is not a checkpoint pointer"
+        elif not (_CHECKPOINT_NAME.fullmatch(name) and stat.S_ISDIR(mode)):
+            return path, "is not a checkpoint of a run"
+        else:
+            for inner in sorted(os.listdir(path)):
+                inner_path = os.path.join(path, inner)
+                if not (
+                    _CHECKPOINT_FILE.fullmatch(inner)
+                    and stat.S_ISREG(fileio.lstat_mode(inner_path) or 0)
+                ):
+                    return inner_path, "is not a file of a checkpoint"
+    return None
 
 
 def _write_manifest(directory):
@@ -79,7 +127,23 @@ class CheckpointManager:
 
         Returns:
             The checkpoint directory (None on non-chief workers).
+
+        Raises:
+            CheckpointError: the file system refused a write (full, read-only, no
+                permission); the checkpoints saved before are left as they were.
         """
+        try:
+            return self._save(name, state, is_best)
+        except (OSError, tf.errors.ResourceExhaustedError, tf.errors.PermissionDeniedError) as e:
+            reason = e.strerror if isinstance(e, OSError) else e.message.split(" [Op:")[0]
+            raise CheckpointError(
+                f"Cannot save the checkpoint {name} in {self.directory}: "
+                f"{(reason or str(e)).rsplit('; ', 1)[-1]}. The checkpoints saved before are "
+                "intact: free space (or make the folder writable) and rerun the same command "
+                "to continue from the newest of them."
+            ) from e
+
+    def _save(self, name, state, is_best):
         if not self.is_chief:
             scratch = tempfile.mkdtemp(prefix="resnext_ckpt_")
             try:
@@ -145,13 +209,27 @@ class CheckpointManager:
                             os.remove(path)
 
     def remove_all(self):
-        """Deletes every checkpoint and pointer (for --overwrite), under the model_dir lock.
+        """Deletes what a run wrote in model_dir, for --overwrite, under the model_dir lock:
+        every checkpoint and pointer, train_log.csv and the TensorBoard events.
 
-        The folder is renamed away first: an interrupted removal leaves no half checkpoint.
+        The checkpoints/ folder is renamed away first: an interrupted removal leaves no half
+        checkpoint.
+
+        Raises:
+            CheckpointError: naming the first of them that a run did not write, or a symbolic
+                link among them (nothing is deleted then).
         """
-        if not os.path.isdir(self.directory):
-            return
-        doomed = os.path.join(self.model_dir, fileio.temp_name(CHECKPOINT_SUBDIR))
-        os.rename(self.directory, doomed)
-        fileio.fsync_dir(self.model_dir)
-        shutil.rmtree(doomed)
+        foreign = foreign_checkpoint_file(self.directory)
+        foreign = foreign or run_log.foreign_log_file(self.model_dir)
+        if foreign:
+            raise CheckpointError(
+                f"--overwrite refused: {foreign[0]} {foreign[1]}, and --overwrite deletes only "
+                f"what a run wrote in model_dir={self.model_dir!r} (checkpoints/, train_log.csv, "
+                f"tensorboard/). Move it out of model_dir, or pass another --model_dir."
+            )
+        if fileio.lstat_mode(self.directory) is not None:
+            doomed = os.path.join(self.model_dir, fileio.temp_name(CHECKPOINT_SUBDIR))
+            os.rename(self.directory, doomed)
+            fileio.fsync_dir(self.model_dir)
+            shutil.rmtree(doomed)
+        run_log.remove_logs(self.model_dir)

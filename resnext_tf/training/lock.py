@@ -6,10 +6,11 @@ import errno
 import json
 import os
 import socket
+import stat
 import time
 import warnings
 
-from resnext_tf.errors import LockedError
+from resnext_tf.errors import CheckpointError, LockedError
 
 LOCK_FILE = "run.lock"
 
@@ -61,6 +62,63 @@ def _read_holder(fd, attempts=20):
     return {}
 
 
+def _unusable(model_dir, problem, advice="Pass another --model_dir."):
+    return CheckpointError(f"model_dir={model_dir!r} cannot hold a run: {problem}. {advice}")
+
+
+def _open_lock_file(model_dir, path):
+    """A descriptor of the lock file `path`, created if missing: never through a symbolic link
+    (its target would be overwritten), never a FIFO, device or folder.
+
+    Raises:
+        CheckpointError: model_dir is not a writable folder, or `path` is not a regular file.
+    """
+    try:
+        os.makedirs(model_dir, exist_ok=True)
+    except FileExistsError as e:
+        raise _unusable(model_dir, "it exists and is not a folder") from e
+    except OSError as e:
+        raise _unusable(model_dir, f"it cannot be created ({e.strerror or e})") from e
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as e:
+        problem = _not_regular(path)
+        if problem:
+            raise _not_a_lock(model_dir, path, problem) from e
+        raise _unusable(
+            model_dir,
+            f"its lock file {path} cannot be created or opened ({e.strerror or e})",
+            "Make it writable, or pass another --model_dir.",
+        ) from e
+    problem = _not_regular(path, os.fstat(fd))
+    if problem:
+        os.close(fd)
+        raise _not_a_lock(model_dir, path, problem)
+    return fd
+
+
+def _not_regular(path, info=None):
+    """What `path` (or the open file of `info`) is when it is there and not a regular file."""
+    try:
+        mode = (info or os.lstat(path)).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISLNK(mode):
+        return "is a symbolic link"
+    return "is a folder" if stat.S_ISDIR(mode) else "is not a regular file (a FIFO or device)"
+
+
+def _not_a_lock(model_dir, path, problem):
+    return CheckpointError(
+        f"model_dir={model_dir!r} cannot be locked: {path} {problem}, not a lock file of a run. "
+        "Remove it (a run's lock file holds only the record of the run that holds model_dir), "
+        "or pass another --model_dir."
+    )
+
+
 def _describe(holder):
     if not holder:
         return "an unknown process (its lock record is empty)"
@@ -86,16 +144,23 @@ class ModelDirLock:
 
         Raises:
             LockedError: when another live run holds the model_dir (the message names it).
+            CheckpointError: model_dir is not a writable folder, or its lock file is not a
+                regular file (a symbolic link, FIFO, folder).
         """
         if self._fd is not None:
             raise LockedError(f"model_dir={self.model_dir!r} is already locked by this object.")
-        os.makedirs(self.model_dir, exist_ok=True)
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = _open_lock_file(self.model_dir, self.path)
             try:
                 if self._take(fd):
                     self._fd = fd
                     return self
+            except OSError as e:
+                os.close(fd)
+                raise _unusable(
+                    self.model_dir,
+                    f"its lock file {self.path} cannot be written ({e.strerror or e})",
+                ) from e
             except BaseException:
                 os.close(fd)
                 raise
@@ -106,7 +171,7 @@ class ModelDirLock:
         if held is False:
             self._refuse(_read_holder(fd), "")
         try:
-            same_file = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            same_file = os.path.samestat(os.fstat(fd), os.lstat(self.path))
         except FileNotFoundError:
             same_file = False
         if not same_file:

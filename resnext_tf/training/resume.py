@@ -11,7 +11,7 @@ import tensorflow as tf
 from resnext_tf import checkpoints
 from resnext_tf.errors import CheckpointError
 from resnext_tf.training import cluster, metrics
-from resnext_tf.training.run_log import remove_logs, say
+from resnext_tf.training.run_log import say
 
 # Longest model_dir (UTF-8 bytes) carried by the start all-gather; longer ones are cut.
 _MAX_DIR_BYTES = 240
@@ -71,8 +71,7 @@ def prepare_model_dir(config, manager, source, is_chief):
     if config.overwrite:
         if is_chief:
             say(f" => Overwrite: removing the checkpoints and logs in {config.model_dir}")
-            manager.remove_all()
-            remove_logs(config.model_dir)
+            manager.remove_all()  # with the logs; refuses files of no run
         return
     if manager.holds_checkpoints():
         held = manager.latest() or manager.directory

@@ -7,6 +7,7 @@ import csv
 import hashlib
 import os
 import shutil
+import stat
 import time
 
 import keras
@@ -19,6 +20,7 @@ from resnext_tf.training import metrics
 
 CSV_FILE = "train_log.csv"
 TENSORBOARD_DIR = "tensorboard"
+EVENTS_PREFIX = "events.out.tfevents."  # the names tf.summary's file writers give
 # Marks an event as a TensorBoard scalar. tf.summary.scalar would need the tensorboard package,
 # which TensorFlow no longer installs; tf.summary.write with this metadata gives the same events.
 _SCALAR_METADATA = summary_pb2.SummaryMetadata(
@@ -56,12 +58,59 @@ def read_csv(path):
     ]
 
 
+def _not_a_folder(path):
+    """Why `path`, which exists, is not a folder of its own, or None."""
+    mode = fileio.lstat_mode(path)
+    if stat.S_ISLNK(mode):
+        return "is a symbolic link (--overwrite follows none)"
+    return None if stat.S_ISDIR(mode) else "is not a folder"
+
+
+def _is_file(path):
+    return stat.S_ISREG(fileio.lstat_mode(path) or 0)
+
+
+def _csv_header(path):
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        return f.readline(4096).rstrip("\r\n")
+
+
+def foreign_log_file(model_dir):
+    """(path, why) of the first file among model_dir's train_log.csv and tensorboard/ that a
+    run did not write, or None: never a symbolic link; the CSV must start with a run's header,
+    tensorboard/ hold only train/ and val/ folders of event files."""
+    csv_path = os.path.join(model_dir, CSV_FILE)
+    headers = {",".join(CSV_FIELDS), ",".join(CSV_FIELDS + EMA_CSV_FIELDS)}
+    if fileio.lstat_mode(csv_path) is not None and not _is_file(csv_path):
+        return csv_path, "is not a regular file"
+    if fileio.lstat_mode(csv_path) is not None and _csv_header(csv_path) not in headers:
+        return csv_path, f"does not start with a run's header ({','.join(CSV_FIELDS[:3])},...)"
+    folder = os.path.join(model_dir, TENSORBOARD_DIR)
+    if fileio.lstat_mode(folder) is None:
+        return None
+    if _not_a_folder(folder):
+        return folder, _not_a_folder(folder)
+    for split in sorted(os.listdir(folder)):
+        path = os.path.join(folder, split)
+        if split not in ("train", "val"):
+            return path, "is not the train/ or val/ folder of a run's events"
+        if _not_a_folder(path):
+            return path, _not_a_folder(path)
+        for name in sorted(os.listdir(path)):
+            if not (name.startswith(EVENTS_PREFIX) and _is_file(os.path.join(path, name))):
+                return os.path.join(path, name), "is not a TensorBoard event file of a run"
+    return None
+
+
 def remove_logs(model_dir):
-    """Deletes the train_log.csv and TensorBoard events of model_dir (for --overwrite)."""
+    """Deletes the train_log.csv and TensorBoard events of model_dir (for --overwrite, once
+    `foreign_log_file` finds nothing else there); never follows a symbolic link."""
     path = os.path.join(model_dir, CSV_FILE)
-    if os.path.exists(path):
+    if fileio.lstat_mode(path) is not None:
         os.remove(path)
-    shutil.rmtree(os.path.join(model_dir, TENSORBOARD_DIR), ignore_errors=True)
+    folder = os.path.join(model_dir, TENSORBOARD_DIR)
+    if stat.S_ISDIR(fileio.lstat_mode(folder) or 0):
+        shutil.rmtree(folder)
 
 
 class RunLogger:

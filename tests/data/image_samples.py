@@ -97,3 +97,57 @@ def animated_gif(rng, height, width, frames):
     buffer = io.BytesIO()
     images[0].save(buffer, "GIF", save_all=True, append_images=images[1:])
     return buffer.getvalue()
+
+
+def _lzw_runs(count, code_size=2):
+    """GIF LZW data of `count` pixels of colour 0: codes for runs of 1, 2, 3, ... pixels, the
+    way an LZW encoder packs a uniform frame (about sqrt(2 * count) codes)."""
+    clear, end = 1 << code_size, (1 << code_size) + 1
+    out, bits, nbits, width = bytearray(), 0, 0, code_size + 1
+
+    def emit(code):
+        nonlocal bits, nbits
+        bits, nbits = bits | code << nbits, nbits + width
+        while nbits >= 8:
+            out.append(bits & 255)
+            bits, nbits = bits >> 8, nbits - 8
+
+    emit(clear)
+    next_code, run, left = end + 1, 1, count
+    while left > 0:
+        take = min(run, left)
+        emit(0 if take == 1 else end + take - 1)  # the run of `take` pixels
+        left -= take
+        if left > 0 and next_code < 4096:
+            next_code += 1  # the decoder's new entry: this run and one pixel more
+            width += next_code > 1 << width and width < 12
+            run = take + 1
+        elif left > 0:
+            emit(clear)
+            next_code, run, width = end + 1, 1, code_size + 1
+    emit(end)
+    return bytes(out + (bytes([bits]) if nbits else b""))
+
+
+def gif_frames(screen, frames, extra=b""):
+    """A valid GIF of uniform frames: the logical screen (width, height), frames (width,
+    height, left, top), then `extra` blocks before the trailer."""
+
+    def little(*values):
+        return b"".join(v.to_bytes(2, "little") for v in values)
+
+    out = bytearray(b"GIF89a" + little(*screen) + b"\x80\x00\x00" + b"\x00" * 3 + b"\xff" * 3)
+    for width, height, left, top in frames:
+        data = _lzw_runs(width * height)
+        out += b"\x2c" + little(left, top, width, height) + b"\x00\x02"
+        for at in range(0, len(data), 255):
+            out += bytes([len(data[at : at + 255])]) + data[at : at + 255]
+        out += b"\x00"
+    return bytes(out + extra + b"\x3b")
+
+
+def with_scan_repeated(data, count):
+    """`data`, a progressive JPEG, with its last scan repeated `count` more times: libjpeg
+    passes over the whole image for each, however few bytes it has."""
+    at = data.rfind(b"\xff\xda")
+    return data[:-2] + data[at:-2] * count + data[-2:]

@@ -4,8 +4,10 @@ failure is a one-line DataError naming the file."""
 
 import gzip
 import io
+import json
 import os
 import pickle
+import pickletools
 import struct
 import subprocess
 import sys
@@ -208,6 +210,160 @@ def test_full_size_batch_in_the_official_format_is_within_the_bounds(tmp_path):
     }
     folder = _write_folder(tmp_path / "mine", {"data_batch_1": _python2_style(batch)})
     assert load_cifar("cifar10", str(folder))["train"].num_examples == count + 4 * 2
+
+
+# --- Seeded fuzz of the pre-scan and the unpickler -------------------------------------------
+
+# Items of each kind, and the peak memory their whole run may add (each item is a few KB).
+FUZZ_ITEMS = 3000
+FUZZ_MEMORY_MIB = 48
+
+
+def _random_argument(rng, arg):
+    """Bytes of one opcode argument: a number, a newline-ended text, or length-prefixed data
+    (sometimes of a length the data does not hold)."""
+    if arg is None:
+        return b""
+    if arg.n >= 0:  # numbers of every magnitude
+        return (int(2 ** rng.uniform(0, 8 * arg.n)) - 1).to_bytes(arg.n, "little")
+    if arg.n == pickletools.UP_TO_NEWLINE:
+        text = rng.choice([b"0", b"12", b"-3", b"1.5", b"'a'", b"numpy\nndarray", b"x y"])
+        return bytes(text) + b"\n"
+    width = {
+        pickletools.TAKEN_FROM_ARGUMENT1: 1,
+        pickletools.TAKEN_FROM_ARGUMENT4: 4,
+        pickletools.TAKEN_FROM_ARGUMENT4U: 4,
+        pickletools.TAKEN_FROM_ARGUMENT8U: 8,
+    }[arg.n]
+    data = bytes(rng.integers(0, 256, int(rng.integers(0, 9)), dtype=np.uint8))
+    claimed = len(data) if rng.random() < 0.9 else int(rng.integers(0, 2 ** (8 * width - 1)))
+    return claimed.to_bytes(width, "little") + data
+
+
+# Opcodes of batch files: what each needs above the topmost mark (None: a mark) and leaves
+# there, for streams that mostly keep the stack consistent and so reach deeper checks.
+_STACK_EFFECTS = {
+    **dict.fromkeys(["BININT1", "BININT", "SHORT_BINBYTES", "SHORT_BINSTRING"], (0, 1)),
+    **dict.fromkeys(["BINUNICODE", "NEWTRUE", "NONE", "GLOBAL", "BINGET", "LONG_BINGET"], (0, 1)),
+    **dict.fromkeys(["EMPTY_LIST", "EMPTY_DICT", "EMPTY_TUPLE"], (0, 1)),
+    **dict.fromkeys(["LIST", "DICT", "TUPLE"], (None, 1)),
+    **dict.fromkeys(["APPENDS", "SETITEMS", "POP_MARK"], (None, 0)),
+    "MARK": (0, 0),
+    "APPEND": (2, 1),
+    "SETITEM": (3, 1),
+    "TUPLE1": (1, 1),
+    "TUPLE2": (2, 1),
+    "TUPLE3": (3, 1),
+    "REDUCE": (2, 1),
+    "BUILD": (2, 1),
+    "BINPUT": (1, 1),
+    "LONG_BINPUT": (1, 1),
+    "MEMOIZE": (1, 1),
+    "POP": (1, 0),
+}
+_GLOBALS = [
+    b"numpy.core.multiarray\n_reconstruct\n",
+    b"numpy\nndarray\n",
+    b"numpy\ndtype\n",
+    b"numpy._core.multiarray\nscalar\n",
+    b"numpy._core.numeric\n_frombuffer\n",
+    b"_codecs\nencode\n",
+    b"os\nsystem\n",
+]
+
+
+def random_opcode_stream(rng, length, structured):
+    """A protocol 4 header, then `length` random opcodes with arguments of their kinds: any
+    opcodes, or (`structured`) those of batch files, nine in ten keeping the stack consistent."""
+    by_name = {opcode.name: opcode for opcode in pickletools.opcodes}
+    out, depths = bytearray(b"\x80\x04"), [0]  # items above each mark, the bottom first
+    for _ in range(length):
+        if not structured:
+            opcode = pickletools.opcodes[rng.integers(0, len(pickletools.opcodes))]
+        else:
+            fits = [
+                name
+                for name, (needs, _) in _STACK_EFFECTS.items()
+                if (len(depths) > 1 if needs is None else depths[-1] >= needs)
+            ]
+            names = fits if rng.random() < 0.9 else list(_STACK_EFFECTS)
+            name = names[rng.integers(0, len(names))]
+            opcode = by_name[name]
+            needs, leaves = _STACK_EFFECTS[name]
+            if name == "MARK":
+                depths.append(0)
+            elif needs is None and len(depths) > 1:
+                depths.pop()
+                depths[-1] += leaves
+            elif needs is not None:
+                depths[-1] = max(depths[-1] - needs, 0) + leaves
+        out += opcode.code.encode("latin1")
+        if opcode.name == "GLOBAL" and structured:
+            out += _GLOBALS[rng.integers(0, len(_GLOBALS))]
+        else:
+            out += _random_argument(rng, opcode.arg)
+    return bytes(out + (b"." if rng.random() < 0.7 else b""))
+
+
+def mutated(rng, blob):
+    """`blob` with a few random flips, insertions, deletions, duplications or a truncation."""
+    out = bytearray(blob)
+    for _ in range(int(rng.integers(1, 5))):
+        at = int(rng.integers(0, len(out) + 1))
+        kind = rng.integers(0, 5)
+        if kind == 0 and at < len(out):
+            out[at] = int(rng.integers(0, 256))
+        elif kind == 1:
+            out[at:at] = bytes(rng.integers(0, 256, int(rng.integers(1, 9)), dtype=np.uint8))
+        elif kind == 2:
+            del out[at : at + int(rng.integers(1, 9))]
+        elif kind == 3:
+            out[at:at] = out[at : at + int(rng.integers(1, 64))] * int(rng.integers(2, 40))
+        else:
+            del out[at:]
+    return bytes(out)
+
+
+def test_seeded_fuzz_of_pickles_loads_or_refuses_within_bounds(tmp_path):
+    rng = np.random.default_rng(1234)
+    valid = [
+        _batch(np.arange(2 * 3072, dtype=np.uint8).reshape(2, 3072), protocol=p)
+        for p in range(2, 6)
+    ]
+    valid.append(_python2_style({b"data": np.zeros((2, 3072), np.uint8), b"labels": [1, 2]}))
+    items = [
+        random_opcode_stream(rng, int(rng.integers(1, 40)), structured=k % 2 == 1)
+        for k in range(2 * FUZZ_ITEMS)
+    ]
+    items += [mutated(rng, valid[k % len(valid)]) for k in range(FUZZ_ITEMS)]
+    path = tmp_path / "items.npy"
+    np.save(path, np.array(items, dtype=object), allow_pickle=True)
+    setup = f"""
+import numpy as np, time
+from resnext_tf.data.cifar_pickle import unpickle
+from resnext_tf.errors import DataError
+items = list(np.load({str(path)!r}, allow_pickle=True))
+"""
+    action = """
+outcomes, others, start = {"loaded": 0, "refused": 0}, [], time.time()
+for k, blob in enumerate(items):
+    try:
+        unpickle(blob, f"item {k}")
+        outcomes["loaded"] += 1
+    except DataError as e:
+        outcomes["refused"] += 1
+        assert "\\n" not in str(e) and f"item {k} " in str(e), str(e)
+    except Exception as e:
+        others.append(f"{k}: {type(e).__name__}: {e}"[:300])
+print(json.dumps({**outcomes, "others": others, "seconds": time.time() - start}), file=sys.stderr)
+"""
+    growth, error, stderr = peak_growth(setup, action, timeout=120)
+    assert not error, error
+    report = json.loads(stderr.strip().splitlines()[-1])
+    assert report["others"] == []
+    assert report["loaded"] + report["refused"] == len(items)
+    assert report["loaded"] > 0 and report["refused"] > 0, report
+    assert growth < FUZZ_MEMORY_MIB, f"+{growth:.0f} MiB"
 
 
 # --- What official and user-written files hold still loads ----------------------------------

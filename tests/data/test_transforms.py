@@ -10,10 +10,12 @@ import tensorflow as tf
 from image_samples import (
     animated_gif,
     encode,
+    gif_frames,
     natural_image,
     numpy_color,
     train_image,
     with_jpeg_size,
+    with_scan_repeated,
 )
 from PIL import Image
 
@@ -398,7 +400,8 @@ def test_header_sizes_of_every_format_match_the_decoder():
     for name, (fmt, data) in samples.items():
         header = [t.numpy() for t in decode.image_header(tf.constant(data))]
         assert decode.IMAGE_FORMATS[header[0] - 1] == fmt, name
-        assert header[1:] == [37, 61, 37 * 61, True], name
+        assert header[1:5] == [37, 61, 37 * 61, True], name
+        assert header[5].tolist() == [37, 61], name
         assert decode.check_image(tf.constant(data)).numpy() == b"", name
         if name != "webp extended":  # RGBA WebP: TensorFlow decodes it to 4 channels only
             assert decode.decode(data).shape == (37, 61, 3), name
@@ -415,7 +418,7 @@ def test_header_sizes_of_every_format_match_the_decoder():
         (b"not an image", "is not a JPEG, PNG, GIF, BMP or WebP image"),
         (b"\xff\x0a\xff\x07", "is not a JPEG, PNG, GIF, BMP or WebP image"),  # JPEG XL
         (b"\x89PNG\r\n\x1a\n", "has no pixels (0x0 in its header)"),
-        (b"GIF89a\x05\x00", "has no pixels (5x0 in its header)"),
+        (b"GIF89a\x05\x00", "has no pixels (0x0 in its header)"),  # no frame
         (b"BM", "has no pixels (0x0 in its header)"),
     ],
 )
@@ -472,7 +475,7 @@ def _gif(screen, frames, extra=b""):
 def test_gif_frames_count_towards_the_pixel_limit():
     rng = np.random.default_rng(17)
     animated = animated_gif(rng, 30, 40, 7)
-    _, height, width, pixels, walked = (t.numpy() for t in decode.image_header(animated))
+    _, height, width, pixels, walked, _ = (t.numpy() for t in decode.image_header(animated))
     assert (height, width, pixels, walked) == (30, 40, 7 * 30 * 40, True)
     assert decode.decode(animated).shape == (30, 40, 3)  # the first frame
     # A 10 x 10 screen whose 5 frames claim 5000 x 5000 each: giflib would allocate them all.
@@ -488,5 +491,78 @@ def test_gif_frames_count_towards_the_pixel_limit():
     )
     # Long frame data is skipped GIF_RUN sub-blocks at a time.
     big = encode(natural_image(rng, 1500, 1200), "GIF")
-    _, _, _, pixels, walked = (t.numpy() for t in decode.image_header(big))
+    _, _, _, pixels, walked, _ = (t.numpy() for t in decode.image_header(big))
     assert pixels == 1500 * 1200 and walked
+
+
+def test_gif_size_is_its_largest_frame_not_its_screen():
+    # TensorFlow decodes a GIF to its widest frame's width by its tallest frame's height,
+    # whatever the logical screen and the offsets say.
+    samples = {
+        "smaller": ((100, 100), [(50, 40, 0, 0)], (40, 50)),
+        "larger": ((20, 20), [(60, 30, 0, 0)], (30, 60)),
+        "crossed": ((100, 100), [(30, 20, 0, 0), (20, 30, 5, 5)], (30, 30)),
+        "offset": ((100, 100), [(10, 10, 90, 90), (10, 10, 0, 0)], (10, 10)),
+    }
+    for name, (screen, frames, size) in samples.items():
+        data = gif_frames(screen, frames)
+        assert decode.decode(data).shape == (*size, 3), name
+        assert decode.image_shape(data).numpy().tolist() == list(size), name
+        assert decode.check_image(tf.constant(data)).numpy() == b"", name
+    # 394 bytes whose screen says 100 x 100: a 20000 x 1 and a 1 x 20000 frame decode to
+    # 20000 x 20000 x 3 bytes (1.1 GiB).
+    crossed = gif_frames((100, 100), [(20000, 1, 0, 0), (1, 20000, 0, 0)])
+    assert decode.check_image(tf.constant(crossed)).numpy().decode() == (
+        "20000x20000 pixels exceed the pixel limit 89478485"
+    )
+    # Damage that stops giflib leaves TensorFlow the first frames: this cut 2000 x 2000 GIF
+    # decodes to 2000 x 1 (its evaluation resize then took +1.6 GiB).
+    cut = gif_frames((10, 10), [(2000, 1, 0, 0), (1, 2000, 0, 0)])[:114]
+    assert decode.decode(cut).shape == (1, 2000, 3)
+    assert decode.check_image(tf.constant(cut)).numpy().decode() == (
+        "the first frames of the GIF are 2000x1 pixels, over the aspect-ratio limit 50 (what a "
+        "damaged GIF decodes to)"
+    )
+    # A strip of a frame makes the decoded image a strip too.
+    strip = gif_frames((100, 100), [(100, 100, 0, 0), (6000, 1, 0, 0)])
+    assert decode.check_image(tf.constant(strip)).numpy().decode() == (
+        "6000x100 pixels exceed the aspect-ratio limit 50"
+    )
+
+
+def test_jpeg_scans_are_limited():
+    progressive = encode(np.full((64, 48, 3), 128, np.uint8), progressive=True)
+    assert decode.jpeg_scans(progressive)[0].numpy() == 10  # libjpeg's standard script
+    at_limit = with_scan_repeated(progressive, decode.JPEG_MAX_SCANS - 10)
+    assert decode.check_image(tf.constant(at_limit)).numpy() == b""
+    assert decode.decode(at_limit).shape == (64, 48, 3)
+    # Each scan costs a pass over the image: 2010 of them took 11.5 s for 3000 x 3000 pixels.
+    over = with_scan_repeated(progressive, decode.JPEG_MAX_SCANS - 9)
+    assert decode.check_image(tf.constant(over)).numpy().decode() == (
+        f"JPEG has more than {decode.JPEG_MAX_SCANS} scans"
+    )
+
+
+def test_multi_scan_jpeg_coefficients_count_each_component():
+    rng = np.random.default_rng(18)
+    image = natural_image(rng, 16, 16)
+    # libjpeg holds 2 bytes a coefficient of every component of a progressive JPEG at once:
+    # 8 bytes a pixel for CMYK (+858 MiB for 9000 x 9000 in 1.2 KB), 6 at most for RGB.
+    samples = {
+        ("CMYK", True): "9000x9000 pixels x 4 components exceed 3 x the pixel limit 89478485 in "
+        "a multi-scan JPEG (libjpeg holds them all)",
+        ("CMYK", False): "",
+        ("RGB", True): "",
+        ("L", True): "",
+    }
+    for (mode, progressive), reason in samples.items():
+        data = with_jpeg_size(encode(image, mode=mode, progressive=progressive), 9000, 9000)
+        assert decode.check_image(tf.constant(data)).numpy().decode() == reason, mode
+    cmyk = encode(natural_image(rng, 30, 40), mode="CMYK", progressive=True)
+    assert decode.decode(cmyk).shape == (30, 40, 3)
+    for max_pixels, reason in [
+        (1600, ""),
+        (1599, "40x30 pixels x 4 components exceed 3 x the pixel limit 1599 in a multi-scan"),
+    ]:
+        limits = ImageLimits(max_pixels=max_pixels)
+        assert decode.check_image(tf.constant(cmyk), limits).numpy().decode().startswith(reason)

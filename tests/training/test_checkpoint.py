@@ -1,10 +1,12 @@
 """Atomic checkpoints: round trip, pointers, retention, crashes in the middle of a save."""
 
+import errno
 import os
 
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from resnext_tf import checkpoints, fileio
 from resnext_tf.errors import CheckpointError
@@ -86,7 +88,7 @@ def test_crash_while_writing_leaves_latest_loadable(tmp_path, monkeypatch):
         raise OSError("disk gone while flushing")
 
     monkeypatch.setattr(fileio, "fsync_tree", crash)
-    with pytest.raises(OSError, match="disk gone"):
+    with pytest.raises(CheckpointError, match="epoch-0002 .*: disk gone while flushing"):
         manager.save(checkpoints.epoch_name(2), {"epoch": 2})
     monkeypatch.undo()
     assert sorted(os.listdir(manager.directory)) == ["epoch-0001", "latest"]  # tmp removed
@@ -148,7 +150,7 @@ def test_crash_before_the_pointer_moves(tmp_path, monkeypatch):
         raise OSError("killed before the pointer was replaced")
 
     monkeypatch.setattr(fileio, "write_json_atomic", crash)
-    with pytest.raises(OSError):
+    with pytest.raises(CheckpointError, match="killed before the pointer"):
         manager.save(checkpoints.epoch_name(2), {"epoch": 2})
     monkeypatch.undo()
     assert manager.latest() == first  # the complete epoch-0002 is not named yet
@@ -217,6 +219,57 @@ def test_a_flipped_byte_of_the_same_size_is_detected(tmp_path):
         f.write(bytes([byte[0] ^ 1]))
     with pytest.warns(UserWarning, match="does not match its sha256"):
         assert manager.newest_valid() == first
+
+
+def test_a_file_left_out_of_the_manifest_fails_it(tmp_path):
+    # A manifest without the data file vouched for the rest; TensorFlow's checksum then failed
+    # the restore with a traceback, without falling back.
+    manager, first, second = two_epochs(tmp_path)
+    name = os.path.basename(data_file(second))
+    with open(data_file(second), "r+b") as f:
+        byte = f.read(1)
+        f.seek(0)
+        f.write(bytes([byte[0] ^ 1]))
+    manifest = os.path.join(second, checkpoints.MANIFEST_FILE)
+    listed = fileio.read_json(manifest)
+    del listed["files"][name]
+    fileio.write_json_atomic(manifest, listed)
+    assert checkpoints.verify(second) == f"{name} is not in manifest.json"
+    with pytest.warns(UserWarning, match=f"epoch-0002 \\(latest; {name} is not in manifest"):
+        assert manager.newest_valid() == first
+    checkpoint.CheckpointManager(str(tmp_path), make_objects(seed=4)).restore(first)
+
+
+def _full_disk(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def _full_disk_in_tensorflow(*args, **kwargs):
+    raise tf.errors.ResourceExhaustedError(
+        None, None, "/x/ckpt_temp/part-00000-of-00001.data; No space left on device [Op:SaveV2]"
+    )
+
+
+@pytest.mark.parametrize(
+    "where, failure",
+    [
+        ("resnext_tf.training.checkpoint._write_manifest", _full_disk),
+        ("tensorflow.train.Checkpoint.write", _full_disk_in_tensorflow),
+        ("resnext_tf.fileio.write_json_atomic", _full_disk),
+    ],
+)
+def test_a_full_disk_while_saving_is_a_one_line_error(where, failure, tmp_path, monkeypatch):
+    manager = checkpoint.CheckpointManager(str(tmp_path), make_objects(seed=1))
+    first = manager.save(checkpoints.epoch_name(1), {"epoch": 1})
+    monkeypatch.setattr(where, failure)
+    with pytest.raises(CheckpointError) as error:
+        manager.save(checkpoints.epoch_name(2), {"epoch": 2})
+    assert str(error.value).startswith(
+        f"Cannot save the checkpoint epoch-0002 in {manager.directory}: No space left on "
+        "device. The checkpoints saved before are intact"
+    )
+    assert manager.latest() == first and checkpoints.verify(first) is None
+    assert not [n for n in os.listdir(manager.directory) if n.startswith(fileio.TMP_PREFIX)]
 
 
 def test_checkpoint_without_manifest_is_checked_by_reading_its_tensors(tmp_path):
