@@ -18,7 +18,7 @@ from train_helpers import REPO, TINY_MODEL, check_ok, digest, script_env
 
 from resnext_tf import checkpoints
 from resnext_tf.errors import EXIT_USER_ERROR, EXIT_WORKER_LOST
-from resnext_tf.training import TrainConfig, cluster, distribute
+from resnext_tf.training import TrainConfig, cluster, distribute, resume
 
 # Two steps on one device and on two mirrored replicas (sync BN, weight EMA with its decay
 # warmup), from the same weights and the same global batch, split in halves for the replicas.
@@ -383,13 +383,13 @@ def test_start_rows_describe_each_worker(tmp_path):
     state = {"epoch": 1, "step": 6, "global_step": 6, "epoch_complete": False}
     (source / "state.json").write_text(json.dumps(state))
     me = cluster.Task("worker", 0, "host0:1234")
-    resumed = cluster.start_row(me, str(tmp_path / "run"), str(source), fresh_epoch=1)
-    fresh = cluster.start_row(me._replace(index=1), str(tmp_path / "w1"), None, fresh_epoch=1)
+    resumed = resume.start_row(me, str(tmp_path / "run"), str(source), fresh_epoch=1)
+    fresh = resume.start_row(me._replace(index=1), str(tmp_path / "w1"), None, fresh_epoch=1)
     assert resumed.shape == fresh.shape  # one fixed size for the all-gather
-    assert cluster._describe_row(resumed) == (
+    assert resume._describe_row(resumed) == (
         f"worker 0 (model_dir='{tmp_path / 'run'}') at epoch 1, step 6 (step-000000006)"
     )
-    assert cluster._describe_row(fresh) == (
+    assert resume._describe_row(fresh) == (
         f"worker 1 (model_dir='{tmp_path / 'w1'}') at epoch 1, step 0 (no checkpoint: a fresh "
         "start)"
     )
