@@ -17,6 +17,7 @@ from resnext_tf import fileio, runs
 from resnext_tf.contract import of_model
 from resnext_tf.data import decode
 from resnext_tf.data.config import IMAGE_EXTENSIONS, ImageLimits
+from resnext_tf.data.files import find_images
 from resnext_tf.errors import UserError, WeightsError, renamed_flags, user_errors_exit
 from resnext_tf.export import DEFAULT_TOP_K
 from resnext_tf.predict.output import OUTPUT_FORMATS, Progress, write_results
@@ -28,36 +29,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_BATCH_SIZE = 16
 # The output flag was --format, which names the artefact kind in the export command.
 RENAMED = {"--format": "--output_format"}
-
-
-def find_images(paths):
-    """The image files named by `paths`: files as given, folders searched recursively.
-
-    Inside folders, hidden entries and symbolic links are passed over.
-
-    Returns:
-      (files, problems): the files in order (a folder's sorted), and (path, reason) for each
-      path that does not exist.
-    """
-    files, problems = [], []
-    for path in paths:
-        if os.path.isdir(path):
-            found = []
-            for root, dirs, names in os.walk(path):
-                dirs[:] = [d for d in dirs if not d.startswith(".")]
-                found += [
-                    os.path.join(root, name)
-                    for name in names
-                    if name.lower().endswith(IMAGE_EXTENSIONS)
-                    and not name.startswith(".")
-                    and not os.path.islink(os.path.join(root, name))
-                ]
-            files += sorted(found)
-        elif os.path.exists(path):
-            files.append(path)
-        else:
-            problems.append((path, "no such file or folder"))
-    return files, problems
 
 
 def read_image(path, max_bytes=decode.DEFAULT_LIMITS.max_bytes):
