@@ -47,8 +47,8 @@ setup(
             "ai-edge-litert>=2.3",
         ],
         # Everything the test suite exercises, so that README's two commands run every test:
-        # the optional extras above (the export formats' runtimes and NNCF included), the JAX backend,
-        # and torch/torchvision as the reference side of the weight-conversion tests
+        # the optional extras above (the export formats' runtimes and NNCF included), the JAX
+        # backend, and torch/torchvision as the reference side of the weight-conversion tests
         # (torch >= 2.10: .pth files are read with weights_only=True, which older releases let
         # crafted files bypass).
         "test": [
