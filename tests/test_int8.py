@@ -10,16 +10,19 @@ on the folder's training images, and both run in the format's runtime on the tes
 import json
 import os
 import pickle
+import tarfile
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from data.image_samples import encode, natural_image
 
 import resnext_tf
-from resnext_tf import export
+from resnext_tf import export, registry
 from resnext_tf.contract import DataContract
-from resnext_tf.data import calibration, cifar, transforms
+from resnext_tf.data import calibration, cifar, evaluation, transforms
+from resnext_tf.errors import DataError
 from resnext_tf.export import cli, formats, quantize, runtimes
 
 # The ten classes' colours; per image a shift of up to COLOUR_SHIFT per channel, a disc of
@@ -245,3 +248,78 @@ def test_cli_refuses_int8_without_a_format_that_has_it(tmp_path, capsys):
         with pytest.raises(SystemExit):
             cli.parse_args([*args, *extra])
         assert message in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------
+# Calibration sources, and the command line
+
+
+def test_a_cifar_archive_calibrates_like_its_folder(cifar_dir, tmp_path):
+    contract = DataContract("cifar10", 32)
+    archive = str(tmp_path / "colours.tar.gz")
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(cifar_dir, arcname=cifar.LAYOUTS["cifar10"].folder)
+    folder = calibration.load_calibration(cifar_dir, contract, count=20, held_out=10)
+    packed = calibration.load_calibration(archive, contract, count=20, held_out=10)
+    np.testing.assert_array_equal(folder.images, packed.images)
+    assert folder.record["sha256"] == packed.record["sha256"]
+    assert folder.images.shape == (20, 32, 32, 3) and folder.held_out.shape == (10, 32, 32, 3)
+    # The held-out images are other images than the calibration ones.
+    flat = folder.images.reshape(20, -1)
+    assert not any((flat == image.reshape(1, -1)).all(1).any() for image in folder.held_out)
+    # The CIFAR images go through the evaluation transform exactly: (pixel - mean) / std.
+    index = int(folder.record["first"][0][len("train[") : -1])
+    raw = cifar.load_cifar("cifar10", cifar_dir)["train"].images[index]
+    np.testing.assert_allclose(folder.images[0], evaluation_images(raw[None])[0], atol=1e-5)
+    fewer = calibration.load_calibration(cifar_dir, contract, count=19, held_out=10)
+    assert fewer.record["sha256"] != folder.record["sha256"]
+
+
+def test_an_imagenet_folder_calibrates_from_train(tmp_path):
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 6), ("val", 2)):
+        for wnid in ("n01440764", "n01443537"):
+            (tmp_path / split / wnid).mkdir(parents=True)
+            for i in range(count):
+                data = encode(natural_image(rng, 60 + i, 80))
+                (tmp_path / split / wnid / f"{i}.JPEG").write_bytes(data)
+    contract = DataContract("imagenet", 32)
+    found = calibration.load_calibration(str(tmp_path), contract, count=5, held_out=4)
+    assert found.record["kind"] == "ImageNet-style folder, train/"
+    assert found.record["source_images"] == 12 and found.images.shape == (5, 32, 32, 3)
+    assert all(name.startswith("n014") for name in found.record["first"])
+    # The evaluation transform of the contract: resize the shorter side, centre crop.
+    first = tmp_path / "train" / found.record["first"][0]
+    expected = evaluation.eval_transform(contract)(tf.constant(first.read_bytes())).numpy()
+    np.testing.assert_allclose(found.images[0], expected, atol=1e-5)
+    # A source smaller than asked: at most half held out.
+    small = calibration.load_calibration(str(tmp_path), contract, count=300, held_out=200)
+    assert (len(small.images), len(small.held_out)) == (6, 6)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="holds no image"):
+        calibration.load_calibration(str(tmp_path / "empty"), contract)
+    with pytest.raises(DataError, match="does not exist"):
+        calibration.load_calibration(str(tmp_path / "missing"), contract)
+
+
+def test_cli_exports_int8_with_a_photo_folder(tmp_path, monkeypatch, capsys):
+    photos = tmp_path / "photos" / "nested"
+    photos.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        (photos / f"{i}.png").write_bytes(encode(natural_image(rng, 40, 50), "PNG"))
+    # A tiny variant registered for the test keeps the model small (as in test_predict.py).
+    monkeypatch.setitem(registry.MODEL_SPECS, "resnext11_2x4d", ("cifar10", 11, 2, 4, "resnext_C"))
+    keras.utils.set_random_seed(0)
+    weights = str(tmp_path / "tiny.weights.h5")
+    resnext_tf.create_model("resnext11_2x4d").save_weights(weights)
+    args = ["--model=resnext11_2x4d", f"--weights={weights}", f"--export_dir={tmp_path}"]
+    args += ["--format=litert", "--precision=int8", f"--calibration_data={tmp_path / 'photos'}"]
+    args += ["--calibration_images=8", "--held_out_images=4", "--model_name=cli"]
+    assert cli.main(args) == 0
+    path = capsys.readouterr().out.strip().splitlines()[-1]
+    with open(os.path.join(path, formats.INFO_FILE)) as f:
+        info = json.load(f)
+    assert info["precision"] == "int8" and info["calibration"]["images"] == 8
+    assert info["calibration"]["kind"] == "image folder" and info["agreement"]["images"] == 4
+    assert info["calibration"]["first"][0].startswith("nested" + os.sep)
