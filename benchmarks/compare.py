@@ -5,7 +5,7 @@
     python -m benchmarks.compare --suite=pipeline --workers=2 --batch_size=64 --repeats=3
     python -m benchmarks.compare --ours= --exported=saved_model,saved_model+bf16,openvino,onnx \
         --peers=compiled+cl+bf16 --latency_calls=50
-    python -m benchmarks.compare --ours= --peers=compiled,fx_int8 --latency_calls=50 \
+    python -m benchmarks.compare --ours= --peers=compiled+cl+freeze,fx_int8 --latency_calls=50 \
         --exported=saved_model,openvino+int8,onnx+int8,litert+int8 --repeats=3
 
 Run it from the repository root. Every configuration is a subprocess (`python -m
@@ -19,7 +19,8 @@ crop-decode modes) and benchmarks.torch_input_pipeline on one folder of JPEGs (g
 500x375 photos unless --data_dir). Model configuration tokens (joined with "+"):
   ours:  auto | grouped | split | block_diagonal, then any of fold (BN folded, TF),
          xla (jit_compile=true), nojit (jit_compile=false), dnn / nodnn (oneDNN forced on / off)
-  peers: eager | compiled, then cl (channels_last), bf16 (autocast to bfloat16); or fx_int8
+  peers: eager | compiled, then cl (channels_last), bf16 (autocast to bfloat16), freeze
+         (compiled, inference: inductor's freezing); or fx_int8
          (FX graph-mode post-training INT8, x86 backend, calibrated, TorchScript-frozen)
   exported: saved_model | onnx | openvino | litert, then bf16 (the SavedModel computes in
          bfloat16; OpenVINO compiles the IR with INFERENCE_PRECISION_HINT=bf16) or f32; or
@@ -67,6 +68,7 @@ PEER_FLAGS = {
     "cl": "--channels_last",
     "bf16": "--dtype=bfloat16",
     "fx_int8": "--fx_int8",
+    "freeze": "--freeze",
 }
 EXPORTED_FORMATS = ("saved_model", "onnx", "openvino", "litert")
 INT8_FORMATS = ("onnx", "openvino", "litert")

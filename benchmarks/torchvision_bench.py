@@ -1,16 +1,19 @@
 """The peer measurement: torchvision's resnext50_32x4d timed like `benchmarks.model_bench`.
 
     python -m benchmarks.torchvision_bench --mode=infer --batch_size=16 --image_size=224 \
-        --compile --channels_last
-
+        --compile --channels_last [--freeze]
     python -m benchmarks.torchvision_bench --mode=infer --batch_size=16 --fx_int8
 
 Synthetic data sits on the device once. A train step is zero_grad, forward, cross-entropy,
 backward and SGD (momentum 0.9) step; infer runs the forward under torch.inference_mode in
 eval mode. `--compile` wraps the model in torch.compile (inductor; on CPU it builds C++ with
-the system compiler). `--dtype=bfloat16|float16` runs the forward under torch.autocast. The
-timing, summary and JSON line are `benchmarks.model_bench`'s (benchmarks/timing.py, which
-imports neither Keras nor TensorFlow), so the two sides compare exactly. A train step needs --lr
+the system compiler; `dynamic=False`, so that the batch-1 latency model is compiled for its own
+shape rather than as a dynamic-shape graph); `--freeze` adds inductor's freezing for inference
+(weights folded as constants; the float32 channels_last inference graph without it crashed
+with heap corruption at 224px on this project's Sapphire Rapids machine, torch 2.14.1).
+`--dtype=bfloat16|float16` runs the forward under torch.autocast. The timing, summary and JSON
+line are `benchmarks.model_bench`'s (benchmarks/timing.py, which imports neither Keras nor
+TensorFlow), so the two sides compare exactly. A train step needs --lr
 and --momentum; benchmarks.compare passes the recipe's.
 
 `--fx_int8` (CPU inference) times the model after FX graph-mode post-training quantization
@@ -41,6 +44,9 @@ def parse_args(argv=None):
     parser.add_argument("--dtype", choices=tuple(AUTOCAST_DTYPES), default="float32")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model.")
     parser.add_argument("--channels_last", action="store_true", help="NHWC memory format.")
+    parser.add_argument(
+        "--freeze", action="store_true", help="with --compile: inductor freezing (inference)"
+    )
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--windows", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=2)
@@ -62,6 +68,8 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.mode == "train" and (args.lr is None or args.momentum is None):
         parser.error("--mode=train needs --lr and --momentum (compare.py passes the recipe's)")
+    if args.freeze and not (args.compile and args.mode == "infer"):
+        parser.error("--freeze is inductor's inference freezing: it needs --compile, --mode=infer")
     if args.fx_int8 and (
         args.mode != "infer" or args.compile or args.channels_last or args.dtype != "float32"
     ):
@@ -104,7 +112,7 @@ def make_step(args, device, forward=None):
         if args.fx_int8:
             forward = fx_int8(model, args.image_size, args.calibration_images)
         else:
-            forward = torch.compile(model) if args.compile else model
+            forward = torch.compile(model, dynamic=False) if args.compile else model
     images = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)
     images = images.contiguous(memory_format=fmt)
     labels = torch.randint(0, 1000, (args.batch_size,), device=device)
@@ -139,6 +147,8 @@ def make_step(args, device, forward=None):
 def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.freeze:
+        torch._inductor.config.freezing = True
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.fx_int8:
         device = torch.device("cpu")  # quantized kernels run on the CPU
@@ -166,6 +176,7 @@ def main(argv=None):
     variant = ("compiled" if args.compile else "eager") + (
         " channels_last" if args.channels_last else ""
     )
+    variant += " frozen" if args.freeze else ""
     if args.fx_int8:
         variant = f"fx_int8 x86 TorchScript, {args.calibration_images} calibration images"
     timing.emit(
