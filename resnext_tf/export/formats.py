@@ -9,6 +9,7 @@ import os
 
 import keras
 
+from resnext_tf.backend_ops import pointwise_as_convolutions
 from resnext_tf.export.serving import IMAGES_INPUT, LOGITS
 
 # The model file each float-input format writes into the version directory.
@@ -70,7 +71,13 @@ def _name_openvino_io(source, path):
 
 
 def keras_export(served, fmt, path):
-    """Keras' own exporter of `fmt` on the folded float32 model, with a float32 input."""
+    """Keras' own exporter of `fmt` on the folded float32 model, with a float32 input and 1x1
+    convolutions as convolutions (`tf_ops.pointwise_as_convolutions`)."""
+    with pointwise_as_convolutions():
+        _keras_export(served, fmt, path)
+
+
+def _keras_export(served, fmt, path):
     spec = [keras.InputSpec(shape=(None, *served.input_shape[1:]), dtype="float32")]
     if fmt == "litert":
         served.export(path, format="litert", verbose=False)

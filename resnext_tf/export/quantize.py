@@ -25,6 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from resnext_tf.backend_ops import pointwise_as_convolutions
 from resnext_tf.export import formats
 from resnext_tf.export.serving import IMAGES_INPUT
 
@@ -205,7 +206,8 @@ def write_int8(served, fmt, folder, images):
     images = np.ascontiguousarray(images, np.float32)
     with _quiet_tf_logs():
         if fmt == "litert":
-            return _litert(served, path, images)
+            with pointwise_as_convolutions():
+                return _litert(served, path, images)
         with tempfile.TemporaryDirectory(dir=folder) as tmp:
             float_path = os.path.join(tmp, formats.MODEL_FILES[fmt])
             formats.keras_export(served, fmt, float_path)
