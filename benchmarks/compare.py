@@ -53,14 +53,17 @@ OUR_FLAGS = {"fold": "--fold_bn", "xla": "--jit_compile=true", "nojit": "--jit_c
 # kernels, its default on CPUs without AVX512-VNNI, AVX512-BF16 or AMX); neither keeps the
 # library's default (resnext_tf.hardware.request_onednn).
 ONEDNN_TOKENS = {"dnn": "1", "nodnn": "0"}
-# Variables that change which kernels the runs pick, printed in the header when set (e.g.
-# ONEDNN_MAX_CPU_ISA=AVX2 limits oneDNN, in TensorFlow and PyTorch, to AVX2 kernels).
+# Variables that change which kernels the runs pick or how their threads wait, printed in the
+# header when set (e.g. ONEDNN_MAX_CPU_ISA=AVX2 limits oneDNN, in TensorFlow and PyTorch, to
+# AVX2 kernels; OMP_WAIT_POLICY=PASSIVE stops PyTorch's OpenMP threads spinning, which a
+# machine shared with other jobs punishes).
 KERNEL_ENV = (
     "TF_ENABLE_ONEDNN_OPTS",
     "ONEDNN_MAX_CPU_ISA",
     "ATEN_CPU_CAPABILITY",
     "MKL_ENABLE_INSTRUCTIONS",
     "OMP_NUM_THREADS",
+    "OMP_WAIT_POLICY",
 )
 PEER_FLAGS = {
     "eager": None,

@@ -29,8 +29,6 @@ from resnext_tf.backend_ops import pointwise_as_convolutions
 from resnext_tf.export import formats
 from resnext_tf.export.serving import IMAGES_INPUT
 
-logger = logging.getLogger(__name__)
-
 INT8_FORMATS = ("onnx", "openvino", "litert")
 # The modules each format's quantization needs beyond its float32 export, and the extra.
 QUANTIZE_MODULES = {"openvino": (("nncf",), "int8")}
@@ -76,21 +74,6 @@ def _openvino(float_xml, path, images):
     }
 
 
-class _ImagesReader:
-    """ONNX Runtime's CalibrationDataReader over the images, a few at a time."""
-
-    def __init__(self, images):
-        batch = ONNX_CALIBRATION_BATCH
-        self.batches = [images[i : i + batch] for i in range(0, len(images), batch)]
-        self.rewind()
-
-    def get_next(self):
-        return next(self.iterator, None)
-
-    def rewind(self):
-        self.iterator = iter({IMAGES_INPUT: batch} for batch in self.batches)
-
-
 def classifier_nodes(graph):
     """Names of the ONNX graph's last MatMul/Gemm (the classifier) and every node after it."""
     nodes = list(graph.node)
@@ -114,7 +97,21 @@ def _onnx(float_onnx, path, images):
         quantize_static,
     )
 
-    reader = type("Reader", (_ImagesReader, CalibrationDataReader), {})(images)
+    class ImagesReader(CalibrationDataReader):
+        """The calibration images, ONNX_CALIBRATION_BATCH at a time."""
+
+        def __init__(self):
+            step = ONNX_CALIBRATION_BATCH
+            self.batches = [images[i : i + step] for i in range(0, len(images), step)]
+            self.rewind()
+
+        def get_next(self):
+            return next(self.iterator, None)
+
+        def rewind(self):
+            self.iterator = iter({IMAGES_INPUT: batch} for batch in self.batches)
+
+    reader = ImagesReader()
     excluded = classifier_nodes(onnx.load(float_onnx, load_external_data=False).graph)
     quantize_static(
         float_onnx,
