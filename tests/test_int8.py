@@ -211,13 +211,17 @@ def test_the_models_compute_in_int8(exports):
         if op.get_rt_info()["layerType"].astype(str) in ("Convolution", "FullyConnected")
     }
     assert precisions and precisions <= {"u8", "i8"}, precisions
-    # ONNX Runtime: quantized weights beside every Conv, none beside the classifier.
+    # ONNX Runtime: quantized weights beside every Conv; the classifier keeps float weights and
+    # nothing after it is quantized again (its input, the pooled features, is 8-bit).
     graph = onnx.load(os.path.join(exports[("onnx", "int8")], "model.onnx")).graph
     dequantized = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    quantized = {n.input[0] for n in graph.node if n.op_type == "QuantizeLinear"}
     convs = [n for n in graph.node if n.op_type == "Conv"]
     assert convs and all(n.input[1] in dequantized for n in convs)
-    (head,) = [n for n in graph.node if n.op_type == "MatMul"][-1:]
-    assert not set(head.input) & dequantized
+    (head,) = [n for n in graph.node if n.op_type == "MatMul"]
+    assert head.input[1] not in dequantized
+    classifier = [n for n in graph.node if n.name in quantize.classifier_nodes(graph)]
+    assert head in classifier and not {o for n in classifier for o in n.output} & quantized
     # LiteRT: int8 convolution weights; float32 in and out.
     interpreter = Interpreter(os.path.join(exports[("litert", "int8")], "model.tflite"))
     tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
