@@ -36,9 +36,19 @@ setup(
         "onnx": ["onnx>=1.23", "onnxruntime>=1.32", "tf2onnx>=1.17"],
         "openvino": ["openvino>=2026.4"],
         "litert": ["ai-edge-litert>=2.3"],
+        # --precision=int8 in each of those formats: NNCF quantizes the OpenVINO IR (ONNX
+        # Runtime's and the TFLite converter's quantizers ship with the extras above).
+        "int8": [
+            "nncf>=3.4",
+            "openvino>=2026.4",
+            "onnx>=1.23",
+            "onnxruntime>=1.32",
+            "tf2onnx>=1.17",
+            "ai-edge-litert>=2.3",
+        ],
         # Everything the test suite exercises, so that README's two commands run every test:
-        # the optional extras above (the export formats' runtimes included), the JAX backend,
-        # and torch/torchvision as the reference side of the weight-conversion tests
+        # the optional extras above (the export formats' runtimes and NNCF included), the JAX
+        # backend, and torch/torchvision as the reference side of the weight-conversion tests
         # (torch >= 2.10: .pth files are read with weights_only=True, which older releases let
         # crafted files bypass).
         "test": [
@@ -56,6 +66,7 @@ setup(
             "tf2onnx>=1.17",
             "openvino>=2026.4",
             "ai-edge-litert>=2.3",
+            "nncf>=3.4",
         ],
     },
 )

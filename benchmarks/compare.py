@@ -5,6 +5,8 @@
     python -m benchmarks.compare --suite=pipeline --workers=2 --batch_size=64 --repeats=3
     python -m benchmarks.compare --ours= --exported=saved_model,saved_model+bf16,openvino,onnx \
         --peers=compiled+cl+bf16 --latency_calls=50
+    python -m benchmarks.compare --ours= --peers=compiled+cl+freeze,fx_int8 --latency_calls=50 \
+        --exported=saved_model,openvino+int8,onnx+int8,litert+int8 --repeats=3
 
 Run it from the repository root. Every configuration is a subprocess (`python -m
 benchmarks.model_bench` or `python -m benchmarks.torchvision_bench`, with the repository root as
@@ -17,11 +19,16 @@ crop-decode modes) and benchmarks.torch_input_pipeline on one folder of JPEGs (g
 500x375 photos unless --data_dir). Model configuration tokens (joined with "+"):
   ours:  auto | grouped | split | block_diagonal, then any of fold (BN folded, TF),
          xla (jit_compile=true), nojit (jit_compile=false), dnn / nodnn (oneDNN forced on / off)
-  peers: eager | compiled, then cl (channels_last), bf16 (autocast to bfloat16)
+  peers: eager | compiled, then cl (channels_last), bf16 (autocast to bfloat16), freeze
+         (compiled, inference: inductor's freezing); or fx_int8
+         (FX graph-mode post-training INT8, x86 backend, calibrated, TorchScript-frozen)
   exported: saved_model | onnx | openvino | litert, then bf16 (the SavedModel computes in
-         bfloat16; OpenVINO compiles the IR with INFERENCE_PRECISION_HINT=bf16) or f32
+         bfloat16; OpenVINO compiles the IR with INFERENCE_PRECISION_HINT=bf16) or f32; or
+         onnx | openvino | litert, then int8 (`--precision=int8`)
 Each exported artefact is written once by `python -m resnext_tf.export` (random weights of
---model) into a temporary folder and timed by benchmarks.deploy_bench in its own runtime.
+--model, or the model of the training run --export_model_dir) into a temporary folder and timed
+by benchmarks.deploy_bench in its own runtime. The INT8 exports are calibrated on
+--calibration_images generated photos: with random weights they are for timing only.
 --latency_calls N adds batch-1 latency (p50, p99 of N calls) to the exported and peer rows.
 """
 
@@ -46,22 +53,28 @@ OUR_FLAGS = {"fold": "--fold_bn", "xla": "--jit_compile=true", "nojit": "--jit_c
 # kernels, its default on CPUs without AVX512-VNNI, AVX512-BF16 or AMX); neither keeps the
 # library's default (resnext_tf.hardware.request_onednn).
 ONEDNN_TOKENS = {"dnn": "1", "nodnn": "0"}
-# Variables that change which kernels the runs pick, printed in the header when set (e.g.
-# ONEDNN_MAX_CPU_ISA=AVX2 limits oneDNN, in TensorFlow and PyTorch, to AVX2 kernels).
+# Variables that change which kernels the runs pick or how their threads wait, printed in the
+# header when set (e.g. ONEDNN_MAX_CPU_ISA=AVX2 limits oneDNN, in TensorFlow and PyTorch, to
+# AVX2 kernels; OMP_WAIT_POLICY=PASSIVE stops PyTorch's OpenMP threads spinning, which a
+# machine shared with other jobs punishes).
 KERNEL_ENV = (
     "TF_ENABLE_ONEDNN_OPTS",
     "ONEDNN_MAX_CPU_ISA",
     "ATEN_CPU_CAPABILITY",
     "MKL_ENABLE_INSTRUCTIONS",
     "OMP_NUM_THREADS",
+    "OMP_WAIT_POLICY",
 )
 PEER_FLAGS = {
     "eager": None,
     "compiled": "--compile",
     "cl": "--channels_last",
     "bf16": "--dtype=bfloat16",
+    "fx_int8": "--fx_int8",
+    "freeze": "--freeze",
 }
 EXPORTED_FORMATS = ("saved_model", "onnx", "openvino", "litert")
+INT8_FORMATS = ("onnx", "openvino", "litert")
 OPENVINO_PRECISIONS = {"bf16": "bf16", "f32": "f32"}
 
 
@@ -86,8 +99,10 @@ def peer_command(token, common):
 
 
 def exported_artefact(token):
-    """(format, export dtype, OpenVINO precision or None) of an exported token."""
+    """(format, export dtype or "int8", OpenVINO precision or None) of an exported token."""
     fmt, *extras = token.split("+")
+    if extras == ["int8"] and fmt in INT8_FORMATS:
+        return fmt, "int8", "f32" if fmt == "openvino" else None
     if fmt not in EXPORTED_FORMATS or any(e not in OPENVINO_PRECISIONS for e in extras):
         raise ValueError(f"Unknown exported configuration {token!r}.")
     bf16 = "bf16" in extras
@@ -99,23 +114,44 @@ def exported_artefact(token):
 def export_commands(args, tokens, folder):
     """The commands that write each artefact the exported tokens need (once each), and
     {token: version directory}."""
-    weights = os.path.join(folder, "model.weights.h5")
-    save = (
-        f"import sys, resnext_tf; resnext_tf.create_model({args.model!r}).save_weights({weights!r})"
-    )
-    commands, paths = [[sys.executable, "-c", save]], {}
+    commands = []
+    if args.export_model_dir:
+        source = [f"--model_dir={os.path.abspath(args.export_model_dir)}"]
+    else:
+        weights = os.path.join(folder, "model.weights.h5")
+        save = (
+            f"import resnext_tf; resnext_tf.create_model({args.model!r}).save_weights({weights!r})"
+        )
+        commands.append([sys.executable, "-c", save])
+        source = [f"--model={args.model}", f"--weights={weights}"]
+    paths = {}
     for token in tokens:
         fmt, dtype, _ = exported_artefact(token)
         name = f"{fmt}_{dtype}"
         path = os.path.join(folder, name, "1")
         if path not in paths.values():
+            if dtype == "int8":
+                precision = ["--precision=int8", f"--calibration_data={args.calibration_dir}"]
+                precision += [f"--calibration_images={args.calibration_images}"]
+                precision += ["--held_out_images=0"]  # random weights: nothing to agree on
+            else:
+                precision = [f"--dtype={dtype}"]
             commands.append(
-                [sys.executable, "-m", "resnext_tf.export", f"--model={args.model}"]
-                + [f"--weights={weights}", f"--export_dir={folder}", f"--model_name={name}"]
-                + ["--version=1", f"--format={fmt}", f"--dtype={dtype}", "--no_warmup"]
+                [sys.executable, "-m", "resnext_tf.export", *source]
+                + [f"--export_dir={folder}", f"--model_name={name}", "--version=1"]
+                + [f"--format={fmt}", *precision, "--no_warmup"]
             )
         paths[token] = path
     return commands, paths
+
+
+def write_calibration_photos(args, folder):
+    """A folder of generated photos (benchmarks.input_pipeline's) to calibrate INT8 with."""
+    from benchmarks.input_pipeline import write_jpegs
+
+    width, height = (int(v) for v in args.photo_size.split("x"))
+    write_jpegs(folder, args.calibration_images, width, height)
+    return folder
 
 
 def exported_command(token, path, args):
@@ -259,6 +295,15 @@ def main(argv=None):
     parser.add_argument("--peers", default="eager,eager+cl,compiled+cl")
     parser.add_argument("--exported", default="", help="exported artefacts, e.g. openvino+bf16")
     parser.add_argument("--model", default="resnext50_32x4d", help="model of the exports")
+    parser.add_argument(
+        "--export_model_dir", help="export this training run's model instead of --model's"
+    )
+    parser.add_argument(
+        "--calibration_images",
+        type=int,
+        default=32,
+        help="generated photos that calibrate the INT8 exports (timing only)",
+    )
     parser.add_argument("--latency_calls", type=int, default=0, help="batch-1 calls timed")
     parser.add_argument("--data_dir", help="pipeline: ImageNet folder; default generated JPEGs")
     parser.add_argument("--num_images", type=int, default=512)
@@ -273,6 +318,7 @@ def main(argv=None):
     tokens = [t for t in args.exported.split(",") if t]
     if tokens and args.suite == "model":
         export_dir = tempfile.mkdtemp(prefix="resnext_tf_exports_")
+        args.calibration_dir = os.path.join(export_dir, "calibration_photos")
         writes, args.exported_paths = export_commands(args, tokens, export_dir)
     if args.suite == "pipeline":
         # The children run in the repository root: a relative folder is the caller's.
@@ -290,7 +336,16 @@ def main(argv=None):
     print(f"command: python {invocation}", flush=True)
     print(machine_header(), flush=True)
     print(f"load average at start: {os.getloadavg()[0]:.2f}; {args}", flush=True)
+    if any(exported_artefact(t)[1] == "int8" for t in args.exported_paths):
+        weights = f"the run {args.export_model_dir}" if args.export_model_dir else "random weights"
+        print(
+            f"INT8 exports: calibrated on {args.calibration_images} generated (synthetic) photos, "
+            f"{weights}: their rows time INT8, they say nothing of its accuracy",
+            flush=True,
+        )
     try:
+        if any(exported_artefact(t)[1] == "int8" for t in args.exported_paths):
+            write_calibration_photos(args, args.calibration_dir)
         for command in writes if export_dir else []:
             proc = subprocess.run(
                 command, env=env, cwd=REPO, capture_output=True, text=True, check=False

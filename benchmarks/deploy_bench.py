@@ -5,10 +5,11 @@
     python -m benchmarks.deploy_bench --path=/tmp/exports/r50_ov/1 --batch_size=16 \
         --latency_calls=50 [--precision=f32]
 
-The format and dtype are read from the export's export_info.json. Throughput runs batches of
---batch_size synthetic float32 images (the float-input contract; the SavedModel's
-predict_images signature, which also computes the softmax and the top-k); --latency_calls
-times that many batch-1 calls one at a time (p50, p99). Runtimes: TensorFlow
+The format, dtype and precision (float32, bfloat16 or int8) are read from the export's
+export_info.json. Throughput runs batches of --batch_size synthetic float32 images (the
+float-input contract, INT8 exports included; the SavedModel's predict_images signature, which
+also computes the softmax and the top-k); --latency_calls times that many batch-1 calls one at
+a time (p50, p99). Runtimes: TensorFlow
 (tf.saved_model.load), ONNX Runtime (CPU provider), OpenVINO (CPU plugin, synchronous calls,
 INFERENCE_PRECISION_HINT from export_info.json unless --precision), LiteRT (XNNPACK, --threads).
 The timing and the JSON line are `benchmarks.model_bench`'s (benchmarks/timing.py, which imports
@@ -61,7 +62,7 @@ def openvino_runner(path, args, info):
         config["INFERENCE_PRECISION_HINT"] = args.precision
     compiled = openvino.Core().compile_model(os.path.join(path, "model.xml"), "CPU", config)
     request = compiled.create_infer_request()
-    info["precision"] = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+    info["hint"] = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
     return lambda images: request.infer({"images": images})["logits"]
 
 
@@ -107,7 +108,10 @@ def main(argv=None):
         latency = timing.latency_percentiles(
             lambda: run(one), lambda out: out, args.latency_calls, max(args.warmup, 3)
         )
+    # An INT8 export is "int8"; OpenVINO's float IR computes in the precision it compiled for.
     dtype = info.get("precision", info["dtype"])
+    if dtype != "int8":
+        dtype = info.get("hint", dtype)
     timing.emit(
         {
             "framework": f"export/{fmt}",

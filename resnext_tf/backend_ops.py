@@ -4,6 +4,7 @@
 imports TensorFlow under JAX or PyTorch. The figures behind each choice: docs/performance.md.
 """
 
+import contextlib
 import functools
 
 import keras
@@ -33,6 +34,15 @@ def _kernels(backend):
 def _backend():
     backend = keras.backend.backend()
     return backend, _kernels(backend)
+
+
+def pointwise_as_convolutions():
+    """A context in which the model traces its 1x1 convolutions as convolutions, not matrix
+    products (`tf_ops.pointwise_as_convolutions`); nothing changes off TensorFlow."""
+    backend, kernels = _backend()
+    if backend == "tensorflow":
+        return kernels.pointwise_as_convolutions()
+    return contextlib.nullcontext()
 
 
 def tf_native_grouped_conv(dtype="float32", inference=False):

@@ -5,6 +5,8 @@ function, and Keras' BatchNormalization is separate element-wise ops. Here they 
 `tf.nn.conv2d` (oneDNN and cuDNN run it, gradients included, without XLA) and FusedBatchNormV3.
 """
 
+import contextlib
+import contextvars
 import functools
 
 import numpy as np
@@ -21,6 +23,8 @@ PROBE_TOLERANCE = 0.25
 # elements per element of input and output: oneDNN's convolution reorders the kernel at every
 # call, which costs most where the kernel outweighs the activations.
 POINTWISE_MATMUL_MIN_RATIO = 0.25
+# False inside `pointwise_as_convolutions()`.
+_POINTWISE_MATMUL = contextvars.ContextVar("pointwise_matmul", default=True)
 
 
 def grouped_conv2d(inputs, kernel, strides, padding):
@@ -37,11 +41,24 @@ def _gpu_visible():
     return bool(tf.config.list_physical_devices("GPU"))
 
 
+@contextlib.contextmanager
+def pointwise_as_convolutions():
+    """Traces every 1x1 convolution as a convolution: for graphs another runtime compiles
+    (ONNX Runtime, OpenVINO, LiteRT), which packs the kernel once; the matrix product only
+    saves TensorFlow's per-call kernel reorder and costs those runtimes reshapes (OpenVINO's
+    INT8 ran 1.4x faster on convolutions)."""
+    token = _POINTWISE_MATMUL.set(False)
+    try:
+        yield
+    finally:
+        _POINTWISE_MATMUL.reset(token)
+
+
 def pointwise_as_matmul(input_shape, strides, filters):
     """Whether a 1x1 convolution of this shape runs as `pointwise_conv2d`.
 
-    Only in CPU-only processes (it was measured on CPUs only) and with known height and width;
-    an unknown batch counts as 1 (serving).
+    Only in CPU-only processes (it was measured on CPUs only) and with known height and width,
+    outside `pointwise_as_convolutions`; an unknown batch counts as 1 (serving).
 
     Args:
       input_shape: NHWC shape, entries None where unknown.
@@ -49,6 +66,8 @@ def pointwise_as_matmul(input_shape, strides, filters):
       filters: Output channels.
     """
     batch, height, width, channels = input_shape
+    if not _POINTWISE_MATMUL.get():
+        return False
     if height is None or width is None or channels is None or _gpu_visible():
         return False
     positions = (batch or 1) * -(-height // strides) * -(-width // strides)

@@ -236,6 +236,50 @@ def test_compare_runs_ours_and_the_torchvision_peer():
     assert rows[-1].split("|")[-2].strip() == "1.00"
 
 
+def test_exported_tokens_name_the_artefact():
+    assert compare.exported_artefact("openvino+int8") == ("openvino", "int8", "f32")
+    assert compare.exported_artefact("onnx+int8") == ("onnx", "int8", None)
+    assert compare.exported_artefact("saved_model+bf16") == ("saved_model", "bfloat16", None)
+    for token in ("saved_model+int8", "openvino+int8+bf16", "litert+int4"):
+        with pytest.raises(ValueError, match="Unknown exported configuration"):
+            compare.exported_artefact(token)
+
+
+@pytest.mark.slow
+def test_compare_times_int8_exports_and_the_fx_int8_peer(tmp_path):
+    # A tiny training run exported float32 and INT8 (calibrated on generated photos) and the
+    # FX INT8 peer, each timed once at tiny sizes: every token runs end to end.
+    run = str(tmp_path / "run")
+    tiny_run = ["--data_dir=synthetic", "--depth=11", "--cardinality=2", "--base_width=4"]
+    tiny_run += ["--batch_size=8", "--train_steps=2", "--epochs=1", f"--model_dir={run}"]
+    proc = subprocess.run(
+        [sys.executable, "run_cifar.py", *tiny_run],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    tokens = "saved_model,openvino+int8,onnx+int8,litert+int8"
+    command = [sys.executable, "-m", "benchmarks.compare", "--ours=", "--peers=fx_int8"]
+    command += [f"--exported={tokens}", f"--export_model_dir={run}", "--batch_size=2"]
+    command += ["--image_size=32", "--steps=1", "--windows=1", "--warmup=1"]
+    command += ["--latency_calls=2", "--calibration_images=4", "--photo_size=40x30"]
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert any(
+        line.startswith("INT8 exports: calibrated on 4 generated (synthetic) photos")
+        for line in lines
+    )
+    rows = [line for line in lines if line.startswith("| ")]
+    assert rows[0].endswith("| bs1 p50 ms | bs1 p99 ms | x torchvision fx_int8 |")
+    labels = [row.split("|")[1].strip() for row in rows[1:]]
+    assert labels == ["torchvision fx_int8"] + [f"exported {t}" for t in tokens.split(",")]
+    # Every row has its batch-1 latency.
+    assert all(row.split("|")[8].strip() != "-" for row in rows[1:])
+
+
 def test_compare_fails_when_a_configuration_fails(monkeypatch, capsys):
     def run(label, command, parse, env):
         # Our configuration measures; the peer fails as a broken import does (no JSON line).

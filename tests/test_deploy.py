@@ -207,6 +207,20 @@ def test_float32_export_matches_keras(exports, images, reference, fmt):
     assert max_relative_error(logits, reference) <= FLOAT32_RTOL
 
 
+def test_float_input_exports_keep_1x1_convolutions_as_convolutions(model, exports):
+    import onnx
+
+    # The SavedModel runs the later stages' 1x1 convolutions as matrix products (TensorFlow's
+    # per-call kernel reorder); ONNX Runtime, OpenVINO and LiteRT pack kernels once, so their
+    # graphs keep convolutions: the classifier is the one matrix product.
+    served = export.serving_model(model)
+    spec = tf.TensorSpec((None, SIZE, SIZE, 3), tf.float32)
+    graph = tf.function(lambda x: served(x, training=False)).get_concrete_function(spec).graph
+    assert sum(op.type in ("MatMul", "BatchMatMulV2") for op in graph.get_operations()) > 1
+    proto = onnx.load(os.path.join(exports[("onnx", "float32")], "model.onnx"))
+    assert [n.op_type for n in proto.graph.node].count("MatMul") == 1
+
+
 def test_bfloat16_exports_agree_on_top1(exports, images, reference):
     saved = saved_model_logits(exports[("saved_model", "bfloat16")], images)
     assert saved.dtype == np.float32

@@ -385,3 +385,78 @@ def test_export_refuses_a_model_without_three_channels(tmp_path):
     )
     with pytest.raises(ValueError, match=r"RGB and needs a 3-channel model.*1 input channels"):
         export.export_saved_model(grey, tmp_path, "grey", warmup=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# --export: the float-input formats, float32 and INT8
+
+FLOAT_INPUT = ("onnx", "openvino", "litert")
+
+
+@pytest.fixture(scope="module")
+def exported(run_model, tmp_path_factory):
+    """{name: model base} of the run exported as ONNX, OpenVINO and LiteRT in float32."""
+    base = tmp_path_factory.mktemp("exports")
+    paths = {fmt: export.export_model(run_model, base, fmt, fmt=fmt) for fmt in FLOAT_INPUT}
+    return {fmt: os.path.dirname(path) for fmt, path in paths.items()}
+
+
+@pytest.mark.parametrize("fmt", FLOAT_INPUT)
+def test_each_export_agrees_with_the_run(exported, run_dir, photos, fmt):
+    _, from_run, _ = run_main(f"--model_dir={run_dir}", "--output_format=json", photos)
+    code, out, err = run_main(f"--export={exported[fmt]}", "--output_format=json", photos)
+    assert code == 1
+    check_skipped_bad_file(err, photos)
+    served, ran = json.loads(out), json.loads(from_run)
+    assert [row["image"] for row in served] == [row["image"] for row in ran]
+    for a, b in zip(served, ran, strict=True):
+        assert [p["index"] for p in a["predictions"]] == [p["index"] for p in b["predictions"]]
+        assert [p["label"] for p in a["predictions"]] == [p["label"] for p in b["predictions"]]
+        np.testing.assert_allclose(
+            [p["probability"] for p in a["predictions"]],
+            [p["probability"] for p in b["predictions"]],
+            rtol=1e-4,
+        )
+
+
+def test_an_int8_export_predicts_with_its_recorded_transform(run_model, photos, tmp_path):
+    # Calibrated on the photo folder itself: its unreadable file is skipped and recorded.
+    path = export.export_model(
+        run_model, tmp_path, "int8", fmt="openvino", precision="int8", calibration_data=photos
+    )
+    with open(os.path.join(path, "export_info.json")) as f:
+        info = json.load(f)
+    assert info["calibration"]["skipped"] == 1 and info["calibration"]["kind"] == "image folder"
+    assert info["calibration"]["images"] + info["agreement"]["images"] == len(GOOD)
+    code, out, err = run_main(f"--export={path}", "--output_format=json", "--top_k=3", photos)
+    assert code == 1
+    check_skipped_bad_file(err, photos)
+    rows = json.loads(out)
+    assert [row["image"] for row in rows] == sorted(good_paths(photos))
+    for row in rows:
+        assert [p["rank"] for p in row["predictions"]] == [1, 2, 3]
+        assert all(p["label"] in CIFAR10_NAMES for p in row["predictions"])
+
+
+def test_export_flag_reads_a_saved_model_too(saved_model, photos):
+    _, by_flag, _ = run_main(f"--saved_model={saved_model}", "--output_format=json", photos)
+    code, out, _ = run_main(
+        f"--export={os.path.dirname(saved_model)}", "--output_format=json", photos
+    )
+    assert code == 1 and json.loads(out) == json.loads(by_flag)
+
+
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["--export={photos}"], r"holds no export: expected one of saved_model.pb, model.onnx"),
+        (["--export={onnx}", "--num_classes=3"], r"--num_classes does not apply to --export"),
+        (["--export={onnx}", "--ten_crop"], r"--ten_crop: ten_crop is an ImageNet evaluation"),
+        (["--export={saved}", "--labels={photos}/notes.txt"], r"--labels does not apply"),
+    ],
+)
+def test_export_user_errors_are_one_line(argv, match, exported, saved_model, photos):
+    argv = [a.format(photos=photos, onnx=exported["onnx"], saved=saved_model) for a in argv]
+    code, out, err = run_main(*argv, photos)
+    assert code == EXIT_USER_ERROR and out == ""
+    assert re.search(match, err.strip().splitlines()[-1]), err

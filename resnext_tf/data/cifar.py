@@ -249,6 +249,15 @@ def _find_folder(data_dir, layout):
     return None
 
 
+def folder_dataset(data_dir):
+    """The CIFAR dataset ("cifar10" or "cifar100") whose python-version batch files data_dir
+    holds (in itself or in its official subfolder), or None."""
+    for dataset, layout in LAYOUTS.items():
+        if _find_folder(data_dir, layout):
+            return dataset
+    return None
+
+
 def _read_folder(folder, layout, verify):
     folder_name = os.path.basename(os.path.normpath(os.path.abspath(folder)))
 

@@ -11,13 +11,15 @@ import re
 import shutil
 import tempfile
 
+import numpy as np
 import tensorflow as tf
 
 from resnext_tf import contract as contracts
 from resnext_tf import fileio, fold, hardware
-from resnext_tf.data import decode, evaluation
+from resnext_tf.data import calibration, decode, evaluation
 from resnext_tf.errors import ExportError, one_line
-from resnext_tf.export import formats
+from resnext_tf.export import formats, quantize, runtimes
+from resnext_tf.export.quantize import INT8_FORMATS
 from resnext_tf.export.serving import (  # noqa: F401 (the package's public names)
     BYTES_INPUT,
     DEFAULT_TOP_K,
@@ -45,6 +47,11 @@ MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 # ONNX Runtime's and LiteRT's CPU kernels have no bfloat16 convolutions; OpenVINO picks its
 # precision when it compiles the IR (INFERENCE_PRECISION_HINT), so one float32 IR serves both.
 BF16_FORMATS = ("saved_model", "openvino")
+# float32: as `dtype` says (float32 or bfloat16); int8: calibrated INT8 (INT8_FORMATS only).
+PRECISIONS = ("float32", "int8")
+# An INT8 export agreeing less often with its float32 model on the held-out images is logged
+# as a warning.
+AGREEMENT_WARNING = 0.98
 
 
 def model_contract(model, data_config=None, class_names=None):
@@ -202,17 +209,40 @@ def export_saved_model(
     return final
 
 
-def _check_format(fmt, dtype):
+def int8_refusal(fmt):
+    """Why `fmt` has no INT8 export (one line), or None where it has one."""
+    if fmt in INT8_FORMATS:
+        return None
+    return (
+        f"--format={fmt} has no INT8 export (TensorFlow has no fast INT8 CPU path for this "
+        f"graph); INT8 is written for --format in {INT8_FORMATS}."
+    )
+
+
+def _check_format(fmt, dtype, precision="float32"):
     if fmt not in FORMATS:
         raise ValueError(f"Unknown format; received fmt={fmt!r}, expected one of {FORMATS}.")
     if dtype not in fold.DTYPES:
         raise ValueError(f"Unknown dtype; received dtype={dtype!r}, expected one of {fold.DTYPES}.")
+    if precision not in PRECISIONS:
+        raise ValueError(
+            f"Unknown precision; received precision={precision!r}, expected one of {PRECISIONS}."
+        )
     if dtype == "bfloat16" and fmt not in BF16_FORMATS:
         raise ValueError(
             f"fmt={fmt!r} cannot compute in bfloat16 (its CPU runtime has no bfloat16 "
             f"convolutions); export it in float32, or use one of {BF16_FORMATS} for bfloat16."
         )
-    if fmt != "saved_model":
+    if precision == "int8":
+        if int8_refusal(fmt):
+            raise ValueError(int8_refusal(fmt))
+        if dtype != "float32":
+            raise ValueError(
+                "precision='int8' keeps the layers it leaves in float in float32; received "
+                f"dtype={dtype!r}."
+            )
+        quantize.require(fmt)
+    elif fmt != "saved_model":
         formats.require(fmt)
 
 
@@ -224,6 +254,10 @@ def export_model(
     *,
     fmt="saved_model",
     dtype="float32",
+    precision="float32",
+    calibration_data=None,
+    calibration_images=calibration.DEFAULT_COUNT,
+    held_out_images=calibration.DEFAULT_HELD_OUT,
     data_config=None,
     class_names=None,
     overwrite=False,
@@ -233,23 +267,39 @@ def export_model(
     """Exports a classifier in one of FORMATS at export_dir/model_name/version.
 
     "saved_model" is `export_saved_model`; the others write `formats.MODEL_FILES[fmt]` with
-    Keras' exporter and export_info.json beside it (`formats.export_info`).
+    Keras' exporter and export_info.json beside it (`formats.export_info`). With
+    precision="int8" the model file is quantized by the format's own tool
+    (`resnext_tf.export.quantize`), and export_info.json records the calibration set and the
+    top-1 agreement with the float32 model on held-out images of the same source.
 
     Args:
       model, export_dir, model_name, version, data_config, class_names, overwrite,
         conv_impl: As `export_saved_model`.
       fmt: One of FORMATS.
       dtype: "float32" or "bfloat16" (BF16_FORMATS only).
-      **saved_model_kwargs: top_k, warmup, image_limits, for fmt="saved_model" only.
+      precision: One of PRECISIONS; "int8" for fmt in INT8_FORMATS, with dtype="float32".
+      calibration_data: With precision="int8": a folder of images, a CIFAR python-version
+        folder or archive, or an ImageNet train/ val/ folder (`resnext_tf.data.calibration`).
+      calibration_images, held_out_images: How many of its images calibrate, and how many
+        others measure the agreement with float32.
+      **saved_model_kwargs: top_k, warmup, image_limits, for fmt="saved_model" only;
+        image_limits also bounds the calibration images of an INT8 export.
 
     Returns:
       The path of the version directory.
 
     Raises:
-      ValueError: for an unknown format or dtype, or as `export_saved_model`.
+      ValueError: for an unknown format, dtype or precision, INT8 without calibration_data,
+        or as `export_saved_model`.
+      DataError: for calibration_data without readable images.
       ImportError: when the format's optional dependencies are missing.
     """
-    _check_format(fmt, dtype)
+    _check_format(fmt, dtype, precision)
+    limits = None
+    if precision == "int8":
+        if calibration_data is None:
+            raise ValueError("precision='int8' needs calibration_data (a folder of images).")
+        limits = saved_model_kwargs.pop("image_limits", None)
     common = dict(data_config=data_config, class_names=class_names, overwrite=overwrite)
     if fmt == "saved_model":
         return export_saved_model(
@@ -266,14 +316,50 @@ def export_model(
     served = serving_model(model, conv_impl, "float32")
     contract = model_contract(model, data_config, class_names)
     hardware.warn_if_bf16_emulated(dtype)
+    calibrated = None
+    if precision == "int8":
+        calibrated = calibration.load_calibration(
+            os.fspath(calibration_data), contract, calibration_images, held_out_images, limits
+        )
 
     def write(tmp):
-        formats.keras_export(served, fmt, os.path.join(tmp, formats.MODEL_FILES[fmt]))
-        _write_info(tmp, formats.export_info(served, contract, fmt, dtype))
+        info = formats.export_info(served, contract, fmt, dtype, precision)
+        if calibrated is None:
+            formats.keras_export(served, fmt, os.path.join(tmp, formats.MODEL_FILES[fmt]))
+        else:
+            info["quantization"] = quantize.write_int8(served, fmt, tmp, calibrated.images)
+            info["calibration"] = calibrated.record
+            info["agreement"] = _agreement(served, runtimes.Export(tmp, fmt, info), calibrated)
+        _write_info(tmp, info)
 
     _write_version(model_base, version, final, overwrite, write)
-    logger.info("Exported %s version %d (%s, %s) to %s.", model_name, version, fmt, dtype, final)
+    logger.info(
+        "Exported %s version %d (%s, %s) to %s.", model_name, version, fmt, precision, final
+    )
     return final
+
+
+def _agreement(served, written, calibrated):
+    """The agreement record of an INT8 export: its top-1 against the float32 serving model's
+    on the held-out images (None without any)."""
+    images = calibrated.held_out
+    if not len(images):
+        logger.warning("No held-out calibration images: the INT8 agreement is not measured.")
+        return None
+    batches = [images[i : i + 16] for i in range(0, len(images), 16)]
+    run = runtimes.runtime(written)
+    logits = np.concatenate([run(batch) for batch in batches])
+    reference = np.concatenate([served(batch, training=False).numpy() for batch in batches])
+    record = {"reference": "the float32 serving model (Keras, BatchNorm folded)"}
+    record.update(quantize.agreement(logits, reference))
+    level = logging.WARNING if record["top1_agreement"] < AGREEMENT_WARNING else logging.INFO
+    logger.log(
+        level,
+        "INT8 top-1 agreement with float32: %.2f%% of %d held-out images.",
+        100 * record["top1_agreement"],
+        len(images),
+    )
+    return record
 
 
 def check_export(
@@ -284,6 +370,7 @@ def check_export(
     *,
     fmt="saved_model",
     dtype="float32",
+    precision="float32",
     data_config=None,
     overwrite=False,
     conv_impl="grouped",
@@ -298,7 +385,7 @@ def check_export(
       ExportError: naming what would make the export fail.
     """
     try:
-        _check_format(fmt, dtype)
+        _check_format(fmt, dtype, precision)
         _version_target(export_dir, model_name or model.name, version, overwrite)
         _check_writable(export_dir)
         _check_rgb(model)

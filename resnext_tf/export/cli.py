@@ -2,6 +2,8 @@
 
     python -m resnext_tf.export --model=resnext50_32x4d --weights=imagenet --export_dir=DIR
     python -m resnext_tf.export --model_dir=runs/my_run --export_dir=DIR --format=openvino
+    python -m resnext_tf.export --model_dir=runs/my_run --export_dir=DIR --format=openvino \
+        --precision=int8 --calibration_data=PHOTOS_OR_DATASET
 """
 
 import argparse
@@ -9,10 +11,18 @@ import logging
 import sys
 
 from resnext_tf import fold, runs
-from resnext_tf.data import decode
+from resnext_tf.data import calibration, decode
 from resnext_tf.data.config import ImageLimits
 from resnext_tf.errors import renamed_flags, user_errors_exit
-from resnext_tf.export import BF16_FORMATS, DEFAULT_TOP_K, FORMATS, SERVING_CONV_IMPLS, export_model
+from resnext_tf.export import (
+    BF16_FORMATS,
+    DEFAULT_TOP_K,
+    FORMATS,
+    PRECISIONS,
+    SERVING_CONV_IMPLS,
+    export_model,
+    int8_refusal,
+)
 from resnext_tf.registry import create_model, list_models, model_kwargs
 
 # Flags renamed to the training flags' names for the same limits; the old names still work.
@@ -51,6 +61,30 @@ def parse_args(argv=None):
         default="float32",
         help="compute dtype; bfloat16 (float32 in and out) for saved_model and openvino",
     )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="float32",
+        help="int8: calibrated post-training INT8 (onnx, openvino, litert); float32: as --dtype",
+    )
+    parser.add_argument(
+        "--calibration_data",
+        help="with --precision=int8: a folder of images (searched recursively), a CIFAR "
+        "python-version folder or archive, or an ImageNet train/ val/ folder",
+    )
+    parser.add_argument(
+        "--calibration_images",
+        type=int,
+        default=calibration.DEFAULT_COUNT,
+        help="images of --calibration_data that calibrate",
+    )
+    parser.add_argument(
+        "--held_out_images",
+        type=int,
+        default=calibration.DEFAULT_HELD_OUT,
+        help="other images of --calibration_data on which the INT8 model's top-1 agreement "
+        "with float32 is measured (0: not measured)",
+    )
     parser.add_argument("--top_k", type=int, default=DEFAULT_TOP_K)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing version")
     parser.add_argument("--no_warmup", action="store_true", help="skip the warm-up requests")
@@ -86,6 +120,17 @@ def parse_args(argv=None):
             f"--format={args.format} cannot compute in bfloat16 (its CPU runtime has no bfloat16 "
             f"convolutions); use --dtype=float32, or --format in {BF16_FORMATS}."
         )
+    if args.precision == "int8":
+        if int8_refusal(args.format):
+            parser.error(int8_refusal(args.format))
+        if args.dtype != "float32":
+            parser.error("--precision=int8 keeps its float layers in float32; drop --dtype")
+        if not args.calibration_data:
+            parser.error("--precision=int8 needs --calibration_data (a folder of images)")
+        if args.calibration_images < 1 or args.held_out_images < 0:
+            parser.error("--calibration_images must be >= 1 and --held_out_images >= 0")
+    elif args.calibration_data:
+        parser.error("--calibration_data applies to --precision=int8")
     try:
         args.image_limits = ImageLimits(
             args.max_image_pixels, args.max_image_aspect, args.max_image_bytes
@@ -113,10 +158,16 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(sys.argv[1:] if argv is None else argv)
     model = load_model(args)
-    saved_model_kwargs = {}
+    kwargs = {}
     if args.format == "saved_model":
-        saved_model_kwargs = dict(
-            top_k=args.top_k, warmup=not args.no_warmup, image_limits=args.image_limits
+        kwargs = dict(top_k=args.top_k, warmup=not args.no_warmup, image_limits=args.image_limits)
+    elif args.precision == "int8":
+        kwargs = dict(
+            precision="int8",
+            calibration_data=args.calibration_data,
+            calibration_images=args.calibration_images,
+            held_out_images=args.held_out_images,
+            image_limits=args.image_limits,
         )
     path = export_model(
         model,
@@ -127,7 +178,7 @@ def main(argv=None):
         dtype=args.dtype,
         overwrite=args.overwrite,
         conv_impl=args.conv_impl,
-        **saved_model_kwargs,
+        **kwargs,
     )
     print(path)
     return 0

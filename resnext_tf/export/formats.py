@@ -9,6 +9,7 @@ import os
 
 import keras
 
+from resnext_tf.backend_ops import pointwise_as_convolutions
 from resnext_tf.export.serving import IMAGES_INPUT, LOGITS
 
 # The model file each float-input format writes into the version directory.
@@ -24,14 +25,16 @@ FORMAT_MODULES = {
 }
 
 
-def require(fmt):
-    """Raises ImportError naming the extra to install where `fmt`'s modules are missing."""
-    modules, extra = FORMAT_MODULES[fmt]
+def require_modules(modules, extra, what):
+    """Raises ImportError naming the extra to install where one of `modules` is missing."""
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
-        raise ImportError(
-            f"--format={fmt} needs {', '.join(missing)}: pip install 'resnext_tf[{extra}]'."
-        )
+        raise ImportError(f"{what} needs {', '.join(missing)}: pip install 'resnext_tf[{extra}]'.")
+
+
+def require(fmt):
+    """Raises ImportError naming the extra to install where `fmt`'s modules are missing."""
+    require_modules(*FORMAT_MODULES[fmt], what=f"--format={fmt}")
 
 
 def _rename_onnx_io(path):
@@ -68,7 +71,13 @@ def _name_openvino_io(source, path):
 
 
 def keras_export(served, fmt, path):
-    """Keras' own exporter of `fmt` on the folded float32 model, with a float32 input."""
+    """Keras' own exporter of `fmt` on the folded float32 model, with a float32 input and 1x1
+    convolutions as convolutions (`tf_ops.pointwise_as_convolutions`)."""
+    with pointwise_as_convolutions():
+        _keras_export(served, fmt, path)
+
+
+def _keras_export(served, fmt, path):
     spec = [keras.InputSpec(shape=(None, *served.input_shape[1:]), dtype="float32")]
     if fmt == "litert":
         served.export(path, format="litert", verbose=False)
@@ -81,9 +90,10 @@ def keras_export(served, fmt, path):
         _name_openvino_io(keras_path, path)
 
 
-def export_info(model, contract, fmt, dtype):
-    """export_info.json: format, dtype, input and output, the evaluation transform spelt out
-    for other languages, and the data contract (`DataContract.from_json` reads it)."""
+def export_info(model, contract, fmt, dtype, precision=None):
+    """export_info.json: format, dtype, precision (`dtype`, or "int8" for a quantized export,
+    whose float parts compute in `dtype`), input and output, the evaluation transform spelt
+    out for other languages, and the data contract (`DataContract.from_json` reads it)."""
     size = f"{contract.image_size}x{contract.image_size}"
     mean, std = contract.recipe.mean, contract.recipe.std
     if contract.is_cifar:
@@ -103,6 +113,7 @@ def export_info(model, contract, fmt, dtype):
     info = {
         "format": fmt,
         "dtype": dtype,
+        "precision": precision or dtype,
         "input": {
             "name": IMAGES_INPUT,
             "dtype": "float32",

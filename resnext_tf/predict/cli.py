@@ -3,6 +3,8 @@
     python -m resnext_tf.predict --model=resnext50_32x4d --weights=imagenet photo.jpg photos/
     python -m resnext_tf.predict --model_dir=runs/my_run --output_format=json photos/
     python -m resnext_tf.predict --saved_model=/tmp/serving/resnext50_32x4d photos/
+    python -m resnext_tf.predict --export=/tmp/ovms/resnext50_32x4d photos/   # OpenVINO, ONNX,
+                                                                             # LiteRT, float or INT8
 
 Each image gets its model's evaluation transform (or ten crops with --ten_crop); a file that
 cannot be read is reported on stderr and skipped, and the exit code is then 1 (docs/predict.md).
@@ -10,17 +12,22 @@ cannot be read is reported on stderr and skipped, and the exit code is then 1 (d
 
 import argparse
 import logging
-import os
 import sys
 
 from resnext_tf import fileio, runs
 from resnext_tf.contract import of_model
 from resnext_tf.data import decode
 from resnext_tf.data.config import IMAGE_EXTENSIONS, ImageLimits
+from resnext_tf.data.files import find_images
 from resnext_tf.errors import UserError, WeightsError, renamed_flags, user_errors_exit
-from resnext_tf.export import DEFAULT_TOP_K
+from resnext_tf.export import DEFAULT_TOP_K, runtimes
 from resnext_tf.predict.output import OUTPUT_FORMATS, Progress, write_results
-from resnext_tf.predict.predictors import KerasPredictor, SavedModelPredictor, SkippedImage
+from resnext_tf.predict.predictors import (
+    ExportPredictor,
+    KerasPredictor,
+    SavedModelPredictor,
+    SkippedImage,
+)
 from resnext_tf.registry import create_model, list_models, model_kwargs
 
 logger = logging.getLogger(__name__)
@@ -28,36 +35,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_BATCH_SIZE = 16
 # The output flag was --format, which names the artefact kind in the export command.
 RENAMED = {"--format": "--output_format"}
-
-
-def find_images(paths):
-    """The image files named by `paths`: files as given, folders searched recursively.
-
-    Inside folders, hidden entries and symbolic links are passed over.
-
-    Returns:
-      (files, problems): the files in order (a folder's sorted), and (path, reason) for each
-      path that does not exist.
-    """
-    files, problems = [], []
-    for path in paths:
-        if os.path.isdir(path):
-            found = []
-            for root, dirs, names in os.walk(path):
-                dirs[:] = [d for d in dirs if not d.startswith(".")]
-                found += [
-                    os.path.join(root, name)
-                    for name in names
-                    if name.lower().endswith(IMAGE_EXTENSIONS)
-                    and not name.startswith(".")
-                    and not os.path.islink(os.path.join(root, name))
-                ]
-            files += sorted(found)
-        elif os.path.exists(path):
-            files.append(path)
-        else:
-            problems.append((path, "no such file or folder"))
-    return files, problems
 
 
 def read_image(path, max_bytes=decode.DEFAULT_LIMITS.max_bytes):
@@ -141,6 +118,11 @@ def parse_args(argv=None):
     )
     source.add_argument("--model_dir", help="training run folder (its latest checkpoint)")
     source.add_argument("--saved_model", help="exported SavedModel (or its TF Serving base)")
+    source.add_argument(
+        "--export",
+        help="an export of resnext_tf.export in any format (SavedModel, ONNX, OpenVINO, LiteRT; "
+        "float or INT8): a version folder or its model base",
+    )
     parser.add_argument("--num_classes", type=int, default=None, help="default: the weights'")
     parser.add_argument("--labels", help="file with one class name a line, in class order")
     parser.add_argument("--top_k", type=int, default=DEFAULT_TOP_K)
@@ -170,24 +152,41 @@ def parse_args(argv=None):
     return args
 
 
-def _saved_model_version(path):
-    """`path`, or its highest numeric version folder when it is a TF Serving model base."""
-    if os.path.isfile(os.path.join(path, "saved_model.pb")) or not os.path.isdir(path):
-        return path
-    versions = [n for n in os.listdir(path) if n.isdigit()]
-    return os.path.join(path, max(versions, key=int)) if versions else path
+def _saved_model_predictor(path, args, flag):
+    for name in ("ten_crop", "labels", "num_classes"):
+        if getattr(args, name):
+            raise UserError(
+                f"--{name} does not apply to {flag}, whose serving signature fixes the "
+                "transform and the class names at export time."
+            )
+    return SavedModelPredictor(path, args.top_k)
+
+
+def _export_predictor(args):
+    try:
+        exported = runtimes.open_export(args.export)
+    except ValueError as e:
+        raise UserError(f"--export={args.export!r}: {e}") from e
+    if exported.fmt == "saved_model":
+        return _saved_model_predictor(exported.path, args, "a SavedModel")
+    if args.num_classes:
+        raise UserError("--num_classes does not apply to --export: the export has its classes.")
+    labels = read_labels(args.labels) if args.labels else None
+    predictor = ExportPredictor(exported, args.top_k, args.ten_crop, args.limits, labels)
+    if predictor.contract.labels is None:
+        logger.warning(
+            "The export's classes have no names; printing class indices (pass --labels=FILE)."
+        )
+    return predictor
 
 
 def build_predictor(args):
     """The predictor of the command line's model source."""
     if args.saved_model:
-        for flag in ("ten_crop", "labels", "num_classes"):
-            if getattr(args, flag):
-                raise UserError(
-                    f"--{flag} does not apply to --saved_model, whose serving signature "
-                    "fixes the transform and the class names at export time."
-                )
-        return SavedModelPredictor(_saved_model_version(args.saved_model), args.top_k)
+        path = runtimes.version_folder(args.saved_model)
+        return _saved_model_predictor(path, args, "--saved_model")
+    if args.export:
+        return _export_predictor(args)
     if args.model_dir:
         model, _ = runs.model_from_run(args.model_dir, variant=args.model)
     else:

@@ -1,4 +1,5 @@
-"""The models predict runs: a Keras model with its data contract, or an exported SavedModel.
+"""The models predict runs: a Keras model with its data contract, an exported SavedModel, or
+an ONNX, OpenVINO or LiteRT export with the contract of its export_info.json.
 
 A predictor turns a file's bytes into its model input (`prepare`) and a batch of inputs into
 each image's top-k `Prediction`s (`predict`); an image it cannot use is a `SkippedImage`.
@@ -8,8 +9,10 @@ import numpy as np
 import tensorflow as tf
 
 from resnext_tf import export
+from resnext_tf.contract import DataContract
 from resnext_tf.data import evaluation
 from resnext_tf.errors import UserError
+from resnext_tf.export import runtimes
 from resnext_tf.predict.output import Prediction
 
 
@@ -47,17 +50,12 @@ def softmax(logits):
     return probabilities / probabilities.sum(axis=-1, keepdims=True)
 
 
-class KerasPredictor:
-    """A Keras classifier (logits) with its data contract's evaluation transform, run as
-    `export.serving_model` serves it, so predict and serving compute alike."""
+class ArrayPredictor:
+    """The shared part of the predictors that run a model on transformed images: the data
+    contract's evaluation transform of each file (`prepare`), then top-k rows of the softmax of
+    `logits(batch)` (`predict`; with ten crops, of the mean logits of each image's crops)."""
 
-    def __init__(self, model, contract, top_k, ten_crop=False, limits=None):
-        channels = model.input_shape[-1]
-        if channels != 3:
-            raise UserError(
-                f"predict decodes images to RGB; received a model with {channels} input "
-                "channels. Call the model on your own arrays instead."
-            )
+    def __init__(self, contract, top_k, ten_crop=False, limits=None):
         try:
             transform = evaluation.eval_transform(contract, limits, ten_crop)
         except ValueError as e:  # ten crops are an ImageNet evaluation
@@ -65,10 +63,13 @@ class KerasPredictor:
         self._transform = tf.function(
             transform, input_signature=[tf.TensorSpec([], tf.string)], reduce_retracing=True
         )
-        self.model = export.serving_model(model)
         self.contract = contract
         self.top_k = top_k
         self.ten_crop = ten_crop
+
+    def logits(self, batch):
+        """float32 logits [N, classes] of transformed images [N, H, W, 3]."""
+        raise NotImplementedError
 
     def prepare(self, data):
         """The transformed image ([H, W, 3], or [10, H, W, 3] with ten crops)."""
@@ -82,12 +83,54 @@ class KerasPredictor:
         batch = np.stack(items)
         if self.ten_crop:
             crops = batch.shape[1]
-            logits = self.model.predict_on_batch(batch.reshape(-1, *batch.shape[2:]))
+            logits = self.logits(batch.reshape(-1, *batch.shape[2:]))
             logits = evaluation.combine_crops(np.reshape(logits, (len(items), crops, -1)))
         else:
-            logits = self.model.predict_on_batch(batch)
+            logits = self.logits(batch)
         probabilities = softmax(logits)
         return [top_predictions(p, self.contract, self.top_k) for p in probabilities]
+
+
+class KerasPredictor(ArrayPredictor):
+    """A Keras classifier (logits) with its data contract's evaluation transform, run as
+    `export.serving_model` serves it, so predict and serving compute alike."""
+
+    def __init__(self, model, contract, top_k, ten_crop=False, limits=None):
+        channels = model.input_shape[-1]
+        if channels != 3:
+            raise UserError(
+                f"predict decodes images to RGB; received a model with {channels} input "
+                "channels. Call the model on your own arrays instead."
+            )
+        super().__init__(contract, top_k, ten_crop, limits)
+        self.model = export.serving_model(model)
+
+    def logits(self, batch):
+        return self.model.predict_on_batch(batch)
+
+
+class ExportPredictor(ArrayPredictor):
+    """An ONNX, OpenVINO or LiteRT export (float32 or INT8) in its own runtime
+    (`export.runtimes`), with the transform and class names of its export_info.json."""
+
+    def __init__(self, exported, top_k, ten_crop=False, limits=None, labels=None):
+        try:
+            contract = DataContract.from_json((exported.info or {}).get("contract"))
+            self._run = runtimes.runtime(exported)
+        except (ValueError, TypeError) as e:
+            raise UserError(f"Cannot run the export {exported.path}: {e}") from e
+        except ImportError as e:
+            raise UserError(f"Cannot run the {exported.fmt} export {exported.path}: {e}") from e
+        classes = exported.info["output"]["shape"][-1]
+        if labels is not None:
+            if len(labels) != classes:
+                raise UserError(f"--labels names {len(labels)} classes; the export has {classes}.")
+            contract = contract.with_labels(labels)
+        super().__init__(contract, top_k, ten_crop, limits)
+        self.fmt = exported.fmt
+
+    def logits(self, batch):
+        return self._run(batch)
 
 
 class SavedModelPredictor:
