@@ -89,7 +89,17 @@ def test_pth_checkpoint_wrappers_are_unwrapped(tmp_path):
 
 SAFETENSORS_WITHOUT_TORCH = """
 import sys
-sys.modules["torch"] = None  # any import of torch now fails
+
+# Any import of torch fails as if it were not installed. (A None entry in sys.modules would do
+# that too, but libraries that peek at sys.modules["torch"], such as scipy's array-API helpers
+# under sklearn, which Keras imports where it is installed, then break.)
+class NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ModuleNotFoundError(f"No module named {name!r}")
+        return None
+
+sys.meta_path.insert(0, NoTorch())
 import numpy as np
 import resnext_tf
 from resnext_tf.weights import load_weights
