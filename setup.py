@@ -53,6 +53,8 @@ setup(
         # crafted files bypass).
         "test": [
             "pytest>=7",
+            # README's test command runs two files at a time (-n 2 --dist=loadfile).
+            "pytest-xdist>=3",
             "pillow",
             "jax[cpu]",
             "ruff",
