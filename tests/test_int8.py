@@ -306,6 +306,23 @@ def test_an_imagenet_folder_calibrates_from_train(tmp_path):
         calibration.load_calibration(str(tmp_path / "missing"), contract)
 
 
+def test_a_link_swapped_into_a_photo_folder_is_not_followed(tmp_path):
+    # The scan skips symbolic links; a file replaced by one between the scan and the read is
+    # refused at the read (and so skipped and counted), not followed out of the folder.
+    rng = np.random.default_rng(1)
+    (tmp_path / "photos").mkdir()
+    for i in range(3):
+        (tmp_path / "photos" / f"{i}.jpg").write_bytes(encode(natural_image(rng, 40, 40)))
+    (tmp_path / "secret.jpg").write_bytes(encode(natural_image(rng, 40, 40)))
+    kind, names, read = calibration.open_source(str(tmp_path / "photos"), DataContract("cifar10"))
+    assert kind == "image folder" and names == ["0.jpg", "1.jpg", "2.jpg"]
+    os.remove(tmp_path / "photos" / "1.jpg")
+    os.symlink(tmp_path / "secret.jpg", tmp_path / "photos" / "1.jpg")
+    assert read(0) == (tmp_path / "photos" / "0.jpg").read_bytes()
+    with pytest.raises(OSError):
+        read(1)
+
+
 def test_cli_exports_int8_with_a_photo_folder(tmp_path, monkeypatch, capsys):
     photos = tmp_path / "photos" / "nested"
     photos.mkdir(parents=True)

@@ -446,6 +446,48 @@ def test_export_flag_reads_a_saved_model_too(saved_model, photos):
     assert code == 1 and json.loads(out) == json.loads(by_flag)
 
 
+def _damage_info(folder, damage):
+    info_path = os.path.join(folder, "export_info.json")
+    if damage == "no_output":
+        with open(info_path) as f:
+            info = json.load(f)
+        del info["output"]
+        with open(info_path, "w") as f:
+            json.dump(info, f)
+        return
+    os.remove(info_path)
+    if damage == "fifo":
+        os.mkfifo(info_path)  # opened plainly, the read would wait forever
+    elif damage == "symlink":
+        with open(os.path.join(folder, "elsewhere.json"), "w") as f:
+            f.write("{}")
+        os.symlink("elsewhere.json", info_path)
+    elif damage == "huge":
+        with open(info_path, "wb") as f:
+            f.truncate(64 << 20)  # sparse: 64 MiB of zeros, never read whole
+
+
+@pytest.mark.parametrize(
+    "damage,match",
+    [
+        ("no_output", r"Cannot run the export .*: export_info.json lacks 'output'$"),
+        ("fifo", r"Cannot read .*export_info.json: .*not a regular file"),
+        ("symlink", r"Cannot read .*export_info.json: "),
+        ("huge", r"Cannot read .*export_info.json: .*exceed the size limit 1048576"),
+    ],
+)
+def test_a_damaged_export_info_is_one_line(damage, match, exported, photos, tmp_path):
+    # export_info.json is outside input: read bounded, as a regular file, never through a link.
+    folder = tmp_path / "onnx"
+    shutil.copytree(exported["onnx"], folder)
+    version = max(p for p in os.listdir(folder) if p.isdigit())
+    _damage_info(os.path.join(folder, version), damage)
+    code, out, err = run_main(f"--export={folder}", photos)
+    assert code == EXIT_USER_ERROR and out == ""
+    assert len(err.strip().splitlines()) == 1, err
+    assert re.search(match, err.strip()), err
+
+
 @pytest.mark.parametrize(
     "argv,match",
     [

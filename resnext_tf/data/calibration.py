@@ -81,10 +81,12 @@ def _file_source(source, limits):
         files, _ = find_images([source])
         names = [os.path.relpath(f, source) for f in files]
         kind = "image folder"
+    # A link found in an image folder was skipped by the scan; one swapped in since is refused.
+    follow = kind != "image folder"
     return (
         kind,
         names,
-        lambda i: fileio.read_limited(os.path.join(root, names[i]), limits.max_bytes),
+        lambda i: fileio.read_limited(os.path.join(root, names[i]), limits.max_bytes, follow),
     )
 
 

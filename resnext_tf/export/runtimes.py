@@ -13,10 +13,13 @@ import os
 
 import numpy as np
 
+from resnext_tf import fileio
 from resnext_tf.export.formats import INFO_FILE, MODEL_FILES
 from resnext_tf.export.serving import IMAGES_INPUT, LOGITS
 
 SAVED_MODEL_FILE = "saved_model.pb"
+# export_info.json is a few kilobytes; a larger one is not ours.
+INFO_MAX_BYTES = 1 << 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,8 +64,10 @@ def open_export(path):
     info = None
     if os.path.isfile(info_path) or fmt != "saved_model":
         try:
-            with open(info_path, encoding="utf-8") as f:
-                info = json.load(f)
+            # Outside input: a regular file of bounded size (a FIFO would block, a device never
+            # ends), not followed through a symbolic link.
+            data = fileio.read_limited(info_path, INFO_MAX_BYTES, follow_symlinks=False)
+            info = json.loads(data.decode("utf-8"))
         except (OSError, ValueError) as e:
             raise ValueError(f"Cannot read {info_path}: {e}") from e
         if not isinstance(info, dict) or info.get("format", fmt) != fmt:

@@ -116,12 +116,14 @@ class ExportPredictor(ArrayPredictor):
     def __init__(self, exported, top_k, ten_crop=False, limits=None, labels=None):
         try:
             contract = DataContract.from_json((exported.info or {}).get("contract"))
+            classes = int(exported.info["output"]["shape"][-1])
             self._run = runtimes.runtime(exported)
-        except (ValueError, TypeError) as e:
-            raise UserError(f"Cannot run the export {exported.path}: {e}") from e
+        except (ValueError, TypeError, KeyError, IndexError) as e:
+            # export_info.json is outside input: a missing or ill-typed record is named, once.
+            what = f"export_info.json lacks {e}" if isinstance(e, KeyError) else e
+            raise UserError(f"Cannot run the export {exported.path}: {what}") from e
         except ImportError as e:
             raise UserError(f"Cannot run the {exported.fmt} export {exported.path}: {e}") from e
-        classes = exported.info["output"]["shape"][-1]
         if labels is not None:
             if len(labels) != classes:
                 raise UserError(f"--labels names {len(labels)} classes; the export has {classes}.")

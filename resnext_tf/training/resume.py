@@ -96,7 +96,6 @@ def check_ema_in(source, ema_decay):
         )
 
 
-
 def _checkpoint_digest(checkpoint_dir):
     """sha256 of the file that vouches for a checkpoint (its manifest, else its state)."""
     for name in (checkpoints.MANIFEST_FILE, checkpoints.STATE_FILE):
