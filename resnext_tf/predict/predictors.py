@@ -5,6 +5,8 @@ A predictor turns a file's bytes into its model input (`prepare`) and a batch of
 each image's top-k `Prediction`s (`predict`); an image it cannot use is a `SkippedImage`.
 """
 
+import abc
+
 import numpy as np
 import tensorflow as tf
 
@@ -50,7 +52,7 @@ def softmax(logits):
     return probabilities / probabilities.sum(axis=-1, keepdims=True)
 
 
-class ArrayPredictor:
+class ArrayPredictor(abc.ABC):
     """The shared part of the predictors that run a model on transformed images: the data
     contract's evaluation transform of each file (`prepare`), then top-k rows of the softmax of
     `logits(batch)` (`predict`; with ten crops, of the mean logits of each image's crops)."""
@@ -67,9 +69,9 @@ class ArrayPredictor:
         self.top_k = top_k
         self.ten_crop = ten_crop
 
+    @abc.abstractmethod
     def logits(self, batch):
         """float32 logits [N, classes] of transformed images [N, H, W, 3]."""
-        raise NotImplementedError
 
     def prepare(self, data):
         """The transformed image ([H, W, 3], or [10, H, W, 3] with ten crops)."""
