@@ -38,6 +38,11 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+# The runners are this process's own, not resnext_tf.export.runtimes (which predict uses):
+# importing resnext_tf loads Keras and TensorFlow, which would sit in every timed runtime's
+# memory and threads.
+
+
 def saved_model_runner(path, args):
     import tensorflow as tf
 

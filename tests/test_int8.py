@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from data.image_samples import encode, natural_image
+from data.image_samples import COLOURS, encode, natural_image
 
 import resnext_tf
 from resnext_tf import export, registry
@@ -25,23 +25,8 @@ from resnext_tf.data import calibration, cifar, evaluation, transforms
 from resnext_tf.errors import DataError
 from resnext_tf.export import cli, formats, quantize, runtimes
 
-# The ten classes' colours; per image a shift of up to COLOUR_SHIFT per channel, a disc of
-# a random colour covering up to a third of it, and Gaussian noise of PIXEL_NOISE.
-COLOURS = np.array(
-    [
-        [230, 25, 25],
-        [25, 230, 25],
-        [25, 25, 230],
-        [230, 230, 25],
-        [230, 25, 230],
-        [25, 230, 230],
-        [240, 240, 240],
-        [15, 15, 15],
-        [128, 64, 0],
-        [0, 128, 128],
-    ],
-    np.float32,
-)
+# Per image its class colour (COLOURS) shifted by up to COLOUR_SHIFT per channel, a disc of a
+# random colour covering up to a third of it, and Gaussian noise of PIXEL_NOISE.
 COLOUR_SHIFT = 70.0
 PIXEL_NOISE = 40.0
 TRAIN_PER_BATCH, TEST_IMAGES = 400, 1000

@@ -114,6 +114,21 @@ def good_paths(photos):
     return [os.path.join(photos, name) for name in GOOD]
 
 
+def assert_same_predictions(out, from_run, fields):
+    """The JSON rows of two predict runs name the same images and, per image, the same
+    predictions (`fields` of each, and probabilities to 1e-4)."""
+    served, ran = json.loads(out), json.loads(from_run)
+    assert [row["image"] for row in served] == [row["image"] for row in ran]
+    for a, b in zip(served, ran, strict=True):
+        for field in fields:
+            assert [p[field] for p in a["predictions"]] == [p[field] for p in b["predictions"]]
+        np.testing.assert_allclose(
+            [p["probability"] for p in a["predictions"]],
+            [p["probability"] for p in b["predictions"]],
+            rtol=1e-4,
+        )
+
+
 def check_skipped_bad_file(err, photos):
     """One line names the bad file and the decoder's reason (its wording is TensorFlow's)."""
     lines = [line for line in err.splitlines() if line.startswith("skipped")]
@@ -179,15 +194,7 @@ def test_saved_model_agrees_with_the_run(saved_model, run_dir, photos, batch_siz
     )
     assert code == 1
     check_skipped_bad_file(err, photos)
-    served, ran = json.loads(out), json.loads(from_run)
-    assert [row["image"] for row in served] == [row["image"] for row in ran]
-    for a, b in zip(served, ran, strict=True):
-        assert [p["index"] for p in a["predictions"]] == [p["index"] for p in b["predictions"]]
-        np.testing.assert_allclose(
-            [p["probability"] for p in a["predictions"]],
-            [p["probability"] for p in b["predictions"]],
-            rtol=1e-4,
-        )
+    assert_same_predictions(out, from_run, fields=("index",))
 
 
 def test_command_line_on_a_saved_model(saved_model, photos):
@@ -407,16 +414,7 @@ def test_each_export_agrees_with_the_run(exported, run_dir, photos, fmt):
     code, out, err = run_main(f"--export={exported[fmt]}", "--output_format=json", photos)
     assert code == 1
     check_skipped_bad_file(err, photos)
-    served, ran = json.loads(out), json.loads(from_run)
-    assert [row["image"] for row in served] == [row["image"] for row in ran]
-    for a, b in zip(served, ran, strict=True):
-        assert [p["index"] for p in a["predictions"]] == [p["index"] for p in b["predictions"]]
-        assert [p["label"] for p in a["predictions"]] == [p["label"] for p in b["predictions"]]
-        np.testing.assert_allclose(
-            [p["probability"] for p in a["predictions"]],
-            [p["probability"] for p in b["predictions"]],
-            rtol=1e-4,
-        )
+    assert_same_predictions(out, from_run, fields=("index", "label"))
 
 
 def test_an_int8_export_predicts_with_its_recorded_transform(run_model, photos, tmp_path):

@@ -10,6 +10,24 @@ from PIL import Image
 
 from resnext_tf.data import transforms
 
+# One colour per class of the generated CIFAR-10 sets, far apart in RGB so that a few SGD steps
+# separate the classes (the training tests; the INT8 test shifts them to make classes overlap).
+COLOURS = np.array(
+    [
+        [230, 25, 25],
+        [25, 230, 25],
+        [25, 25, 230],
+        [230, 230, 25],
+        [230, 25, 230],
+        [25, 230, 230],
+        [240, 240, 240],
+        [15, 15, 15],
+        [128, 64, 0],
+        [0, 128, 128],
+    ],
+    np.float32,
+)
+
 # Class folders of the tiny ImageNet; sorted order gives the labels.
 WNIDS = ("n01440764", "n01443537", "n01484850")
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+from data.image_samples import COLOURS
 from PIL import Image
 
 from resnext_tf.training import run_log
@@ -18,22 +19,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # trains at a few steps per second on two CPU cores.
 TINY_MODEL = ["--depth=11", "--cardinality=2", "--base_width=4", "--shortcut_type=A"]
 
-# One color per class, far apart in RGB so that a few SGD steps separate the classes.
-COLOURS = np.array(
-    [
-        [230, 25, 25],
-        [25, 230, 25],
-        [25, 25, 230],
-        [230, 230, 25],
-        [230, 25, 230],
-        [25, 230, 230],
-        [240, 240, 240],
-        [15, 15, 15],
-        [128, 64, 0],
-        [0, 128, 128],
-    ],
-    np.float32,
-)
 NOISE = 40.0  # per-pixel uniform noise amplitude, so that the images of a class differ
 
 
