@@ -323,6 +323,19 @@ def test_pth_that_would_run_code_is_refused(tmp_path, torch):
     assert marker.exists()
 
 
+def test_pth_is_refused_with_a_torch_whose_restricted_loader_has_known_bypasses(
+    tmp_path, torch, monkeypatch
+):
+    # torch.load(weights_only=True) is the restricted loader only from MIN_TORCH on; an older
+    # torch is refused before it opens the file, so a payload cannot run through its bypasses.
+    path, marker = tmp_path / "evil.pth", tmp_path / "code-ran"
+    torch.save({"conv1.weight": torch.zeros(1), "x": RunsCode(marker)}, str(path))
+    monkeypatch.setattr(torch, "__version__", "2.5.1")
+    with pytest.raises(WeightsError, match=r"^Refusing to read .*evil\.pth with torch 2\.5\.1: "):
+        load_weights(tiny_cifar(), str(path))
+    assert not marker.exists()
+
+
 @pytest.mark.parametrize("kind", ["truncated", "garbage"])
 def test_damaged_pth_is_a_weights_error(tmp_path, torch, kind):
     path = tmp_path / f"{kind}.pth"
